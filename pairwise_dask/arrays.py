@@ -1,0 +1,152 @@
+"""Arrow columns to NumPy blocks, without per-row Python objects; normalisation; stable id hashes.
+
+Pure functions: no Dask, no files. Every check raises :class:`BadInputError` naming the column and
+the first offending row id, so a worker's failure reads the same as a client-side one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import BadInputError
+
+_FLOATS = (pa.float16(), pa.float32(), pa.float64())
+
+
+def to_arrow(column: object) -> pa.Array:
+    """One contiguous Arrow array from a pandas Series (Arrow-backed or not) or an Arrow array."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks()
+    if isinstance(column, pa.Array):
+        return column
+    arr = getattr(column, "array", column)
+    if hasattr(arr, "__arrow_array__"):
+        out = arr.__arrow_array__()
+        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return pa.array(np.asarray(column), from_pandas=True)
+
+
+def _row_id(ids: np.ndarray | None, i: int) -> object:
+    if ids is None:
+        return f"#{i}"
+    v = ids[i]
+    return v.item() if hasattr(v, "item") else v
+
+
+def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None,
+                     dim: int | None = None) -> np.ndarray:
+    """A ``(n, d)`` float32 matrix from a list-typed embedding column.
+
+    ``fixed_size_list<float>[d]`` is a zero-copy view of the Arrow values buffer; ``list<float>``
+    is checked for equal lengths, then viewed the same way. float16 and float64 are cast to
+    float32. A column of NumPy arrays (pandas' default reading) is accepted through a slow path.
+    """
+    arr = to_arrow(column)
+    t = arr.type
+    if pa.types.is_fixed_size_list(t):
+        d = t.list_size
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        d = None
+    elif t == pa.null() and len(arr) == 0:
+        return np.zeros((0, dim or 0), np.float32)
+    else:
+        raise BadInputError(f"has type {t}, not a list of floats", column=name,
+                            hint="Store each embedding as a fixed_size_list<float32>[d] "
+                                 "(or list<float>) column")
+    if arr.null_count:
+        i = int(np.flatnonzero(~np.asarray(arr.is_valid()))[0])
+        raise BadInputError("holds a null embedding", column=name, row=_row_id(ids, i),
+                            hint="Drop the row or supply its embedding")
+    if not pa.types.is_fixed_size_list(t):
+        offs = np.asarray(arr.offsets)
+        lengths = np.diff(offs)
+        if len(lengths) and (lengths != lengths[0]).any():
+            bad = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise BadInputError(f"has embeddings of mixed lengths ({lengths[0]} and {lengths[bad]})",
+                                column=name, row=_row_id(ids, bad),
+                                hint="Every embedding of a view must have the same dimension")
+        d = int(lengths[0]) if len(lengths) else (dim or 0)
+    values = arr.flatten()  # respects slicing offsets
+    if values.type not in _FLOATS:
+        raise BadInputError(f"holds {values.type} values, not floats", column=name,
+                            hint="Embeddings must be float16, float32 or float64")
+    if values.null_count:
+        i = int(np.flatnonzero(~np.asarray(values.is_valid()))[0]) // max(d, 1)
+        raise BadInputError("holds a null value inside an embedding", column=name,
+                            row=_row_id(ids, i), hint="Fix or drop the row")
+    flat = values.to_numpy(zero_copy_only=False)
+    if dim is not None and d != dim:
+        raise BadInputError(f"has dimension {d}, but {dim} was expected", column=name,
+                            hint="Items and classes of a view must come from the same model")
+    return flat.astype(np.float32, copy=False).reshape(len(arr), d)
+
+
+def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """L2-normalised float32 rows; NaN/inf and all-zero rows are bad input, never patched."""
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
+                            hint="Recompute or drop that embedding")
+    # float64 norm: float32 squares of large values could overflow, and the norm sets every label
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    zero = norms == 0
+    if zero.any():
+        i = int(np.flatnonzero(zero)[0])
+        raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
+                            row=_row_id(ids, i), hint="Recompute or drop that embedding")
+    return (x / norms[:, None]).astype(np.float32, copy=False)
+
+
+# --- stable 64-bit hashes of ids (the bracket's randomness must not depend on row position) -----
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def hash_ids(column: object) -> np.ndarray:
+    """A uint64 hash per id, a pure function of the id's value (not of its row or partition).
+
+    Strings hash their UTF-8 bytes (polynomial hash over the Arrow buffers, finalised with
+    splitmix64); integers hash their value.
+    """
+    arr = to_arrow(column)
+    t = arr.type
+    if pa.types.is_integer(t):
+        return mix64(arr.to_numpy(zero_copy_only=False).astype(np.int64).view(np.uint64) ^ _GOLD)
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_large_binary(t):
+        arr = arr.cast(pa.string() if "string" in str(t) else pa.binary())
+        t = arr.type
+    if not (pa.types.is_string(t) or pa.types.is_binary(t)):
+        raise BadInputError(f"id column has type {t}", hint="Use string or integer ids")
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.uint64)
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=arr.offset * 4).astype(np.int64)
+    data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8))
+    data = data[offs[0]:offs[-1]].astype(np.uint64)
+    offs = offs - offs[0]
+    lengths = np.diff(offs)
+    pos = np.arange(len(data), dtype=np.int64) - np.repeat(offs[:-1], lengths)
+    # byte j of a string is weighted by P**j, so equal strings give equal sums wherever they are
+    powers = mix64(pos.astype(np.uint64) + _GOLD) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        terms = (data + np.uint64(1)) * powers
+    sums = np.zeros(n, np.uint64)
+    nonempty = lengths > 0
+    if len(terms):
+        starts = offs[:-1][nonempty]
+        sums[nonempty] = np.add.reduceat(terms, starts)
+    with np.errstate(over="ignore"):
+        return mix64(sums ^ mix64(lengths.astype(np.uint64)))

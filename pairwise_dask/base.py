@@ -1,0 +1,53 @@
+"""Base labels: cosine argmax of each item against the class prompts (METHOD.md §1)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+#: Rows per matrix-product call. Every product is made on blocks of exactly this many rows (the
+#: last one zero-padded), so a row's floating-point result never depends on how many rows share its
+#: partition: that is what keeps labels identical for any partitioning.
+CHUNK_ROWS = 2048
+
+
+def chunked_matmul(x: np.ndarray, w: np.ndarray, *, out_dtype: type = np.float32) -> np.ndarray:
+    """``x @ w`` computed on fixed-size, zero-padded row blocks (partition-invariant rounding)."""
+    n = x.shape[0]
+    out = np.empty((n, w.shape[1]), dtype=out_dtype)
+    buf = None
+    for s in range(0, n, CHUNK_ROWS):
+        blk = x[s:s + CHUNK_ROWS]
+        if blk.shape[0] < CHUNK_ROWS:
+            if buf is None:
+                buf = np.zeros((CHUNK_ROWS, x.shape[1]), dtype=x.dtype)
+            buf[:blk.shape[0]] = blk
+            buf[blk.shape[0]:] = 0
+            out[s:] = (buf @ w)[:blk.shape[0]]
+        else:
+            out[s:s + CHUNK_ROWS] = blk @ w
+    return out
+
+
+class BaseLabels(NamedTuple):
+    """Per item: ``label`` (class index), ``top1`` cosine and ``margin`` (top-1 minus top-2)."""
+
+    scores: np.ndarray  # (n, k) cosine
+    label: np.ndarray   # (n,) int32
+    top1: np.ndarray    # (n,) float32
+    margin: np.ndarray  # (n,) float32
+
+
+def base_labels(x: np.ndarray, classes: np.ndarray) -> BaseLabels:
+    """Cosine scores ``S = X Cᵀ`` of normalised rows and their argmax (ties: lower class index)."""
+    s = chunked_matmul(x, np.ascontiguousarray(classes.T))
+    k = s.shape[1]
+    label = np.argmax(s, axis=1).astype(np.int32)
+    rows = np.arange(len(s))
+    top1 = s[rows, label]
+    if k > 1:
+        part = np.partition(s, k - 2, axis=1)
+        margin = top1 - part[:, k - 2]
+    else:
+        margin = np.zeros_like(top1)
+    return BaseLabels(s, label, top1, margin)

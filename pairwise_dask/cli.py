@@ -1,0 +1,133 @@
+"""``pairwise-dask``: the command line. Parses flags, shows progress, prints the end summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+from .config import OPTIONS, load_settings, parse_views
+from .errors import BadInputError
+
+EXAMPLES = """\
+examples:
+  pairwise-dask run jobs/demo.toml                       # the demo job (paths relative to the file)
+  pairwise-dask run jobs/demo.toml --out /tmp/demo --workers 1 --seed 3
+  pairwise-dask run --items items.parquet --classes classes.parquet \\
+      --views image=img_emb,text=txt_emb --label label --out out/
+  pairwise-dask run job.toml --scheduler tcp://10.0.0.5:8786   # on a running Dask cluster
+
+Outputs under OUT: labels/ (one row per item), disagreements/ (the review list, most certain
+errors first), model/ (pair masks and moments), summary.json. The folder holds a complete result
+exactly when summary.json is there; outputs are staged and renamed into place only at the end.
+"""
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
+    p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
+    groups = {None: p.add_argument_group("data and outputs"),
+              "method": p.add_argument_group("method ([method] in the job file)"),
+              "cluster": p.add_argument_group("cluster ([cluster] in the job file)")}
+    for o in OPTIONS:
+        g = groups[o.section]
+        default = "" if o.default in (None, "") else f" (default: {o.default})"
+        if o.type is bool:
+            g.add_argument(o.cli, action="store_true", default=None, help=o.help)
+        else:
+            g.add_argument(o.cli, dest=o.name, type=o.type, metavar=o.name.upper().replace("_", "-"),
+                           help=o.help + default)
+    out = p.add_argument_group("console")
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors (for scheduled runs)")
+    out.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for o in OPTIONS:
+        v = getattr(ns, o.name, None)
+        if v is None:
+            continue
+        if o.path and isinstance(v, str) and v and "://" not in v:
+            v = os.path.abspath(v)  # flags are relative to where the command runs
+        values[o.name] = v
+    if ns.views:
+        values["views"] = parse_views(ns.views)
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pairwise-dask", description=(
+        "Relabel a catalog from precomputed embeddings: pairwise cross-variance masks and a seeded "
+        "knockout tourney over the classes, run on Dask. Reports the items whose labels look wrong."),
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"pairwise-dask {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run a job end to end (statistics, tourney, outputs)",
+                         description="Run a job: read items and classes, fit the pair masks from "
+                                     "partition-wise moments, label every item with the tourney, write "
+                                     "labels/, disagreements/, model/ and summary.json.",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_flags(run)
+    return p
+
+
+def format_summary(s: dict) -> str:
+    """The one-screen summary printed at the end of a run."""
+    views = list(s["per_view"])
+    lines = [f"pairwise-dask: done in {s['timings_s']['total']:.1f} s (run {s['run_id']})"]
+    it = s["items"]
+    lines.append(f"  read       {it['rows']:,} items in {it['partitions']} partitions, "
+                 f"{len(s['classes']['names'])} classes, views "
+                 f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {s['cluster']['workers']} workers")
+    ch = "  ".join(f"{v}: {s['per_view'][v]['changed']:,} ({s['per_view'][v]['changed'] / max(it['rows'], 1):.1%})"
+                   for v in views)
+    lines.append(f"  changed    {ch}  (tourney label ≠ base label)")
+    for pair, a in s["agreement_weighted_f1"].items():
+        lines.append(f"  agreement  {pair}: base {a['base']:.3f} → tourney {a['tourney']:.3f} (weighted F1)")
+    if "final" in s:
+        acc = "  ".join(f"{v}: {s['per_view'][v]['accuracy_base']:.3f} → {s['per_view'][v]['accuracy_tourney']:.3f}"
+                        for v in views)
+        lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation)")
+    d = s["disagreements"]
+    parts = ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "rows")
+    lines.append(f"  review     {d['rows']:,} rows in disagreements/" + (f" ({parts})" if parts else ""))
+    total_pairs = sum(pv["pairs"] for pv in s["per_view"].values())
+    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs} pairs had too few items")
+    steps = " · ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
+    lines.append(f"  steps      {steps}")
+    lines.append(f"  outputs    {s.get('out', '')}/{{labels,disagreements,model}}/, summary.json")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    quiet = ns.quiet or ns.json
+    echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
+    try:
+        settings = load_settings(ns.job, _overrides(ns))
+        from .job import run
+
+        summary = run(settings, progress=not quiet, echo=echo)
+    except BadInputError as e:
+        print(f"pairwise-dask: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pairwise-dask: interrupted; the output folder was left as it was", file=sys.stderr)
+        return 130
+    summary["out"] = settings.out
+    if ns.json:
+        print(json.dumps(summary, indent=2))
+    elif not quiet:
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The job file and the command-line flags, turned into one validated, frozen :class:`Settings`.
+
+Every option is declared once in :data:`OPTIONS`: its place in the job file, its flag, its type,
+default, range and one line of help. Parsing the TOML file, building the ``argparse`` flags and the
+``--help`` text all read that table, so an option cannot exist in one and not the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInputError
+
+MODES = ("bracket", "round-robin", "top-t")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: where it lives in the job file, its flag, type, default and check."""
+
+    name: str            # Settings field
+    section: str | None  # TOML table ([method], [cluster]) or None for top level
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+    path: bool = False   # resolved against the job file's folder
+    flag: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.section is None else f"{self.section}.{self.name}"
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+def _range(lo: float | None = None, hi: float | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if lo is not None and v < lo:
+            return f"must be ≥ {lo}"
+        if hi is not None and v > hi:
+            return f"must be ≤ {hi}"
+        return None
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("items", None, str, None, "items Parquet: a file, a folder or a glob", path=True),
+    Option("classes", None, str, None, "classes Parquet: `name` and one embedding column per view "
+           "(or one shared `embedding`)", path=True),
+    Option("out", None, str, None, "output folder (labels/, disagreements/, model/, summary.json)", path=True),
+    Option("id", None, str, "id", "items' id column (unique, non-null)"),
+    Option("label", None, str, "", "items' existing annotation column, for accuracy and QA (optional)"),
+    Option("overwrite", None, bool, False, "replace an output folder that holds a different job's run"),
+    Option("dims", "method", float, 100, "m: dimensions per pair mask (an integer, or a fraction of d "
+           "when below 1)", _range(1e-9, None)),
+    Option("seed", "method", int, 0, "seed of the bracket's random order", _range(0, 2 ** 63 - 1)),
+    Option("cos_min", "method", float, -1.0, "statistics only use items whose top cosine is at least this",
+           _range(-1.0, 1.0)),
+    Option("diff_min", "method", float, 0.0, "statistics only use items that beat the other class of the "
+           "pair by at least this cosine", _range(0.0, 2.0)),
+    Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
+           "dimensions", _range(1, None)),
+    Option("mode", "method", str, "bracket", "how the pair decisions pick a label: bracket, round-robin "
+           "or top-t", _one_of(MODES)),
+    Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
+           "bracket", _range(2, None)),
+    Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
+           "empty: start a LocalCluster"),
+    Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
+    Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
+    Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB)"),
+    Option("partition_rows", "cluster", int, 0, "rows per partition (0: one partition per Parquet row "
+           "group)", _range(0, None)),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+_BY_NAME = {o.name: o for o in OPTIONS}
+_SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One job's validated settings. Build it with :func:`load_settings`."""
+
+    items: str
+    classes: str
+    out: str
+    views: tuple[tuple[str, str], ...]  # (view name, items column), in order
+    class_columns: tuple[tuple[str, str], ...] = ()  # (view name, classes column) overrides
+    id: str = "id"
+    label: str = ""
+    overwrite: bool = False
+    dims: float = 100
+    seed: int = 0
+    cos_min: float = -1.0
+    diff_min: float = 0.0
+    min_items: int = 5
+    mode: str = "bracket"
+    top_t: int = 16
+    scheduler: str = ""
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    partition_rows: int = 0
+    job_file: str = ""
+
+    @property
+    def view_names(self) -> list[str]:
+        return [v for v, _ in self.views]
+
+    @property
+    def per_pair_sets(self) -> bool:
+        """Pair sides depend on the pair only when ``diff_min`` > 0 (METHOD.md §2)."""
+        return self.diff_min > 0
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """Identity of the job (what it reads and how it labels), not of where or how it runs."""
+        keep = {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
+                             "memory_limit", "partition_rows", "job_file"}}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_views(text: str, *, where: str = "--views") -> tuple[tuple[str, str], ...]:
+    """``NAME=COLUMN[,NAME=COLUMN…]`` (a bare ``COLUMN`` names the view after the column)."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, col = part.partition("=")
+        out.append((name.strip(), (col or name).strip()))
+    return tuple(out)
+
+
+def _coerce(opt: Option, value: Any, where: str) -> Any:
+    t = opt.type
+    ok = (isinstance(value, bool) if t is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
+          isinstance(value, int) and not isinstance(value, bool) if t is int else
+          isinstance(value, str))
+    if not ok:
+        raise BadInputError(f"{opt.key} = {value!r} is not {t.__name__}", file=where,
+                            hint=f"{opt.key}: {opt.help}")
+    value = t(value)
+    if opt.check and (err := opt.check(value)):
+        raise BadInputError(f"{opt.key} = {value!r} {err}", file=where, hint=f"{opt.key}: {opt.help}")
+    return value
+
+
+def _unknown(key: str, known: list[str], where: str) -> BadInputError:
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"Did you mean {near[0]!r}?" if near else f"Known keys: {', '.join(sorted(known))}"
+    return BadInputError(f"unknown key {key!r}", file=where, hint=hint)
+
+
+def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The job file's values as ``{option key: value}``; paths resolved against its folder."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInputError("job file not found", file=str(path), hint="Check the path") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"is not valid TOML ({e})", file=str(path)) from None
+    base = path.resolve().parent
+    values: dict[str, Any] = {}
+    known = [o.key for o in OPTIONS] + ["views", "class_columns"]
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            if key not in _SECTIONS:
+                raise _unknown(key, sorted(_SECTIONS), str(path))
+            if key in ("views", "class_columns"):
+                for v, col in value.items():
+                    if not isinstance(col, str):
+                        raise BadInputError(f"{key}.{v} = {col!r} is not a column name", file=str(path))
+                values[key] = tuple((str(v), col) for v, col in value.items())
+                continue
+            for sub, v in value.items():
+                full = f"{key}.{sub}"
+                if full not in _BY_KEY:
+                    raise _unknown(full, known, str(path))
+                values[full] = v
+        else:
+            if key not in _BY_KEY:
+                raise _unknown(key, known, str(path))
+            values[key] = value
+    for k, v in list(values.items()):
+        opt = _BY_KEY.get(k)
+        if opt is not None:
+            v = _coerce(opt, v, str(path))
+            if opt.path and v and "://" not in v:
+                v = os.path.normpath(str(base / v)) if not os.path.isabs(v) else v
+            values[k] = v
+    values["job_file"] = str(path.resolve())
+    return values
+
+
+def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settings:
+    """Validate merged values (job file, then flags) into :class:`Settings`."""
+    kw: dict[str, Any] = {}
+    for opt in OPTIONS:
+        v = values.get(opt.key, values.get(opt.name))
+        if v is None:
+            v = opt.default
+        else:
+            v = _coerce(opt, v, where)
+        kw[opt.name] = v
+    for required in ("items", "classes", "out"):
+        if not kw[required]:
+            raise BadInputError(f"no {required} given", file=where,
+                                hint=f"Set `{required} = ...` in the job file or pass --{required}")
+    views = values.get("views") or ()
+    if not views:
+        raise BadInputError("no views given", file=where,
+                            hint="Add a [views] table (name = \"column\") or pass --views a=emb_a,b=emb_b")
+    names = [v for v, _ in views]
+    for v in names:
+        if names.count(v) > 1:
+            raise BadInputError(f"view {v!r} is named twice", file=where, hint="Give each view its own name")
+        if not v or not v.replace("_", "").isalnum():
+            raise BadInputError(f"view name {v!r} is not a plain identifier", file=where,
+                                hint="Use letters, digits and _ (it names output columns)")
+    cols = [c for _, c in views]
+    for c in cols:
+        if cols.count(c) > 1:
+            raise BadInputError(f"column {c!r} is used by two views", file=where,
+                                hint="Each view reads its own embedding column")
+    class_columns = tuple(values.get("class_columns") or ())
+    for v, _ in class_columns:
+        if v not in names:
+            raise BadInputError(f"class_columns names view {v!r}, which is not among the views "
+                                f"({', '.join(names)})", file=where)
+    return Settings(views=tuple(views), class_columns=class_columns, job_file=values.get("job_file", ""),
+                    **kw)
+
+
+def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from an optional job file, with ``overrides`` (flag values) taking precedence."""
+    values: dict[str, Any] = read_job_file(job_file) if job_file else {}
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        key = _BY_NAME[k].key if k in _BY_NAME else k
+        values[key] = v
+    return build_settings(values, where=job_file or "command line")

@@ -1,0 +1,32 @@
+"""The one exception type users see for bad input, with the facts they need to fix it."""
+from __future__ import annotations
+
+
+class BadInputError(ValueError):
+    """Input that the job refuses, naming where it is and what to do.
+
+    The message always reads ``<where>: <what>. <hint>`` so that a scheduled run's log line is
+    enough to find and fix the problem.
+    """
+
+    def __init__(self, what: str, *, file: str | None = None, column: str | None = None,
+                 row: object | None = None, hint: str | None = None) -> None:
+        self.what, self.file, self.column, self.row, self.hint = what, file, column, row, hint
+        where = []
+        if file:
+            where.append(f"file {file}")
+        if column:
+            where.append(f"column {column!r}")
+        if row is not None:
+            where.append(f"row id {row!r}")
+        msg = (", ".join(where) + ": " if where else "") + what
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+    def __reduce__(self):  # survive pickling from a worker back to the client
+        return (_rebuild, (self.what, self.file, self.column, self.row, self.hint))
+
+
+def _rebuild(what, file, column, row, hint) -> "BadInputError":
+    return BadInputError(what, file=file, column=column, row=row, hint=hint)

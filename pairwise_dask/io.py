@@ -1,0 +1,275 @@
+"""Parquet in and out, and the atomic commit of a run's outputs. The only module touching files.
+
+Reading keeps embeddings in Arrow (``dtype_backend="pyarrow"``) so a partition's block is a view
+of Arrow buffers (see :mod:`pairwise_dask.arrays`). Writing is deterministic (same table, same
+bytes) and every run's outputs are staged inside the output folder and renamed into place only
+when all of them are written; ``summary.json`` is renamed last and marks a complete result.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .arrays import embedding_matrix, normalize_rows
+from .config import Settings
+from .errors import BadInputError
+
+STAGING_PREFIX = ".pairwise-staging-"
+TRASH_PREFIX = ".pairwise-trash-"
+OUTPUT_ENTRIES = ("labels", "disagreements", "model", "report.html", "summary.json")
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def parquet_files(path: str) -> list[str]:
+    """The Parquet files of a path: a file, a folder (recursively) or a glob, sorted."""
+    if any(ch in path for ch in "*?["):
+        files = sorted(f for f in _glob.glob(path, recursive=True) if os.path.isfile(f))
+    elif os.path.isdir(path):
+        files = sorted(str(p) for p in Path(path).rglob("*")
+                       if p.is_file() and p.suffix in (".parquet", ".parq", ".pq")
+                       and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise BadInputError("does not exist", file=path, hint="Check the items/classes path")
+    if not files:
+        raise BadInputError("holds no Parquet files", file=path,
+                            hint="Point at a .parquet file, a folder of them, or a glob")
+    return files
+
+
+@dataclass(frozen=True)
+class ItemsInfo:
+    """What the Parquet footers say about the items, before any data is read."""
+
+    files: tuple[str, ...]
+    rows: int
+    row_groups: int
+    dims: dict[str, int | None]  # per view; None for list<float> (checked when read)
+
+
+def inspect_items(s: Settings) -> ItemsInfo:
+    """Check the items' schema and size from the footers: missing or non-list columns, empty catalogs."""
+    files = parquet_files(s.items)
+    schema = None
+    rows = groups = 0
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
+            raise BadInputError(f"is not a readable Parquet file ({e})", file=f) from None
+        rows += meta.num_rows
+        groups += meta.num_row_groups
+        fs = meta.schema.to_arrow_schema()
+        if schema is None:
+            schema = fs
+        for _, col in s.views:
+            if col in fs.names and col in schema.names and fs.field(col).type != schema.field(col).type:
+                raise BadInputError(f"has type {fs.field(col).type} here but {schema.field(col).type} "
+                                    f"in {files[0]}", file=f, column=col,
+                                    hint="All files of a catalog must share one schema")
+    assert schema is not None
+    need = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
+    for col in need:
+        if col not in schema.names:
+            near = [n for n in schema.names if n.lower() == col.lower()]
+            raise BadInputError("is missing", file=files[0], column=col,
+                                hint=(f"Did you mean {near[0]!r}? " if near else "") +
+                                f"The file has: {', '.join(schema.names)}")
+    dims: dict[str, int | None] = {}
+    for v, col in s.views:
+        t = schema.field(col).type
+        if not _is_list(t):
+            raise BadInputError(f"has type {t}, not a list of floats", file=files[0], column=col,
+                                hint="Store each embedding as fixed_size_list<float32>[d] or list<float>")
+        if not pa.types.is_floating(t.value_type):
+            raise BadInputError(f"holds {t.value_type}, not floats", file=files[0], column=col,
+                                hint="Embeddings must be float16, float32 or float64")
+        dims[v] = t.list_size if pa.types.is_fixed_size_list(t) else None
+    if rows == 0:
+        raise BadInputError("holds no rows (empty catalog)", file=s.items,
+                            hint="Point the job at a catalog with items")
+    return ItemsInfo(tuple(files), rows, groups, dims)
+
+
+def read_items(s: Settings, info: ItemsInfo):
+    """The items as a Dask DataFrame with Arrow-backed columns (embeddings stay Arrow lists)."""
+    import dask.dataframe as dd
+
+    cols = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
+    ddf = dd.read_parquet(list(info.files), columns=cols, dtype_backend="pyarrow",
+                          split_row_groups=True, index=False)
+    if s.partition_rows:
+        nparts = max(1, -(-info.rows // s.partition_rows))
+        if nparts != ddf.npartitions:
+            ddf = ddf.repartition(npartitions=nparts)
+    return ddf
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Class names and, per view, their L2-normalised prompt embeddings ``(k, d)`` float32."""
+
+    names: tuple[str, ...]
+    embeddings: dict[str, np.ndarray]
+    columns: dict[str, str]
+
+    @property
+    def k(self) -> int:
+        return len(self.names)
+
+
+def read_classes(s: Settings) -> ClassSet:
+    """Read and check the classes file: ≥ 2 unique names, one embedding per view (or shared)."""
+    files = parquet_files(s.classes)
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    where = s.classes
+    if "name" not in table.column_names:
+        raise BadInputError("is missing", file=where, column="name",
+                            hint=f"The classes file needs a `name` column; it has {', '.join(table.column_names)}")
+    names_col = table.column("name")
+    if names_col.null_count:
+        raise BadInputError("holds a null class name", file=where, column="name")
+    names = [str(n) for n in names_col.to_pylist()]
+    if len(names) < 2:
+        raise BadInputError(f"holds {len(names)} class(es); the tourney needs at least two",
+                            file=where, hint="Add classes")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise BadInputError(f"class name {n!r} appears twice", file=where, column="name",
+                                hint="Class names must be unique")
+        seen.add(n)
+    explicit = dict(s.class_columns)
+    emb: dict[str, np.ndarray] = {}
+    cols: dict[str, str] = {}
+    for view, item_col in s.views:
+        candidates = [explicit[view]] if view in explicit else [item_col, view, "embedding"]
+        col = next((c for c in candidates if c in table.column_names), None)
+        if col is None:
+            raise BadInputError(f"has no embedding column for view {view!r} (looked for "
+                                f"{', '.join(repr(c) for c in candidates)})", file=where,
+                                hint="Name a column after the view or the items' column, provide one "
+                                     "shared `embedding`, or set [class_columns]")
+        x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
+        emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
+        cols[view] = col
+    return ClassSet(tuple(names), emb, cols)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Deterministic Parquet write (same table → same bytes)."""
+    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+class Commit:
+    """Stage a run's outputs inside ``out`` and publish them only when all are written.
+
+    ``summary.json`` is removed first and renamed into place last: the folder holds a complete
+    result exactly when it has a ``summary.json``, and a run killed at any moment leaves either the
+    previous complete result or none (never a mix that claims to be complete).
+    """
+
+    def __init__(self, out: str, *, fingerprint: str, overwrite: bool) -> None:
+        self.out = Path(out)
+        self.fingerprint = fingerprint
+        self.overwrite = overwrite
+        self.run_id = uuid.uuid4().hex[:12]
+        self.staging = self.out / f"{STAGING_PREFIX}{self.run_id}"
+
+    def check_target(self) -> None:
+        """Refuse an output folder holding something else, unless ``overwrite``."""
+        if not self.out.exists():
+            return
+        if not self.out.is_dir():
+            raise BadInputError("exists and is not a folder", file=str(self.out), hint="Choose another --out")
+        entries = [p.name for p in self.out.iterdir()
+                   if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX))]
+        foreign = [e for e in entries if e not in OUTPUT_ENTRIES]
+        if foreign and not self.overwrite:
+            raise BadInputError(f"holds files that are not a pairwise-dask output ({', '.join(sorted(foreign)[:5])})",
+                                file=str(self.out), hint="Choose an empty or new --out, or pass --overwrite "
+                                "(only pairwise-dask's own entries are ever replaced)")
+        summary = self.out / "summary.json"
+        if summary.exists() and not self.overwrite:
+            try:
+                old = json.loads(summary.read_text()).get("fingerprint")
+            except (OSError, ValueError):
+                old = None
+            if old != self.fingerprint:
+                raise BadInputError("already holds the output of a different job", file=str(self.out),
+                                    hint="Choose another --out, or pass --overwrite to replace it")
+
+    def begin(self) -> Path:
+        """Create the staging folder (and clear what killed runs left behind)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        for p in self.out.iterdir():
+            if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                shutil.rmtree(p, ignore_errors=True)
+        self.staging.mkdir()
+        return self.staging
+
+    def publish(self) -> None:
+        """Rename every staged entry into place; ``summary.json`` last."""
+        trash = self.out / f"{TRASH_PREFIX}{self.run_id}"
+        trash.mkdir()
+        summary = self.out / "summary.json"
+        if summary.exists():
+            os.replace(summary, trash / "summary.json")
+        _fsync_dir(trash)
+        staged = [e for e in OUTPUT_ENTRIES if e != "summary.json" and (self.staging / e).exists()]
+        for e in OUTPUT_ENTRIES:
+            if e != "summary.json" and (self.out / e).exists():
+                os.replace(self.out / e, trash / e)
+        for e in staged:
+            os.replace(self.staging / e, self.out / e)
+        _fsync_dir(self.out)
+        os.replace(self.staging / "summary.json", summary)
+        _fsync_dir(self.out)
+        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self.out.rmdir()  # only if we created it and it is empty
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""The fitted state of a run (per view: merged moments and pair masks) and its Parquet form.
+
+``model/`` lets a later run label new items without a statistics pass, and lets new items'
+moments be added to the old ones exactly (moments add; see :mod:`pairwise_dask.moments`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .io import write_table
+from .masks import PairMasks, pair_weights
+from .moments import QUANT_BITS, Moments
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """Class names and per view: prompts, merged moments and pair masks, plus fit parameters."""
+
+    names: tuple[str, ...]
+    classes: dict[str, np.ndarray]
+    moments: dict[str, Moments]
+    masks: dict[str, PairMasks]
+    params: dict
+
+
+def _fsl(m: np.ndarray, t: pa.DataType) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(m).ravel(), t), m.shape[1])
+
+
+def masks_table(masks: dict[str, PairMasks], names: tuple[str, ...]) -> pa.Table:
+    """``view, class_a, class_b, dims (list<int32>), n_a, n_b, fallback`` (the output contract)."""
+    parts = []
+    nm = pa.array(names, pa.string())
+    for v, m in masks.items():
+        offsets = pa.array(np.arange(0, m.dims.size + 1, m.dims.shape[1], dtype=np.int32))
+        parts.append(pa.table({
+            "view": pa.array([v] * len(m.pairs), pa.string()),
+            "class_a": nm.take(pa.array(m.pairs[:, 0])),
+            "class_b": nm.take(pa.array(m.pairs[:, 1])),
+            "dims": pa.ListArray.from_arrays(offsets, pa.array(m.dims.ravel(), pa.int32())),
+            "n_a": pa.array(m.n_a.astype(np.int64)),
+            "n_b": pa.array(m.n_b.astype(np.int64)),
+            "fallback": pa.array(m.fallback),
+        }))
+    return pa.concat_tables(parts)
+
+
+def save(model: FittedModel, folder: str | Path) -> None:
+    """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(masks_table(model.masks, model.names), folder / "masks.parquet")
+    rows = []
+    for v, m in model.moments.items():
+        g = len(m.n)
+        rows.append(pa.table({"view": pa.array([v] * g, pa.string()), "set": pa.array(np.arange(g, dtype=np.int32)),
+                              "n": pa.array(m.n.astype(np.int64)), "sum_q": _fsl(m.s1, pa.float64()),
+                              "sumsq_q": _fsl(m.s2, pa.float64())}))
+    write_table(pa.concat_tables(rows), folder / "moments.parquet")
+    cls = {"name": pa.array(model.names, pa.string())}
+    for v, c in model.classes.items():
+        cls[v] = _fsl(c, pa.float32())
+    write_table(pa.table(cls), folder / "classes.parquet")
+    params = dict(model.params, quant_bits=QUANT_BITS, views=list(model.classes))
+    (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+
+
+def load(folder: str | Path) -> FittedModel:
+    """Read a ``model/`` folder written by :func:`save`."""
+    folder = Path(folder)
+    params = json.loads((folder / "params.json").read_text())
+    cls = pq.read_table(folder / "classes.parquet")
+    names = tuple(cls.column("name").to_pylist())
+    views = params["views"]
+    classes = {v: np.asarray(cls.column(v).combine_chunks().flatten()).reshape(len(names), -1) for v in views}
+    mt = pq.read_table(folder / "moments.parquet")
+    mk = pq.read_table(folder / "masks.parquet")
+    index = {n: i for i, n in enumerate(names)}
+    moments, masks = {}, {}
+    for v in views:
+        sub = mt.filter(pc.equal(mt.column("view"), v))
+        d = classes[v].shape[1]
+        moments[v] = Moments(np.asarray(sub.column("n")),
+                             np.asarray(sub.column("sum_q").combine_chunks().flatten()).reshape(-1, d),
+                             np.asarray(sub.column("sumsq_q").combine_chunks().flatten()).reshape(-1, d))
+        s = mk.filter(pc.equal(mk.column("view"), v))
+        pairs = np.stack([[index[a] for a in s.column("class_a").to_pylist()],
+                          [index[b] for b in s.column("class_b").to_pylist()]], axis=1).astype(np.int32)
+        dims = np.asarray(s.column("dims").combine_chunks().flatten()).reshape(len(pairs), -1).astype(np.int32)
+        masks[v] = PairMasks(len(names), pairs, dims, pair_weights(classes[v], pairs, dims),
+                             np.asarray(s.column("n_a")), np.asarray(s.column("n_b")),
+                             np.asarray(s.column("fallback")))
+    return FittedModel(names, classes, moments, masks, params)
