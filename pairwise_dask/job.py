@@ -25,10 +25,11 @@ from . import __version__
 from .config import Settings
 from .errors import BadInputError
 from .io import Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
-from .masks import fit_masks, resolve_dims
+from .masks import fit_masks, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, save
 from .passes import Spec, Statistics, Tally, ids_with_hash, label_partition, merge, statistics_partition
+from .tourney import use_gather
 
 SPLIT_EVERY = 8
 
@@ -130,9 +131,16 @@ def run(s: Settings, *, client: Any = None, progress: bool = False,
         t = time.perf_counter()
         masks = {}
         for v in spec.classes:
-            m = resolve_dims(s.dims, spec.classes[v].shape[1])
+            k, dim = spec.classes[v].shape
+            m = resolve_dims(s.dims, dim)
+            pairs, dense = None, True
+            if spec.top_t_active:
+                # only the pairs among some item's top t can play; with many of them, keep the
+                # (P, m) sparse weights and gather per match instead of one (P, d) product
+                pairs = pairs_from_ids(stats.pairs[v], k)
+                dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
             masks[v] = fit_masks(stats.moments[v], spec.classes[v], m=m, min_items=s.min_items,
-                                 per_pair=spec.per_pair)
+                                 per_pair=spec.per_pair, pairs=pairs, dense=dense)
         spec2 = Spec(**{**spec.__dict__, "masks": masks})
         timings["masks"] = time.perf_counter() - t
 
