@@ -77,8 +77,9 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
     ``indicatorᵀ @ Xq`` and ``indicatorᵀ @ Xq²`` in float64: exact (see module docstring).
     """
     xq, xq2 = quantized if quantized is not None else quantize(x)
-    ind = membership.astype(np.float64, copy=False)
-    return Moments(membership.sum(axis=0, dtype=np.int64), ind.T @ xq, ind.T @ xq2)
+    # a contiguous (g, n) indicator: BLAS on the transposed view was 10× slower here (k = 13)
+    ind_t = np.ascontiguousarray(membership.T, dtype=np.float64)
+    return Moments(membership.sum(axis=0, dtype=np.int64), ind_t @ xq, ind_t @ xq2)
 
 
 def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
