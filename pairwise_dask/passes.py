@@ -41,6 +41,7 @@ class Spec:
     mode: str = "bracket"
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
+    check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
 
     @property
     def k(self) -> int:
@@ -157,12 +158,17 @@ class Tally:
     changed: dict[str, int]
     conf: dict[str, np.ndarray]  # "base:a~b", "tourney:a~b", "annotation~base:a", ... -> (k, k)
     disagreements: pa.Table
+    id_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    duplicate_hash: int | None = None
 
     def __add__(self, o: "Tally") -> "Tally":
         add = lambda x, y: {k: x[k] + y[k] for k in x}  # noqa: E731
+        hashes = np.sort(np.concatenate([self.id_hashes, o.id_hashes]), kind="stable")
+        dup = self.duplicate_hash if self.duplicate_hash is not None else o.duplicate_hash
         return Tally(self.rows + o.rows, add(self.base_counts, o.base_counts),
                      add(self.label_counts, o.label_counts), add(self.changed, o.changed),
-                     add(self.conf, o.conf), pa.concat_tables([self.disagreements, o.disagreements]))
+                     add(self.conf, o.conf), pa.concat_tables([self.disagreements, o.disagreements]),
+                     hashes, dup if dup is not None else _first_duplicate(hashes))
 
 
 def _names(spec: Spec, idx: np.ndarray) -> pa.Array:
@@ -237,7 +243,10 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
         conf["annotation~final"] = confusion(ann[has], final[has], k)
     tally = Tally(n, {v: np.bincount(base_l[v], minlength=k) for v in views},
                   {v: np.bincount(tour_l[v], minlength=k) for v in views},
-                  {v: int((base_l[v] != tour_l[v]).sum()) for v in views}, conf, dis)
+                  {v: int((base_l[v] != tour_l[v]).sum()) for v in views}, conf, dis,
+                  np.sort(b.id_hash) if spec.check_ids else np.zeros(0, np.uint64))
+    if spec.check_ids:
+        tally.duplicate_hash = _first_duplicate(tally.id_hashes)
     return table, tally
 
 
