@@ -31,8 +31,9 @@ from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_i
 from .masks import PairMasks, fit_masks, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
-from .moments import Moments
-from .passes import Spec, Statistics, Tally, ids_with_hash, label_partition, merge, statistics_partition
+from .moments import Moments, quantile_thresholds
+from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
+                     merge, statistics_partition)
 
 SPLIT_EVERY = 8
 Echo = Callable[[str], None]
@@ -124,6 +125,28 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | No
                             hint="Ids must be unique; drop or rename the duplicates")
 
 
+def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
+    """Pass 0, only when a quantile filter is on: per-class thresholds from merged histograms.
+
+    The effective threshold of a class is the larger of the absolute one and its quantile's.
+    """
+    from dask import delayed
+
+    if not (s.cos_quantile > 0 or s.diff_quantile > 0):
+        return spec
+    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
+    hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
+    thresholds = {}
+    for v, h in hist.counts.items():
+        cos = np.maximum(s.cos_min, quantile_thresholds(h, s.cos_quantile, 0)) if s.cos_quantile else \
+            np.full(spec.k, s.cos_min)
+        diff = np.maximum(s.diff_min, quantile_thresholds(h, s.diff_quantile, 1)) if s.diff_quantile else \
+            np.full(spec.k, s.diff_min)
+        thresholds[v] = (cos, diff)
+    return replace(spec, thresholds=thresholds)
+
+
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Statistics:
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
     from dask import delayed
@@ -208,18 +231,19 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, stats.moments)
+        masks = fit_pair_masks(s, spec, stats.moments)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        tally = label_pass(c, s, replace(prep.spec, masks=masks), parts, staging / "labels", progress=progress)
+        tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
-        save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows)), staging / "model")
+        save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
+                         _params(s, masks, stats.rows, spec)), staging / "model")
         timings["write"] = time.perf_counter() - t
         return {"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
 
@@ -242,14 +266,17 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        # an update keeps the model's filter thresholds: moments only add up under the same sets
+        spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+                else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, moments)
+        masks = fit_pair_masks(s, spec, moments)
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks, _params(s, masks, items)),
+        save(FittedModel(prep.classes.names, spec.classes, moments, masks, _params(s, masks, items, spec)),
              staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
@@ -289,7 +316,7 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
     if missing:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
-    for key in ("cos_min", "diff_min"):
+    for key in ("cos_min", "diff_min", "cos_quantile", "diff_quantile"):
         if key in model.params and float(model.params[key]) != float(getattr(s, key)):
             raise BadInputError(f"{key} = {getattr(s, key)} differs from the model's {model.params[key]}",
                                 hint="Moments only add up under the same filters: use the model's settings")
@@ -297,9 +324,15 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int) -> dict:
-    return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
-            "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
+def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
+
+
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec) -> dict:
+    return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
+            "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
+            "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
+            "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items)}
 
 
@@ -358,6 +391,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
+                   "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -21,7 +21,7 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, filtered_moments
+from .moments import Moments, filtered_moments, score_histograms
 from .tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
 
 
@@ -42,6 +42,8 @@ class Spec:
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
+    thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
+    # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
 
     @property
     def k(self) -> int:
@@ -120,8 +122,9 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     mom = {}
     for v, x in b.views.items():
         base = base_labels(x, spec.classes[v])
-        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=spec.cos_min,
-                                  diff_min=spec.diff_min, per_pair=spec.per_pair)
+        cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
+        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=cos_min,
+                                  diff_min=diff_min, per_pair=spec.per_pair)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -129,6 +132,26 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
     return Statistics(len(b.ids), mom, hashes)
+
+
+@dataclass
+class Histograms:
+    """Pass 0 (only for quantile filters): per view, per class histograms of top-1 cosine and margin."""
+
+    counts: dict[str, np.ndarray]
+
+    def __add__(self, o: "Histograms") -> "Histograms":
+        return Histograms({v: self.counts[v] + o.counts[v] for v in self.counts})
+
+
+def histogram_partition(df: Any, spec: Spec) -> Histograms:
+    """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
+    b = read_block(df, spec)
+    out = {}
+    for v, x in b.views.items():
+        base = base_labels(x, spec.classes[v])
+        out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
+    return Histograms(out)
 
 
 def merge(parts: list[Any]) -> Any:
