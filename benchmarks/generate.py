@@ -3,7 +3,8 @@
     python benchmarks/generate.py OUT_DIR --items 1000000 --dim 768 --views image,text --classes 13
 
 writes ``OUT_DIR/items.parquet`` (``id`` int64, one ``fixed_size_list<float32|float16>[d]`` column
-per view, ``label`` string) and ``OUT_DIR/classes.parquet`` (``name`` and one prompt column per view,
+per view, or with ``--packed`` one ``fixed_size_binary[d·bytes]`` column of raw little-endian floats;
+``label`` string) and ``OUT_DIR/classes.parquet`` (``name`` and one prompt column per view,
 named like the items' columns).
 
 The planted signal: classes come in taxonomy groups (``--group-size`` classes share a group centre,
@@ -56,8 +57,16 @@ def _fsl(m: np.ndarray, t: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(m.reshape(-1), type=t), m.shape[1])
 
 
+def _packed(m: np.ndarray) -> pa.Array:
+    """Rows as ``fixed_size_binary`` of their little-endian floats (the packed embedding form)."""
+    m = np.ascontiguousarray(m, dtype=m.dtype.newbyteorder("<"))
+    width = m.shape[1] * m.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), m.shape[0], [None, pa.py_buffer(m)])
+
+
 def make_group(g: int, rows: int, start: int, cls: dict, views: list[str], columns: list[str], *,
-               seed: int, dtype: str, noise: float, flip: float, names: pa.Array) -> pa.Table:
+               seed: int, dtype: str, noise: float, flip: float, names: pa.Array,
+               packed: bool = False) -> pa.Table:
     """Row group ``g`` (rows ``start … start+rows-1``) as an Arrow table."""
     rng = np.random.default_rng([seed, g])
     k = len(cls["group"])
@@ -70,7 +79,8 @@ def make_group(g: int, rows: int, start: int, cls: dict, views: list[str], colum
         x *= np.float32(noise / np.sqrt(d))
         x += cls["views"][v]["centre"][y]
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        cols[col] = _fsl(x.astype(np.float16) if dtype == "float16" else x, t)
+        x = x.astype(np.float16) if dtype == "float16" else x
+        cols[col] = _packed(x) if packed else _fsl(x, t)
     ann = y.copy()
     flipped = rng.random(rows) < flip
     ann[flipped] = rng.integers(0, k, size=int(flipped.sum()))
@@ -81,7 +91,7 @@ def make_group(g: int, rows: int, start: int, cls: dict, views: list[str], colum
 def generate(out: str | Path, *, items: int, dim: int, views: list[str], columns: list[str] | None = None,
              classes: int = 13, group_size: int = 0, seed: int = 0, row_group: int = 65536,
              dtype: str = "float32", compression: str = "none", noise: float = 1.5,
-             flip: float = 0.05, files: int = 1) -> dict:
+             flip: float = 0.05, files: int = 1, packed: bool = False) -> dict:
     """Write the catalog; return its description (also written to ``OUT/catalog.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +105,8 @@ def generate(out: str | Path, *, items: int, dim: int, views: list[str], columns
     pq.write_table(pa.table(ctab), out / "classes.parquet")
 
     t = pa.float16() if dtype == "float16" else pa.float32()
-    schema = pa.schema([("id", pa.int64())] + [(c, pa.list_(t, dim)) for c in columns] + [("label", pa.string())])
+    emb_t = pa.binary(dim * (2 if dtype == "float16" else 4)) if packed else pa.list_(t, dim)
+    schema = pa.schema([("id", pa.int64())] + [(c, emb_t) for c in columns] + [("label", pa.string())])
     comp = None if compression == "none" else compression
     t0 = time.perf_counter()
     n_groups = -(-items // row_group)
@@ -117,12 +128,13 @@ def generate(out: str | Path, *, items: int, dim: int, views: list[str], columns
                 start = g * row_group
                 rows = min(row_group, items - start)
                 w.write_table(make_group(g, rows, start, cls, views, columns, seed=seed, dtype=dtype,
-                                         noise=noise, flip=flip, names=names), row_group_size=rows)
+                                         noise=noise, flip=flip, names=names, packed=packed),
+                              row_group_size=rows)
                 g += 1
         paths.append(str(path))
     desc = {"items": items, "dim": dim, "views": dict(zip(views, columns)), "classes": classes,
             "group_size": group_size, "seed": seed, "row_group": row_group, "dtype": dtype,
-            "compression": compression, "noise": noise, "flip": flip, "files": paths,
+            "compression": compression, "packed": packed, "noise": noise, "flip": flip, "files": paths,
             "bytes": sum(Path(p).stat().st_size for p in paths), "seconds": round(time.perf_counter() - t0, 2)}
     (out / "catalog.json").write_text(json.dumps(desc, indent=2) + "\n")
     return desc
@@ -143,11 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", type=float, default=1.5)
     p.add_argument("--flip", type=float, default=0.05, help="fraction of annotations relabelled at random")
     p.add_argument("--files", type=int, default=1, help="split the row groups over this many files")
+    p.add_argument("--packed", action="store_true",
+                   help="embeddings as fixed_size_binary (raw little-endian floats): the fast read path")
     a = p.parse_args(argv)
     views = [v.strip() for v in a.views.split(",") if v.strip()]
     desc = generate(a.out, items=a.items, dim=a.dim, views=views, classes=a.classes, group_size=a.group_size,
                     seed=a.seed, row_group=a.row_group, dtype=a.dtype, compression=a.compression,
-                    noise=a.noise, flip=a.flip, files=a.files)
+                    noise=a.noise, flip=a.flip, files=a.files, packed=a.packed)
     print(json.dumps(desc, indent=2))
 
 

@@ -33,6 +33,11 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+def _is_packed(t: pa.DataType) -> bool:
+    """``fixed_size_binary``: embeddings packed as raw little-endian floats (see arrays.embedding_matrix)."""
+    return pa.types.is_fixed_size_binary(t)
+
+
 def parquet_files(path: str) -> list[str]:
     """The Parquet files of a path: a file, a folder (recursively) or a glob, sorted."""
     if any(ch in path for ch in "*?["):
@@ -92,6 +97,9 @@ def inspect_items(s: Settings) -> ItemsInfo:
     dims: dict[str, int | None] = {}
     for v, col in s.views:
         t = schema.field(col).type
+        if _is_packed(t):  # its dimension is known only with the classes' (checked when read)
+            dims[v] = None
+            continue
         if not _is_list(t):
             raise BadInputError(f"has type {t}, not a list of floats", file=files[0], column=col,
                                 hint="Store each embedding as fixed_size_list<float32>[d] or list<float>")

@@ -1,0 +1,48 @@
+"""The packed embedding form (``fixed_size_binary`` of raw little-endian floats) reads like the list form."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pairwise_dask.arrays import embedding_matrix, normalize_rows
+from pairwise_dask.errors import BadInputError
+
+
+def _packed(m: np.ndarray) -> pa.Array:
+    m = np.ascontiguousarray(m, dtype=m.dtype.newbyteorder("<"))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(m.shape[1] * m.dtype.itemsize), m.shape[0],
+                                                [None, pa.py_buffer(m)])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_packed_equals_list_form(dtype):
+    x = np.random.default_rng(0).standard_normal((50, 12)).astype(dtype)
+    lst = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 12)
+    want = embedding_matrix(lst, name="e", dim=12)
+    got = embedding_matrix(_packed(x), name="e", dim=12)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    # a slice (a partition of a larger array) starts at its own offset
+    np.testing.assert_array_equal(embedding_matrix(_packed(x).slice(7, 20), name="e", dim=12), want[7:27])
+    np.testing.assert_array_equal(embedding_matrix(pa.chunked_array([_packed(x)]), name="e", dim=12), want)
+
+
+def test_packed_float32_is_zero_copy_and_normalises():
+    x = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
+    arr = _packed(x)
+    m = embedding_matrix(arr, name="e", dim=8)
+    assert np.shares_memory(m, np.frombuffer(arr.buffers()[1], np.float32))
+    np.testing.assert_allclose(np.linalg.norm(normalize_rows(m, name="e"), axis=1), 1, rtol=1e-6)
+
+
+def test_packed_width_must_fit_the_dimension():
+    x = np.zeros((3, 10), np.float32)
+    with pytest.raises(BadInputError, match="does not pack"):
+        embedding_matrix(_packed(x), name="e", dim=7)
+
+
+def test_packed_null_is_bad_input():
+    arr = pa.array([b"\0" * 8, None], pa.binary(8))
+    with pytest.raises(BadInputError, match="null embedding"):
+        embedding_matrix(arr, name="e", dim=2)
