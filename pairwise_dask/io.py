@@ -113,6 +113,39 @@ def inspect_items(s: Settings) -> ItemsInfo:
     return ItemsInfo(tuple(files), rows, groups, dims)
 
 
+def read_row_group(path: str, group: int, columns: list[str]) -> pa.Table:
+    """One Parquet row group's columns as an Arrow table: the job's unit of work (one partition).
+
+    Read straight with pyarrow: no pandas conversion, each column one chunk, so the embedding
+    blocks are views of the read buffers (see :func:`pairwise_dask.arrays.to_arrow`). No memory
+    map: mapped file pages would count in the workers' RSS, which Dask's memory limits watch.
+    """
+    t = pq.ParquetFile(path).read_row_group(group, columns=columns, use_threads=False)
+    # strings as large_string, as the Dask DataFrame path gives them: the same output schema
+    # whichever path read the partition
+    schema = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in t.schema])
+    return t.cast(schema) if schema != t.schema else t
+
+
+def item_parts(s: Settings, info: ItemsInfo) -> list:
+    """The items as a list of delayed partitions, each a table (or DataFrame) of the needed columns.
+
+    By default one task per Parquet row group, read with :func:`read_row_group` (the fastest path
+    measured: ``benchmarks/README.md``); with ``partition_rows`` set, the Dask DataFrame of
+    :func:`read_items` repartitioned to that size.
+    """
+    from dask import delayed
+
+    if s.partition_rows:
+        return read_items(s, info).to_delayed()
+    cols = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
+    parts = []
+    for f in info.files:
+        for g in range(pq.ParquetFile(f).metadata.num_row_groups):
+            parts.append(delayed(read_row_group, pure=True)(f, g, cols, dask_key_name=f"read-row-group-{f}-{g}"))
+    return parts
+
+
 def read_items(s: Settings, info: ItemsInfo):
     """The items as a Dask DataFrame with Arrow-backed columns (embeddings stay Arrow lists)."""
     import dask.dataframe as dd

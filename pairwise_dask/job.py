@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from . import __version__
 from .config import Settings
 from .errors import BadInputError
-from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
+from .io import ClassSet, Commit, ItemsInfo, inspect_items, item_parts, read_classes, write_json, write_table
 from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
@@ -219,7 +219,7 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
     timings["check"] = time.perf_counter() - t_start
     with connect(s, client) as c:
         echo(f"Dask dashboard: {c.dashboard_link}")
-        parts = read_items(s, prep.info).to_delayed()
+        parts = item_parts(s, prep.info)
         workers = len(c.scheduler_info().get("workers", {}))
         echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
              f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
