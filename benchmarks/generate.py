@@ -88,10 +88,24 @@ def make_group(g: int, rows: int, start: int, cls: dict, views: list[str], colum
     return pa.table(cols)
 
 
+def _write_file(path: str, groups: list[int], kw: dict) -> None:
+    """Write the row groups ``groups`` (their rows follow from their numbers) to one file."""
+    names = pa.array([f"class_{i:04d}" for i in range(len(kw["cls"]["group"]))], pa.string())
+    # no dictionary for high-entropy float columns: it only costs time
+    with pq.ParquetWriter(path, kw["schema"], compression=kw["comp"], use_dictionary=["label"],
+                          write_statistics=["id"]) as w:
+        for g in groups:
+            start = g * kw["row_group"]
+            rows = min(kw["row_group"], kw["items"] - start)
+            w.write_table(make_group(g, rows, start, kw["cls"], kw["views"], kw["columns"], seed=kw["seed"],
+                                     dtype=kw["dtype"], noise=kw["noise"], flip=kw["flip"], names=names,
+                                     packed=kw["packed"]), row_group_size=rows)
+
+
 def generate(out: str | Path, *, items: int, dim: int, views: list[str], columns: list[str] | None = None,
              classes: int = 13, group_size: int = 0, seed: int = 0, row_group: int = 65536,
              dtype: str = "float32", compression: str = "none", noise: float = 1.5,
-             flip: float = 0.05, files: int = 1, packed: bool = False) -> dict:
+             flip: float = 0.05, files: int = 1, packed: bool = False, processes: int = 1) -> dict:
     """Write the catalog; return its description (also written to ``OUT/catalog.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,27 +125,25 @@ def generate(out: str | Path, *, items: int, dim: int, views: list[str], columns
     t0 = time.perf_counter()
     n_groups = -(-items // row_group)
     per_file = -(-n_groups // files)
-    paths = []
     if files == 1:
         targets = [out / "items.parquet"]
     else:
         (out / "items").mkdir(exist_ok=True)
         targets = [out / "items" / f"part.{i:04d}.parquet" for i in range(files)]
-    g = 0
-    for path in targets:
-        # no dictionary for high-entropy float columns: it only costs time
-        with pq.ParquetWriter(path, schema, compression=comp, use_dictionary=["label"],
-                              write_statistics=["id"]) as w:
-            for _ in range(per_file):
-                if g >= n_groups:
-                    break
-                start = g * row_group
-                rows = min(row_group, items - start)
-                w.write_table(make_group(g, rows, start, cls, views, columns, seed=seed, dtype=dtype,
-                                         noise=noise, flip=flip, names=names, packed=packed),
-                              row_group_size=rows)
-                g += 1
-        paths.append(str(path))
+    # each file is a pure function of its row groups' numbers, so files can be written in parallel
+    jobs = [(str(path), list(range(i * per_file, min((i + 1) * per_file, n_groups))))
+            for i, path in enumerate(targets)]
+    kw = dict(items=items, row_group=row_group, cls=cls, views=views, columns=columns, seed=seed,
+              dtype=dtype, noise=noise, flip=flip, packed=packed, schema=schema, comp=comp)
+    if processes > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes) as ex:
+            list(ex.map(_write_file, [j[0] for j in jobs], [j[1] for j in jobs], [kw] * len(jobs)))
+    else:
+        for path, groups in jobs:
+            _write_file(path, groups, kw)
+    paths = [j[0] for j in jobs]
     desc = {"items": items, "dim": dim, "views": dict(zip(views, columns)), "classes": classes,
             "group_size": group_size, "seed": seed, "row_group": row_group, "dtype": dtype,
             "compression": compression, "packed": packed, "noise": noise, "flip": flip, "files": paths,
@@ -155,13 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--noise", type=float, default=1.5)
     p.add_argument("--flip", type=float, default=0.05, help="fraction of annotations relabelled at random")
     p.add_argument("--files", type=int, default=1, help="split the row groups over this many files")
+    p.add_argument("--processes", type=int, default=1, help="write files in parallel (with --files > 1)")
     p.add_argument("--packed", action="store_true",
                    help="embeddings as fixed_size_binary (raw little-endian floats): the fast read path")
     a = p.parse_args(argv)
     views = [v.strip() for v in a.views.split(",") if v.strip()]
     desc = generate(a.out, items=a.items, dim=a.dim, views=views, classes=a.classes, group_size=a.group_size,
                     seed=a.seed, row_group=a.row_group, dtype=a.dtype, compression=a.compression,
-                    noise=a.noise, flip=a.flip, files=a.files, packed=a.packed)
+                    noise=a.noise, flip=a.flip, files=a.files, packed=a.packed, processes=a.processes)
     print(json.dumps(desc, indent=2))
 
 
