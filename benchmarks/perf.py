@@ -302,11 +302,33 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], kept: list[str] | None = None) -> str:
+    """The markdown table; ``kept`` are earlier runs' rows (already formatted) placed first."""
     head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(_fmt(r.get(k, float("nan"))) for k, _ in COLUMNS) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    return "\n".join([head, sep, *(kept or []), *body])
+
+
+def previous(path: Path, replaced: set[str]) -> tuple[list[str], list[str], list[str]]:
+    """From an earlier RESULTS.md: its table rows (minus the cases run again), commands, accuracy lines."""
+    if not path.exists():
+        return [], [], []
+    text = path.read_text().splitlines()
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    rows, cmds, accs = [], [], []
+    if head in text:
+        i = text.index(head) + 2
+        while i < len(text) and text[i].startswith("| "):
+            if text[i].split("|")[1].strip() not in replaced:
+                rows.append(text[i])
+            i += 1
+    for line in text:
+        if line.startswith("    PYTHONPATH=. python benchmarks/perf.py"):
+            cmds.append(line.strip())
+        if line.startswith("- ") and ": (base, tourney)" in line and line[2:].split(":")[0] not in replaced:
+            accs.append(line)
+    return rows, cmds, accs
 
 
 def run_case(c: Case, root: Path) -> dict:
@@ -383,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="/tmp/pairwise-bench", help="where catalogs are generated (reused)")
     p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     p.add_argument("--keep-data", action="store_true", help="keep the generated catalogs afterwards")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of other cases already in --results (one table over several runs)")
     a = p.parse_args(argv)
     root = Path(a.data)
     root.mkdir(parents=True, exist_ok=True)
@@ -394,9 +418,13 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(root / c.name, ignore_errors=True)
         print(table(rows), flush=True)
     cmd = "PYTHONPATH=. python benchmarks/perf.py " + " ".join(sys.argv[1:])
-    accs = "\n".join(f"- {r['case']}: (base, tourney) accuracy per view, 2-worker job: {r.get('acc')}" for r in rows)
-    text = (f"# Benchmark results\n\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with\n\n"
-            f"    {cmd}\n\n{machine()}\n\n{table(rows)}\n\n{accs}\n\n{NOTES}")
+    kept, cmds, old_accs = previous(Path(a.results), {r["case"] for r in rows}) if a.merge else ([], [], [])
+    cmds = [c for c in cmds if c != cmd] + [cmd]
+    accs = old_accs + [f"- {r['case']}: (base, tourney) accuracy per view, 2-worker job: {r.get('acc')}"
+                       for r in rows]
+    commands = "\n".join(f"    {c}" for c in cmds)
+    text = (f"# Benchmark results\n\nLast measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with\n\n"
+            f"{commands}\n\n{machine()}\n\n{table(rows, kept)}\n\n" + "\n".join(accs) + f"\n\n{NOTES}")
     Path(a.results).write_text(text)
     print(f"\nwrote {a.results}")
 
