@@ -133,3 +133,15 @@ def test_blocked_fused_set_moments_equal_whole_quantised_gemm(monkeypatch):
     np.testing.assert_array_equal(got.s1, member.T @ xq)
     np.testing.assert_array_equal(got.s2, member.T @ xq2)
     np.testing.assert_array_equal(got.n, member.sum(axis=0))
+
+
+def test_top_dims_partition_equals_stable_argsort():
+    from pairwise_dask.masks import top_dims
+
+    rng = np.random.default_rng(7)
+    s = rng.integers(0, 8, (300, 40)).astype(np.float64)  # many exact ties
+    s[0, 3] = np.inf
+    for m in (1, 5, 39, 40):
+        want = np.sort(np.argsort(-s, axis=1, kind="stable")[:, :m], axis=1)
+        np.testing.assert_array_equal(top_dims(s, m), want)
+    np.testing.assert_array_equal(top_dims(s[0], 5), np.sort(np.argsort(-s[0], kind="stable")[:5]))
