@@ -37,6 +37,8 @@ from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, i
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
+#: Largest per-view moments of per-pair sets (diff_min > 0) the job accepts: k² × d × 16 bytes.
+PER_PAIR_BYTES = 1 << 30
 Echo = Callable[[str], None]
 
 
@@ -106,6 +108,11 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
+        if s.per_pair_sets and classes.k ** 2 * d_cls * 16 > PER_PAIR_BYTES:
+            # per-pair sets hold k² rows of float64 moments (two sums) in every task and reduction
+            raise BadInputError(f"diff_min > 0 needs moments per ordered class pair: {classes.k}² × {d_cls} "
+                                f"× 16 B = {classes.k ** 2 * d_cls * 16 / 2**30:.1f} GiB per view",
+                                hint="Use diff_min = 0 (per-class moments) with this many classes")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
                 diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
