@@ -392,10 +392,12 @@ counted as its GEMM flops (2·2·N·k·d per view); *np.dot GFLOP/s* is a bare f
 `np.dot` of one block's shape (k × 8192) @ (8192 × d) on this machine. For k = 1000 the per-class
 moments are segment sums, not GEMMs, so no GFLOP/s is given.
 
-This is a 2-core machine shared with other work running at the same time: absolute seconds are
-noisy (repeat runs moved them by 10–30 %); the ratios compare numbers from the same run. Catalogs
-are freshly written, so the Parquet files are in the page cache: *IO* measures decoding and memory
-traffic more than the disk.
+This is a 2-core machine shared with other sessions' work running at the same time (load average
+4–8 during these runs): absolute seconds are very noisy, and the *np.dot GFLOP/s* column shows by how
+much (the same product measured 0.7 to 50 GFLOP/s at different moments). Ratios compare numbers from
+the same run, minutes apart, so they are noisy too; the 1→2 worker speed-up in particular needs a
+second idle core, which this machine rarely had. Catalogs up to 6 GB are freshly written and sit in
+the page cache (*IO* then measures decoding, not the disk); the 38.5 GB one cannot (disk ≈ 1.2 GB/s).
 """
 
 
