@@ -28,12 +28,13 @@ from . import __version__
 from .config import Settings
 from .errors import BadInputError
 from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
-from .masks import PairMasks, fit_masks, resolve_dims
+from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
 from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
                      merge, statistics_partition)
+from .tourney import use_gather
 
 SPLIT_EVERY = 8
 Echo = Callable[[str], None]
@@ -158,10 +159,25 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
     return stats
 
 
-def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments]) -> dict[str, PairMasks]:
-    """Masks and weights of every view from merged moments (small; on the client)."""
-    return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(s.dims, spec.classes[v].shape[1]),
-                         min_items=s.min_items, per_pair=spec.per_pair) for v in spec.classes}
+def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
+                   pair_ids: dict[str, np.ndarray] | None = None) -> dict[str, PairMasks]:
+    """Masks and weights of every view from merged moments (small; on the client).
+
+    With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
+    with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
+    of one ``(P, d)`` product.
+    """
+    masks = {}
+    for v in spec.classes:
+        k, dim = spec.classes[v].shape
+        m = resolve_dims(s.dims, dim)
+        pairs, dense = None, True
+        if spec.top_t_active and pair_ids is not None and v in pair_ids:
+            pairs = pairs_from_ids(pair_ids[v], k)
+            dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
+        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=spec.per_pair,
+                             pairs=pairs, dense=dense)
+    return masks
 
 
 def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
@@ -235,7 +251,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         stats = statistics_pass(c, s, spec, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, spec, stats.moments)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
@@ -274,7 +290,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, spec, moments)
+        pairs = stats.pairs
+        if old is not None and spec.top_t_active:  # pairs that could play in either batch
+            pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
+        masks = fit_pair_masks(s, spec, moments, pairs)
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, spec.classes, moments, masks, _params(s, masks, items, spec)),
              staging / "model")
