@@ -237,7 +237,8 @@ def _heatmap(conf: np.ndarray, names: tuple[str, ...], shown: np.ndarray, title:
     label_w = int(longest * CHAR_W) + 14 if row_labels else 12
     top_h = int(longest * CHAR_W) + 30  # column labels stand upright, so two maps fit side by side
     right = 12
-    w, h = label_w + n * cell + right, top_h + n * cell + 40
+    # wide enough for the title and the axis note even with few classes
+    w, h = label_w + max(n * cell + right, int(max(len(title), 40) * 8.2)), top_h + n * cell + 40
     sub = conf[np.ix_(shown, shown)]
     row_tot = conf[shown].sum(axis=1)  # shares of the whole row, hidden classes included
     share = np.divide(sub, row_tot[:, None], out=np.zeros(sub.shape), where=row_tot[:, None] > 0)
@@ -260,7 +261,7 @@ def _heatmap(conf: np.ndarray, names: tuple[str, ...], shown: np.ndarray, title:
                        f'{_e(row_title)} {_e(names[r])} → {_e(col_title)} {_e(names[c])}: '
                        f'{int(sub[i, j]):,} items ({s:.0%} of the row)</title></rect>')
     out.append(f'<rect x="{x0}" y="{y0}" width="{n * cell}" height="{n * cell}" fill="none" stroke="#cbd5e1"/>')
-    out.append(f'<text class="axis" x="{x0 + n * cell / 2:.1f}" y="{y0 + n * cell + 22}" text-anchor="middle">'
+    out.append(f'<text class="axis" x="{x0}" y="{y0 + n * cell + 22}">'
                f'rows: {_e(row_title)} · columns: {_e(col_title)}</text>')
     out.append(f'<text class="figtitle" x="{x0}" y="16">{_e(title)}</text></svg>')
     return "".join(out)
@@ -475,10 +476,10 @@ def _comparison_section(data: ReportData) -> str:
 
 def _margins_section(data: ReportData) -> str:
     figs = "".join(f'<div class="panel">{_histogram(data.margins[v], v)}</div>' for v in data.views)
+    key = (f' <span style="color:{TOURNEY_COLOUR}">■</span> views agree '
+           f'<span style="color:{DISAGREE_COLOUR}">■</span> views disagree.') if len(data.views) > 1 else ""
     return ('<h2 id="margins">Margins</h2><p class="note">How clearly each item\'s tourney label won its '
-            'deciding match (cosine margin on the pair\'s mask; small means a near tie). '
-            f'<span style="color:{TOURNEY_COLOUR}">■</span> views agree '
-            f'<span style="color:{DISAGREE_COLOUR}">■</span> views disagree.</p>'
+            f'deciding match (cosine margin on the pair\'s mask; small means a near tie).{key}</p>'
             f'<div class="row">{figs}</div>')
 
 
