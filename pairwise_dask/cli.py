@@ -57,48 +57,74 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+COMMANDS = {
+    "run": ("run a job end to end (statistics, tourney, outputs)",
+            "Run a job: read items and classes, fit the pair masks from partition-wise moments, label "
+            "every item with the tourney, write labels/, disagreements/, model/ and summary.json."),
+    "fit": ("statistics only: write OUT/model/ (pair masks + moments), no labels",
+            "Fit a model: one statistics pass over the items; writes OUT/model/ for `apply` and `update`."),
+    "apply": ("label items with a saved model (tourney pass only)",
+              "Label new items with a saved model/ folder: no statistics pass. Classes come from the model."),
+    "update": ("add new items' moments to a saved model and recompute its masks",
+               "Update a model with new items: their moments are added to the saved ones exactly (moments "
+               "add), the masks recomputed; the old items are not read again. Writes OUT/model/."),
+}
+MODEL_EXAMPLES = """\
+examples:
+  pairwise-dask fit jobs/demo.toml --out models/v1                   # writes models/v1/model/
+  pairwise-dask update models/v1/model --items new/*.parquet --views a=emb_a,b=emb_b --out models/v2
+  pairwise-dask apply models/v2/model --items tonight.parquet --views a=emb_a,b=emb_b --out labels/tonight
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pairwise-dask", description=(
         "Relabel a catalog from precomputed embeddings: pairwise cross-variance masks and a seeded "
         "knockout tourney over the classes, run on Dask. Reports the items whose labels look wrong."),
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES + "\n" + MODEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
     p.add_argument("--version", action="version", version=f"pairwise-dask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run a job end to end (statistics, tourney, outputs)",
-                         description="Run a job: read items and classes, fit the pair masks from "
-                                     "partition-wise moments, label every item with the tourney, write "
-                                     "labels/, disagreements/, model/ and summary.json.",
-                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_run_flags(run)
+    for name, (short, long) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=short, description=long,
+                             epilog=EXAMPLES if name == "run" else MODEL_EXAMPLES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name in ("apply", "update"):
+            cmd.add_argument("model", help="a saved model/ folder (from run, fit or update)")
+        _add_run_flags(cmd)
     return p
 
 
 def format_summary(s: dict) -> str:
-    """The one-screen summary printed at the end of a run."""
-    views = list(s["per_view"])
-    lines = [f"pairwise-dask: done in {s['timings_s']['total']:.1f} s (run {s['run_id']})"]
+    """The one-screen summary printed at the end of a command."""
+    views = list(s.get("per_view", {}))
+    lines = [f"pairwise-dask {s.get('command', 'run')}: done in {s['timings_s']['total']:.1f} s (run {s['run_id']})"]
     it = s["items"]
     lines.append(f"  read       {it['rows']:,} items in {it['partitions']} partitions, "
                  f"{len(s['classes']['names'])} classes, views "
                  f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {s['cluster']['workers']} workers")
-    ch = "  ".join(f"{v}: {s['per_view'][v]['changed']:,} ({s['per_view'][v]['changed'] / max(it['rows'], 1):.1%})"
-                   for v in views)
-    lines.append(f"  changed    {ch}  (tourney label ≠ base label)")
-    for pair, a in s["agreement_weighted_f1"].items():
-        lines.append(f"  agreement  {pair}: base {a['base']:.3f} → tourney {a['tourney']:.3f} (weighted F1)")
-    if "final" in s:
-        acc = "  ".join(f"{v}: {s['per_view'][v]['accuracy_base']:.3f} → {s['per_view'][v]['accuracy_tourney']:.3f}"
-                        for v in views)
-        lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation)")
-    d = s["disagreements"]
-    parts = ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "rows")
-    lines.append(f"  review     {d['rows']:,} rows in disagreements/" + (f" ({parts})" if parts else ""))
+    if "labelled_items" in s:
+        ch = "  ".join(f"{v}: {s['per_view'][v]['changed']:,} ({s['per_view'][v]['changed'] / max(it['rows'], 1):.1%})"
+                       for v in views)
+        lines.append(f"  changed    {ch}  (tourney label ≠ base label)")
+        for pair, a in s["agreement_weighted_f1"].items():
+            lines.append(f"  agreement  {pair}: base {a['base']:.3f} → tourney {a['tourney']:.3f} (weighted F1)")
+        if "final" in s:
+            acc = "  ".join(f"{v}: {s['per_view'][v]['accuracy_base']:.3f} → {s['per_view'][v]['accuracy_tourney']:.3f}"
+                            for v in views)
+            lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation)")
+        d = s["disagreements"]
+        parts = ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "rows")
+        lines.append(f"  review     {d['rows']:,} rows in disagreements/" + (f" ({parts})" if parts else ""))
+    if "model_items" in s:
+        lines.append(f"  model      statistics of {s['model_items']:,} items")
     total_pairs = sum(pv["pairs"] for pv in s["per_view"].values())
     lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs} pairs had too few items")
     steps = " · ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
     lines.append(f"  steps      {steps}")
-    lines.append(f"  outputs    {s.get('out', '')}/{{labels,disagreements,model}}/, summary.json")
+    outs = "labels/, disagreements/, model/" if s.get("command") == "run" else (
+        "labels/, disagreements/" if s.get("command") == "apply" else "model/")
+    lines.append(f"  outputs    {s['out']}: {outs}, summary.json")
     return "\n".join(lines)
 
 
@@ -111,17 +137,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = ns.quiet or ns.json
     echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
     try:
-        settings = load_settings(ns.job, _overrides(ns))
-        from .job import run
+        overrides = _overrides(ns)
+        model = getattr(ns, "model", None)
+        if model and not overrides.get("classes"):
+            overrides["classes"] = os.path.join(os.path.abspath(model), "classes.parquet")
+        settings = load_settings(ns.job, overrides)
+        from . import job
 
-        summary = run(settings, progress=not quiet, echo=echo)
+        if ns.command == "run":
+            summary = job.run(settings, progress=not quiet, echo=echo)
+        elif ns.command == "fit":
+            summary = job.fit(settings, progress=not quiet, echo=echo)
+        elif ns.command == "update":
+            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=os.path.abspath(model))
+        else:
+            summary = job.apply(settings, os.path.abspath(model), progress=not quiet, echo=echo)
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pairwise-dask: interrupted; the output folder was left as it was", file=sys.stderr)
         return 130
-    summary["out"] = settings.out
     if ns.json:
         print(json.dumps(summary, indent=2))
     elif not quiet:

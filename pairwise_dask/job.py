@@ -1,4 +1,4 @@
-"""The Dask orchestration of one run: two streaming passes, a tree reduction, one broadcast.
+"""The Dask orchestration: two streaming passes, a tree reduction, one broadcast, one commit.
 
     pass 1: per partition, moments of every pair side ──tree reduction──▶ merged moments
     client: moments ─▶ pair masks and weights (small)          ─▶ scatter(broadcast=True), once
@@ -7,6 +7,8 @@
 
 Everything inside a pass is a pure function of one partition plus the broadcast state (see
 :mod:`pairwise_dask.passes`), so results do not depend on partitioning, worker count or retries.
+The commands are ``run`` (both passes), ``fit`` (pass 1 only, writes ``model/``), ``update``
+(pass 1 on new items, moments added to a saved model's) and ``apply`` (pass 2 with a saved model).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import platform
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,16 +27,23 @@ import pyarrow.compute as pc
 from . import __version__
 from .config import Settings
 from .errors import BadInputError
-from .io import Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
-from .masks import fit_masks, resolve_dims
+from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
+from .masks import PairMasks, fit_masks, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
-from .model import FittedModel, save
-from .passes import Spec, Statistics, Tally, ids_with_hash, label_partition, merge, statistics_partition
+from .model import FittedModel, load, save
+from .moments import Moments, quantile_thresholds
+from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
+                     merge, statistics_partition)
 
 SPLIT_EVERY = 8
+Echo = Callable[[str], None]
 
 
-def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = SPLIT_EVERY):
+def _silent(_: str) -> None:
+    pass
+
+
+def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = SPLIT_EVERY) -> Any:
     """Combine delayed results in a tree of fan-in ``split_every`` (order kept: deterministic)."""
     from dask import delayed
 
@@ -73,98 +83,85 @@ def _compute(client: Any, task: Any, label: str, show_progress: bool) -> Any:
     return fut.result()
 
 
-def _find_duplicate(client: Any, parts: list, spec_f: Any, h: int) -> list:
-    from dask import delayed
+@dataclass
+class Prepared:
+    """What is known before any data is read: footers, classes, the shared per-partition state."""
 
-    found = client.compute([delayed(ids_with_hash)(p, spec_f, h) for p in parts])
-    return [i for f in found for i in f.result()]
+    info: ItemsInfo
+    classes: ClassSet
+    spec: Spec
 
 
-def run(s: Settings, *, client: Any = None, progress: bool = False,
-        echo: Callable[[str], None] = lambda _: None) -> dict:
-    """Run the whole job described by ``s`` and return its summary (also in ``OUT/summary.json``).
-
-    Raises :class:`BadInputError` for bad input, leaving the output folder as it was.
-    """
-    from dask import delayed
-
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
+    """Check the items' footers and the classes against the settings (no cluster needed)."""
     info = inspect_items(s)
-    classes = read_classes(s)
+    classes = classes or read_classes(s)
     for v, col in s.views:
+        if v not in classes.embeddings:
+            raise BadInputError(f"the model has no view {v!r} (it has {', '.join(classes.embeddings)})",
+                                column=col, hint="Use the view names the model was fitted with")
         d_items, d_cls = info.dims[v], classes.embeddings[v].shape[1]
         if d_items is not None and d_items != d_cls:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
-    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite)
-    commit.check_target()
-    timings["check"] = time.perf_counter() - t_start
-
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
-                classes=classes.embeddings, cos_min=s.cos_min, diff_min=s.diff_min,
-                per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
-    with connect(s, client) as c:
-        echo(f"Dask dashboard: {c.dashboard_link}")
-        n_workers = len(c.scheduler_info().get("workers", {}))
-        ddf = read_items(s, info)
-        parts = ddf.to_delayed()
-        echo(f"Read {info.rows:,} items in {len(parts)} partitions from {len(info.files)} file(s); "
-             f"{classes.k} classes; views {', '.join(f'{v}={c_}' for v, c_ in s.views)}; {n_workers} workers")
+                classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
+                diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
+    return Prepared(info, classes, spec)
 
-        # pass 1: statistics
-        t = time.perf_counter()
-        spec_f = c.scatter(spec, broadcast=True, hash=False)
-        root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
-        stats: Statistics = _compute(c, root, "pass 1/2: statistics", progress)
-        if stats.duplicate_hash is not None:
-            dups = _find_duplicate(c, parts, spec_f, stats.duplicate_hash)
-            if len(dups) > 1 and len(set(dups)) < len(dups):
-                raise BadInputError("appears more than once", file=s.items, column=s.id,
-                                    row=next(d for d in dups if dups.count(d) > 1),
-                                    hint="Ids must be unique; drop or rename the duplicates")
-        timings["statistics"] = time.perf_counter() - t
 
-        # masks on the client (small)
-        t = time.perf_counter()
-        masks = {}
-        for v in spec.classes:
-            m = resolve_dims(s.dims, spec.classes[v].shape[1])
-            masks[v] = fit_masks(stats.moments[v], spec.classes[v], m=m, min_items=s.min_items,
-                                 per_pair=spec.per_pair)
-        spec2 = Spec(**{**spec.__dict__, "masks": masks})
-        timings["masks"] = time.perf_counter() - t
+def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | None) -> None:
+    """Name the duplicated id behind a repeated hash (a true 64-bit collision is let through)."""
+    from dask import delayed
 
-        # pass 2: tourney, each task writing its labels part into the staging folder
-        t = time.perf_counter()
-        staging = commit.begin()
-        try:
-            labels_dir = staging / "labels"
-            labels_dir.mkdir()
-            spec2_f = c.scatter(spec2, broadcast=True, hash=False)
-            tasks = [delayed(_label_and_write, pure=True)(p, spec2_f, str(labels_dir / f"part.{i:05d}.parquet"))
-                     for i, p in enumerate(parts)]
-            tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
-            timings["tourney"] = time.perf_counter() - t
+    if h is None:
+        return
+    found = c.compute([delayed(ids_with_hash)(p, spec_f, h) for p in parts])
+    ids = [i for f in found for i in f.result()]
+    if len(set(ids)) < len(ids):
+        raise BadInputError("appears more than once", file=s.items, column=s.id,
+                            row=next(i for i in ids if ids.count(i) > 1),
+                            hint="Ids must be unique; drop or rename the duplicates")
 
-            t = time.perf_counter()
-            dis = tally.disagreements
-            dis = dis.take(pc.sort_indices(dis, [("priority", "descending")]))
-            (staging / "disagreements").mkdir()
-            write_table(dis, staging / "disagreements" / "part.00000.parquet")
-            model = FittedModel(classes.names, classes.embeddings, stats.moments, masks, _params(s, masks))
-            save(model, staging / "model")
-            timings["write"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t_start
-            summary = _summary(s, info, classes.names, len(parts), n_workers, stats, tally, masks, timings,
-                               commit.run_id)
-            write_json(summary, staging / "summary.json")
-            commit.publish()
-        except BaseException:
-            commit.abort()
-            raise
-    return summary
+
+def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
+    """Pass 0, only when a quantile filter is on: per-class thresholds from merged histograms.
+
+    The effective threshold of a class is the larger of the absolute one and its quantile's.
+    """
+    from dask import delayed
+
+    if not (s.cos_quantile > 0 or s.diff_quantile > 0):
+        return spec
+    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
+    hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
+    thresholds = {}
+    for v, h in hist.counts.items():
+        cos = np.maximum(s.cos_min, quantile_thresholds(h, s.cos_quantile, 0)) if s.cos_quantile else \
+            np.full(spec.k, s.cos_min)
+        diff = np.maximum(s.diff_min, quantile_thresholds(h, s.diff_quantile, 1)) if s.diff_quantile else \
+            np.full(spec.k, s.diff_min)
+        thresholds[v] = (cos, diff)
+    return replace(spec, thresholds=thresholds)
+
+
+def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Statistics:
+    """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
+    from dask import delayed
+
+    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
+    stats: Statistics = _compute(c, root, "pass 1/2: statistics", progress)
+    _check_duplicates(c, s, parts, spec_f, stats.duplicate_hash)
+    return stats
+
+
+def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments]) -> dict[str, PairMasks]:
+    """Masks and weights of every view from merged moments (small; on the client)."""
+    return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(s.dims, spec.classes[v].shape[1]),
+                         min_items=s.min_items, per_pair=spec.per_pair) for v in spec.classes}
 
 
 def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
@@ -173,24 +170,184 @@ def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
     return tally
 
 
-def _params(s: Settings, masks: dict) -> dict:
-    return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
-            "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
-            "mode": s.mode, "top_t": s.top_t}
+def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *, progress: bool) -> Tally:
+    """Pass 2: every partition labelled; each task writes its own part of ``labels/``."""
+    from dask import delayed
+
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, str(labels_dir / f"part.{i:05d}.parquet"))
+             for i, p in enumerate(parts)]
+    tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
+    if spec.check_ids:
+        _check_duplicates(c, s, parts, spec_f, tally.duplicate_hash)
+    return tally
+
+
+def write_disagreements(tally: Tally, folder: Path) -> None:
+    """The review list, most certain errors first (stable: ties keep the catalog's order)."""
+    dis = tally.disagreements
+    dis = dis.take(pc.sort_indices(dis, [("priority", "descending")]))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(dis, folder / "part.00000.parquet")
+
+
+Body = Callable[[Any, list, Path, dict], dict]
+
+
+def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
+    """The frame every command shares: output check, cluster, partitions, staging, commit."""
+    timings: dict[str, float] = {}
+    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite)
+    commit.check_target()
+    timings["check"] = time.perf_counter() - t_start
+    with connect(s, client) as c:
+        echo(f"Dask dashboard: {c.dashboard_link}")
+        parts = read_items(s, prep.info).to_delayed()
+        workers = len(c.scheduler_info().get("workers", {}))
+        echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
+             f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
+             f"{workers} workers")
+        staging = commit.begin()
+        try:
+            summary = body(c, parts, staging, timings)
+            timings["total"] = time.perf_counter() - t_start
+            summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+            write_json(summary, staging / "summary.json")
+            commit.publish()
+        except BaseException:
+            commit.abort()
+            raise
+    return summary
+
+
+def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent) -> dict:
+    """Run the whole job described by ``s``; return its summary (also in ``OUT/summary.json``).
+
+    Raises :class:`BadInputError` for bad input, leaving the output folder as it was.
+    """
+    t_start = time.perf_counter()
+    prep = prepare(s)
+
+    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+        t = time.perf_counter()
+        spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
+        timings["statistics"] = time.perf_counter() - t
+        t = time.perf_counter()
+        masks = fit_pair_masks(s, spec, stats.moments)
+        timings["masks"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
+        timings["tourney"] = time.perf_counter() - t
+        t = time.perf_counter()
+        write_disagreements(tally, staging / "disagreements")
+        save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
+                         _params(s, masks, stats.rows, spec)), staging / "model")
+        timings["write"] = time.perf_counter() - t
+        return {"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+
+
+def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent,
+        base_model: str | None = None) -> dict:
+    """Statistics only: write ``OUT/model/`` and ``summary.json``, no labels.
+
+    With ``base_model`` (a saved ``model/`` folder) this is *update*: the new items' moments are
+    added to the model's (moments merge exactly) and the masks recomputed, without reading the
+    old items: ``update(fit(A), B)`` equals ``fit(A ∪ B)``.
+    """
+    t_start = time.perf_counter()
+    old = load(base_model) if base_model else None
+    if old is not None:
+        _check_compatible(s, old)
+    prep = prepare(s, _model_classes(old) if old is not None else None)
+
+    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+        t = time.perf_counter()
+        # an update keeps the model's filter thresholds: moments only add up under the same sets
+        spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+                else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
+        moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
+        items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
+        timings["statistics"] = time.perf_counter() - t
+        t = time.perf_counter()
+        masks = fit_pair_masks(s, spec, moments)
+        timings["masks"] = time.perf_counter() - t
+        save(FittedModel(prep.classes.names, spec.classes, moments, masks, _params(s, masks, items, spec)),
+             staging / "model")
+        return {"command": "update" if old is not None else "fit", "model_items": items,
+                "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
+                "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
+
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+
+
+def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = False,
+          echo: Echo = _silent) -> dict:
+    """Label items with a saved model: the tourney pass only, no statistics."""
+    t_start = time.perf_counter()
+    model = load(model_dir)
+    _check_compatible(s, model)
+    prep = prepare(s, _model_classes(model))
+    spec = replace(prep.spec, masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
+
+    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+        t = time.perf_counter()
+        tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress)
+        timings["tourney"] = time.perf_counter() - t
+        t = time.perf_counter()
+        write_disagreements(tally, staging / "disagreements")
+        timings["write"] = time.perf_counter() - t
+        return {"command": "apply", "model": str(model_dir)} | _label_summary(s, prep.classes.names, tally,
+                                                                               spec.masks)
+
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+
+
+def _model_classes(model: FittedModel) -> ClassSet:
+    return ClassSet(model.names, dict(model.classes), {v: f"model:{v}" for v in model.classes})
+
+
+def _check_compatible(s: Settings, model: FittedModel) -> None:
+    missing = [v for v in s.view_names if v not in model.classes]
+    if missing:
+        raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
+                            hint="Use --views with the model's view names")
+    for key in ("cos_min", "diff_min", "cos_quantile", "diff_quantile"):
+        if key in model.params and float(model.params[key]) != float(getattr(s, key)):
+            raise BadInputError(f"{key} = {getattr(s, key)} differs from the model's {model.params[key]}",
+                                hint="Moments only add up under the same filters: use the model's settings")
+
+
+# --- summaries -----------------------------------------------------------------------------
+
+def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
+
+
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec) -> dict:
+    return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
+            "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
+            "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
+            "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
+            "mode": s.mode, "top_t": s.top_t, "items": int(items)}
+
+
+def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
+    return {"pairs": int(len(m.pairs)),
+            "fallback_pairs": [f"{names[a]} / {names[b]}" for a, b in m.pairs[m.fallback]]}
 
 
 def _counts(names: tuple[str, ...], arr: np.ndarray) -> dict[str, int]:
     return {n: int(c) for n, c in zip(names, arr)}
 
 
-def _summary(s: Settings, info: ItemsInfo, names: tuple[str, ...], partitions: int, workers: int,
-             stats: Statistics, tally: Tally, masks: dict, timings: dict, run_id: str) -> dict:
-    import dask
-    import distributed
-
-    views = s.view_names
+def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally, masks: dict[str, PairMasks]) -> dict:
     per_view = {}
-    for v in views:
+    for v in s.view_names:
         pv: dict[str, Any] = {"base_counts": _counts(names, tally.base_counts[v]),
                               "tourney_counts": _counts(names, tally.label_counts[v]),
                               "changed": tally.changed[v]}
@@ -199,11 +356,8 @@ def _summary(s: Settings, info: ItemsInfo, names: tuple[str, ...], partitions: i
                 conf = tally.conf[f"annotation~{kind}:{v}"]
                 pv[f"accuracy_{kind}"] = accuracy(conf)
                 pv[f"macro_f1_{kind}"] = macro_f1(conf)
-        m = masks[v]
-        pv["pairs"] = int(len(m.pairs))
-        pv["fallback_pairs"] = [f"{names[a]} / {names[b]}" for a, b in m.pairs[m.fallback]]
-        per_view[v] = pv
-    agreement = {}
+        per_view[v] = pv | _mask_summary(names, masks[v])
+    agreement: dict[str, dict[str, float]] = {}
     for key, conf in tally.conf.items():
         if key.startswith(("base:", "tourney:")):
             kind, pair = key.split(":")
@@ -211,23 +365,36 @@ def _summary(s: Settings, info: ItemsInfo, names: tuple[str, ...], partitions: i
     dis = tally.disagreements
     reasons = pc.value_counts(dis.column("reason")).to_pylist() if dis.num_rows else []
     out: dict[str, Any] = {
-        "run_id": run_id,
-        "fingerprint": s.fingerprint(),
-        "version": __version__,
-        "items": {"path": s.items, "files": len(info.files), "rows": int(stats.rows), "partitions": partitions},
-        "classes": {"path": s.classes, "names": list(names)},
-        "views": dict(s.views),
-        "method": _params(s, masks),
-        "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
+        "labelled_items": int(tally.rows),
         "per_view": per_view,
         "agreement_weighted_f1": agreement,
         "disagreements": {"rows": int(dis.num_rows), **{r["values"]: int(r["counts"]) for r in reasons}},
         "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values())),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "versions": {"python": platform.python_version(), "dask": dask.__version__,
-                     "distributed": distributed.__version__, "numpy": np.__version__, "pyarrow": pa.__version__},
     }
     if s.label:
         conf = tally.conf["annotation~final"]
         out["final"] = {"accuracy": accuracy(conf), "macro_f1": macro_f1(conf)}
     return out
+
+
+def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: dict, run_id: str) -> dict:
+    import dask
+    import distributed
+
+    return {
+        "run_id": run_id,
+        "fingerprint": s.fingerprint(),
+        "version": __version__,
+        "out": s.out,
+        "items": {"path": s.items, "files": len(prep.info.files), "rows": int(prep.info.rows),
+                  "partitions": partitions},
+        "classes": {"path": s.classes, "names": list(prep.classes.names)},
+        "views": dict(s.views),
+        "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
+                   "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
+                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t},
+        "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "versions": {"python": platform.python_version(), "dask": dask.__version__,
+                     "distributed": distributed.__version__, "numpy": np.__version__, "pyarrow": pa.__version__},
+    }

@@ -107,23 +107,55 @@ def set_index(a: np.ndarray | int, b: np.ndarray | int, k: int, per_pair: bool) 
     return a * k + b if per_pair else a
 
 
-def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, cos_min: float,
-                     diff_min: float, per_pair: bool) -> Moments:
+def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, cos_min: float | np.ndarray,
+                     diff_min: float | np.ndarray, per_pair: bool) -> Moments:
     """The statistics step for one block: moments of every pair side's filtered set.
 
     Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``.
+    ``cos_min`` and ``diff_min`` are scalars or per-class ``(k,)`` thresholds (quantile filters).
     """
     n, k = scores.shape
     rows = np.arange(n)
     top = scores[rows, labels] if n else np.zeros(0, np.float32)
-    keep = top >= cos_min
+    cos_min = np.asarray(cos_min, dtype=np.float64)
+    diff_min = np.asarray(diff_min, dtype=np.float64)
+    keep = top >= (cos_min[labels] if cos_min.ndim else cos_min)
     q = quantize(x)
     if not per_pair:
         return class_moments(x, labels, keep, k, quantized=q)
     member = np.zeros((n, k * k), dtype=np.float64)
     diff = top[:, None] - scores  # (n, k): S_ia − S_ib for the item's own a
-    ok = keep[:, None] & (diff >= diff_min)
+    ok = keep[:, None] & (diff >= (diff_min[labels][:, None] if diff_min.ndim else diff_min))
     ok[rows, labels] = False  # no pair (a, a)
     r, b = np.nonzero(ok)
     member[r, labels[r] * k + b] = 1.0
     return set_moments(x, member, quantized=q)
+
+
+#: Histogram bins of the quantile filters: top-1 cosine on [-1, 1], top-1 − top-2 margin on [0, 2].
+HIST_BINS = 4096
+
+
+def score_histograms(top: np.ndarray, margin: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per class, integer histograms of the top-1 cosine and of the margin: ``(k, 2, HIST_BINS)``.
+
+    Counts add exactly across partitions, so quantiles read from the merged histograms do not
+    depend on the partitioning (resolution 2/HIST_BINS ≈ 0.0005 cosine).
+    """
+    out = np.zeros((k, 2, HIST_BINS), np.int64)
+    for j, (v, lo) in enumerate(((top, -1.0), (margin, 0.0))):
+        b = np.clip(((np.asarray(v, np.float64) - lo) / 2.0 * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+        out[:, j, :] = np.bincount(labels.astype(np.int64) * HIST_BINS + b, minlength=k * HIST_BINS).reshape(k, HIST_BINS)
+    return out
+
+
+def quantile_thresholds(hist: np.ndarray, q: float, which: int) -> np.ndarray:
+    """Per class, the lower bin edge below which lies at most a share ``q`` of its items."""
+    lo = -1.0 if which == 0 else 0.0
+    h = hist[:, which, :]
+    cdf = np.cumsum(h, axis=1)
+    total = cdf[:, -1:]
+    # first bin whose cumulative count exceeds q·n: everything below its lower edge is dropped
+    first = np.argmax(cdf > q * total, axis=1)
+    edges = lo + first * (2.0 / HIST_BINS)
+    return np.where(total[:, 0] > 0, edges, lo)

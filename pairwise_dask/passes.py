@@ -21,7 +21,7 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, filtered_moments
+from .moments import Moments, filtered_moments, score_histograms
 from .tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
 
 
@@ -41,6 +41,9 @@ class Spec:
     mode: str = "bracket"
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
+    check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
+    thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
+    # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
 
     @property
     def k(self) -> int:
@@ -119,8 +122,9 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     mom = {}
     for v, x in b.views.items():
         base = base_labels(x, spec.classes[v])
-        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=spec.cos_min,
-                                  diff_min=spec.diff_min, per_pair=spec.per_pair)
+        cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
+        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=cos_min,
+                                  diff_min=diff_min, per_pair=spec.per_pair)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -128,6 +132,26 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
     return Statistics(len(b.ids), mom, hashes)
+
+
+@dataclass
+class Histograms:
+    """Pass 0 (only for quantile filters): per view, per class histograms of top-1 cosine and margin."""
+
+    counts: dict[str, np.ndarray]
+
+    def __add__(self, o: "Histograms") -> "Histograms":
+        return Histograms({v: self.counts[v] + o.counts[v] for v in self.counts})
+
+
+def histogram_partition(df: Any, spec: Spec) -> Histograms:
+    """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
+    b = read_block(df, spec)
+    out = {}
+    for v, x in b.views.items():
+        base = base_labels(x, spec.classes[v])
+        out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
+    return Histograms(out)
 
 
 def merge(parts: list[Any]) -> Any:
@@ -157,12 +181,17 @@ class Tally:
     changed: dict[str, int]
     conf: dict[str, np.ndarray]  # "base:a~b", "tourney:a~b", "annotation~base:a", ... -> (k, k)
     disagreements: pa.Table
+    id_hashes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    duplicate_hash: int | None = None
 
     def __add__(self, o: "Tally") -> "Tally":
         add = lambda x, y: {k: x[k] + y[k] for k in x}  # noqa: E731
+        hashes = np.sort(np.concatenate([self.id_hashes, o.id_hashes]), kind="stable")
+        dup = self.duplicate_hash if self.duplicate_hash is not None else o.duplicate_hash
         return Tally(self.rows + o.rows, add(self.base_counts, o.base_counts),
                      add(self.label_counts, o.label_counts), add(self.changed, o.changed),
-                     add(self.conf, o.conf), pa.concat_tables([self.disagreements, o.disagreements]))
+                     add(self.conf, o.conf), pa.concat_tables([self.disagreements, o.disagreements]),
+                     hashes, dup if dup is not None else _first_duplicate(hashes))
 
 
 def _names(spec: Spec, idx: np.ndarray) -> pa.Array:
@@ -237,7 +266,10 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
         conf["annotation~final"] = confusion(ann[has], final[has], k)
     tally = Tally(n, {v: np.bincount(base_l[v], minlength=k) for v in views},
                   {v: np.bincount(tour_l[v], minlength=k) for v in views},
-                  {v: int((base_l[v] != tour_l[v]).sum()) for v in views}, conf, dis)
+                  {v: int((base_l[v] != tour_l[v]).sum()) for v in views}, conf, dis,
+                  np.sort(b.id_hash) if spec.check_ids else np.zeros(0, np.uint64))
+    if spec.check_ids:
+        tally.duplicate_hash = _first_duplicate(tally.id_hashes)
     return table, tally
 
 
