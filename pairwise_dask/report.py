@@ -242,8 +242,10 @@ def _heatmap(conf: np.ndarray, names: tuple[str, ...], shown: np.ndarray, title:
     sub = conf[np.ix_(shown, shown)]
     row_tot = conf[shown].sum(axis=1)  # shares of the whole row, hidden classes included
     share = np.divide(sub, row_tot[:, None], out=np.zeros(sub.shape), where=row_tot[:, None] > 0)
+    font = min(11, cell - 1)  # dense maps: smaller labels rather than overlapping ones
     out = [f'<svg class="fig" role="img" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-           f'><title>{_e(title)}</title>']
+           f'><title>{_e(title)}</title><style>.hmf{font} .tick {{ font-size: {font}px }}</style>'
+           f'<g class="hmf{font}">']
     x0, y0 = label_w, top_h
     for j, c in enumerate(shown):
         x = x0 + j * cell + cell / 2
@@ -263,7 +265,7 @@ def _heatmap(conf: np.ndarray, names: tuple[str, ...], shown: np.ndarray, title:
     out.append(f'<rect x="{x0}" y="{y0}" width="{n * cell}" height="{n * cell}" fill="none" stroke="#cbd5e1"/>')
     out.append(f'<text class="axis" x="{x0}" y="{y0 + n * cell + 22}">'
                f'rows: {_e(row_title)} · columns: {_e(col_title)}</text>')
-    out.append(f'<text class="figtitle" x="{x0}" y="16">{_e(title)}</text></svg>')
+    out.append(f'</g><text class="figtitle" x="{x0}" y="16">{_e(title)}</text></svg>')
     return "".join(out)
 
 
@@ -445,6 +447,9 @@ def _headline(s: dict) -> str:
 
 def _comparison_section(data: ReportData) -> str:
     comp = data.comparison
+    if not data.rows:
+        return ('<h2 id="heatmap">Labels</h2><p class="note">This output holds no labels (a fit or update '
+                'writes only the model).</p>')
     if comp is None:
         return ('<h2 id="heatmap">Labels of view A against view B</h2><p class="note">This run has one view '
                 'and no annotation, so there is nothing to compare its labels with.</p>')
@@ -475,6 +480,8 @@ def _comparison_section(data: ReportData) -> str:
 
 
 def _margins_section(data: ReportData) -> str:
+    if not data.rows:
+        return ""
     figs = "".join(f'<div class="panel">{_histogram(data.margins[v], v)}</div>' for v in data.views)
     key = (f' <span style="color:{TOURNEY_COLOUR}">■</span> views agree '
            f'<span style="color:{DISAGREE_COLOUR}">■</span> views disagree.') if len(data.views) > 1 else ""

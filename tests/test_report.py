@@ -214,3 +214,12 @@ def test_write_report_replaces_an_older_page(tmp_path: Path) -> None:
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert not list(tmp_path.glob("*.tmp"))
     json.dumps({k: v for k, v in summary.items() if k != "_conf"})  # the fake stays a plain summary
+
+
+def test_an_output_without_labels_still_gets_a_page(tmp_path: Path) -> None:
+    """A fit writes only model/: the page says so instead of drawing empty figures."""
+    summary = _fake_run(tmp_path / "x", ["a", "b"], 10, parts=1)
+    summary.pop("disagreements")
+    page = parse(write_report(tmp_path, summary))
+    assert "holds no labels" in "".join(page.text)
+    assert_offline(page)
