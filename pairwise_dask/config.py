@@ -57,6 +57,16 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
+def _dims_check(v: float) -> str | None:
+    # a count must be whole (2.5 dimensions is a typo, not a request to round); the upper bound
+    # d is only known once the data is open, so job.prepare checks dims ≤ d
+    if v <= 0:
+        return "must be a whole number ≥ 1, or a fraction of d in (0, 1)"
+    if v >= 1 and v != int(v):
+        return "must be a whole number when ≥ 1 (or a fraction of d below 1)"
+    return None
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("items", None, str, None, "items Parquet: a file, a folder or a glob", path=True),
     Option("classes", None, str, None, "classes Parquet: `name` and one embedding column per view "
@@ -65,8 +75,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("id", None, str, "id", "items' id column (unique, non-null)"),
     Option("label", None, str, "", "items' existing annotation column, for accuracy and QA (optional)"),
     Option("overwrite", None, bool, False, "replace an output folder that holds a different job's run"),
-    Option("dims", "method", float, 100, "m: dimensions per pair mask (an integer, or a fraction of d "
-           "when below 1)", _range(1e-9, None)),
+    Option("dims", "method", float, None, "m: dimensions per pair mask, a whole number ≤ d or a fraction "
+           "of d below 1 (default: 100, or d when d is smaller)", _dims_check),
     Option("seed", "method", int, 0, "seed of the bracket's random order", _range(0, 2 ** 63 - 1)),
     Option("cos_min", "method", float, -1.0, "statistics only use items whose top cosine is at least this",
            _range(-1.0, 1.0)),
@@ -107,7 +117,7 @@ class Settings:
     id: str = "id"
     label: str = ""
     overwrite: bool = False
-    dims: float = 100
+    dims: float | None = None  # None: masks.DEFAULT_DIMS, or d when smaller
     seed: int = 0
     cos_min: float = -1.0
     diff_min: float = 0.0

@@ -24,6 +24,15 @@ class BadInputError(ValueError):
             msg += f". {hint}"
         super().__init__(msg)
 
+    def at(self, *, file: str | None = None, row: object | None = None) -> "BadInputError":
+        """The same error with the file (or row) filled in where the raiser could not know it.
+
+        Per-partition checks run on workers that see a block, not a file name; the job adds the
+        file on the way out so that the one message still says where to look.
+        """
+        return BadInputError(self.what, file=self.file or file, column=self.column,
+                             row=self.row if self.row is not None else row, hint=self.hint)
+
     def __reduce__(self):  # survive pickling from a worker back to the client
         return (_rebuild, (self.what, self.file, self.column, self.row, self.hint))
 

@@ -82,6 +82,13 @@ def inspect_items(s: Settings) -> ItemsInfo:
                                     f"in {files[0]}", file=f, column=col,
                                     hint="All files of a catalog must share one schema")
     assert schema is not None
+    if s.id in schema.names:
+        t_id = schema.field(s.id).type
+        if not (pa.types.is_integer(t_id) or pa.types.is_string(t_id) or pa.types.is_large_string(t_id)
+                or pa.types.is_binary(t_id) or pa.types.is_large_binary(t_id)):
+            # caught here from the footer, not later on a worker with no file to name
+            raise BadInputError(f"has type {t_id}; ids must be strings or integers", file=files[0],
+                                column=s.id, hint="Cast the id column to string or int64")
     need = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
     for col in need:
         if col not in schema.names:
@@ -176,10 +183,37 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
                                 f"{', '.join(repr(c) for c in candidates)})", file=where,
                                 hint="Name a column after the view or the items' column, provide one "
                                      "shared `embedding`, or set [class_columns]")
-        x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
-        emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
+        try:
+            x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
+            emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
+        except BadInputError as e:  # the array checks know the column and class, not the file
+            raise e.at(file=where) from None
         cols[view] = col
     return ClassSet(tuple(names), emb, cols)
+
+
+def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> str | None:
+    """The first file holding the id ``row`` (or, for ``row=None``, a null id). Error path only.
+
+    Workers see partitions, not files; when a per-partition check fails, this one read of the id
+    column lets the message name the file to fix.
+    """
+    if len(files) == 1:
+        return files[0]
+    import pyarrow.compute as pc
+
+    for f in files:
+        ids = pq.read_table(f, columns=[id_col]).column(id_col)
+        if row is None:
+            hit = ids.null_count > 0
+        else:
+            try:
+                hit = pc.any(pc.is_in(ids, value_set=pa.array([row], ids.type))).as_py()
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                hit = False
+        if hit:
+            return f
+    return None
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -215,6 +249,7 @@ class Commit:
         self.overwrite = overwrite
         self.run_id = uuid.uuid4().hex[:12]
         self.staging = self.out / f"{STAGING_PREFIX}{self.run_id}"
+        self._created: list[Path] = []  # folders begin() made (abort removes them, deepest first)
 
     def check_target(self) -> None:
         """Refuse an output folder holding something else, unless ``overwrite``."""
@@ -241,7 +276,9 @@ class Commit:
 
     def begin(self) -> Path:
         """Create the staging folder (and clear what killed runs left behind)."""
+        missing = [p for p in (self.out, *self.out.parents) if not p.exists()]
         self.out.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first
         for p in self.out.iterdir():
             if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                 shutil.rmtree(p, ignore_errors=True)
@@ -269,11 +306,17 @@ class Commit:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def abort(self) -> None:
+        """Remove this run's staging folder and any folder :meth:`begin` created (if empty).
+
+        A folder that existed before the run stays, even empty: a failed run leaves ``out`` as it
+        was, no more and no less.
+        """
         shutil.rmtree(self.staging, ignore_errors=True)
-        try:
-            self.out.rmdir()  # only if we created it and it is empty
-        except OSError:
-            pass
+        for p in self._created:
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def _fsync_dir(path: Path) -> None:

@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 from . import __version__
 from .config import Settings
 from .errors import BadInputError
-from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
+from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, read_items, write_json,
+                 write_table)
 from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
@@ -56,6 +57,24 @@ def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = 
     return tasks[0]
 
 
+class _DropBadInputLogs(logging.Filter):
+    """Drop a worker's "Compute Failed" record when the task failed on bad input.
+
+    The client re-raises that error and the CLI prints it as its one message; the worker's copy
+    (a multi-line repr with a traceback, on the same stderr for a LocalCluster) only buries it.
+    Any other task failure is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Compute Failed") and "BadInputError" in record.getMessage())
+
+
+def _quiet_bad_input_logs() -> None:  # runs in each worker process
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _DropBadInputLogs) for f in log.filters):
+        log.addFilter(_DropBadInputLogs())
+
+
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``."""
@@ -70,6 +89,7 @@ def connect(s: Settings, client: Any = None) -> Iterator[Any]:
         with LocalCluster(n_workers=s.workers, threads_per_worker=s.threads_per_worker,
                           processes=True, memory_limit=s.memory_limit, silence_logs=logging.ERROR,
                           dashboard_address=":0") as cluster, Client(cluster) as c:
+            c.run(_quiet_bad_input_logs)  # our own workers share our stderr
             yield c
 
 
@@ -106,6 +126,12 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
+        if s.dims is not None and s.dims >= 1 and s.dims > d_cls:
+            # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
+            # use every dimension: refuse it before any data is read
+            raise BadInputError(f"dims = {s.dims:g} is larger than d = {d_cls}, the dimension of view {v!r}",
+                                file=s.job_file or "command line",
+                                hint=f"Set dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.25)")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
                 diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
@@ -231,10 +257,22 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
             summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
             write_json(summary, staging / "summary.json")
             commit.publish()
+        except BadInputError as e:
+            commit.abort()
+            raise _with_items_file(e, s, prep.info) from None
         except BaseException:
             commit.abort()
             raise
     return summary
+
+
+def _with_items_file(e: BadInputError, s: Settings, info: ItemsInfo) -> BadInputError:
+    """Name the items file behind a per-partition error (workers see blocks, not files)."""
+    item_cols = {s.id, s.label, *(c for _, c in s.views)} - {""}
+    if e.column not in item_cols or (e.file and e.file in info.files):
+        return e
+    file = locate_row(info.files, s.id, e.row) or s.items
+    return BadInputError(e.what, file=file, column=e.column, row=e.row, hint=e.hint)
 
 
 def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent) -> dict:
