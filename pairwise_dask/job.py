@@ -33,11 +33,13 @@ from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
+from .report import write_report
 from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
                      merge, statistics_partition)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
+logger = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
@@ -253,8 +255,17 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
         staging = commit.begin()
         try:
             summary = body(c, parts, staging, timings)
-            timings["total"] = time.perf_counter() - t_start
             summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+            t = time.perf_counter()
+            try:
+                write_report(staging, summary)
+                summary["report"] = "report.html"
+            except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                logger.warning("report.html was not written: %s", e)
+                summary["report"] = f"not written: {type(e).__name__}: {e}"
+            timings["report"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             write_json(summary, staging / "summary.json")
             commit.publish()
         except BadInputError as e:
