@@ -129,7 +129,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  steps      {steps}")
     outs = "labels/, disagreements/, model/" if s.get("command") == "run" else (
         "labels/, disagreements/" if s.get("command") == "apply" else "model/")
-    lines.append(f"  outputs    {s['out']}: {outs}, summary.json")
+    lines.append(f"  outputs    {s['out']}: {outs}, summary.json"
+                 + (", report.html" if s.get("report") == "report.html" else f"  (report {s.get('report')})"))
     return "\n".join(lines)
 
 
