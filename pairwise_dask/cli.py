@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("apply", "update"):
             cmd.add_argument("model", help="a saved model/ folder (from run, fit or update)")
         _add_run_flags(cmd)
+    from . import prompts  # light: the model is imported only when the command runs
+
+    prompts.configure_parser(sub.add_parser("classes", help=prompts.HELP, description=prompts.DESCRIPTION,
+                                            epilog=prompts.EXAMPLES,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
@@ -124,7 +129,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  steps      {steps}")
     outs = "labels/, disagreements/, model/" if s.get("command") == "run" else (
         "labels/, disagreements/" if s.get("command") == "apply" else "model/")
-    lines.append(f"  outputs    {s['out']}: {outs}, summary.json")
+    lines.append(f"  outputs    {s['out']}: {outs}, summary.json"
+                 + (", report.html" if s.get("report") == "report.html" else f"  (report {s.get('report')})"))
     return "\n".join(lines)
 
 
@@ -134,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
+    if ns.command == "classes":
+        from .prompts import run_command
+
+        return run_command(ns)
     quiet = ns.quiet or ns.json
     echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
     try:

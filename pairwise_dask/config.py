@@ -82,6 +82,10 @@ OPTIONS: tuple[Option, ...] = (
            _range(-1.0, 1.0)),
     Option("diff_min", "method", float, 0.0, "statistics only use items that beat the other class of the "
            "pair by at least this cosine", _range(0.0, 2.0)),
+    Option("cos_quantile", "method", float, 0.0, "per class, also drop this lowest share of its items' top "
+           "cosines from the statistics (0: off; costs one extra pass)", _range(0.0, 1.0)),
+    Option("diff_quantile", "method", float, 0.0, "per class, also drop this lowest share of its items' top-1 "
+           "minus top-2 margins (0: off; costs one extra pass)", _range(0.0, 1.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
     Option("mode", "method", str, "bracket", "how the pair decisions pick a label: bracket, round-robin "
@@ -117,6 +121,8 @@ class Settings:
     seed: int = 0
     cos_min: float = -1.0
     diff_min: float = 0.0
+    cos_quantile: float = 0.0
+    diff_quantile: float = 0.0
     min_items: int = 5
     mode: str = "bracket"
     top_t: int = 16
@@ -133,8 +139,8 @@ class Settings:
 
     @property
     def per_pair_sets(self) -> bool:
-        """Pair sides depend on the pair only when ``diff_min`` > 0 (METHOD.md §2)."""
-        return self.diff_min > 0
+        """Pair sides depend on the pair only when a diff filter is on (METHOD.md §2)."""
+        return self.diff_min > 0 or self.diff_quantile > 0
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -127,6 +127,12 @@ def read_items(s: Settings, info: ItemsInfo):
 
 
 @dataclass(frozen=True)
+class _ViewsOnly:
+    views: tuple[tuple[str, str], ...]
+    class_columns: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class ClassSet:
     """Class names and, per view, their L2-normalised prompt embeddings ``(k, d)`` float32."""
 
@@ -143,7 +149,13 @@ def read_classes(s: Settings) -> ClassSet:
     """Read and check the classes file: ≥ 2 unique names, one embedding per view (or shared)."""
     files = parquet_files(s.classes)
     table = pa.concat_tables([pq.read_table(f) for f in files])
-    where = s.classes
+    return classes_from_table(table, s.views, s.class_columns, where=s.classes)
+
+
+def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
+                       class_columns: tuple[tuple[str, str], ...] = (), *, where: str = "classes") -> ClassSet:
+    """Check a classes table (``name`` + embedding columns) and normalise its prompts per view."""
+    s = _ViewsOnly(views, class_columns)
     if "name" not in table.column_names:
         raise BadInputError("is missing", file=where, column="name",
                             hint=f"The classes file needs a `name` column; it has {', '.join(table.column_names)}")

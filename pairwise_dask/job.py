@@ -29,13 +29,17 @@ from .config import Settings
 from .errors import BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, read_items, write_json,
                  write_table)
-from .masks import PairMasks, fit_masks, resolve_dims
+from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
-from .moments import Moments
-from .passes import Spec, Statistics, Tally, ids_with_hash, label_partition, merge, statistics_partition
+from .moments import Moments, quantile_thresholds
+from .report import write_report
+from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
+                     merge, statistics_partition)
+from .tourney import use_gather
 
 SPLIT_EVERY = 8
+logger = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
@@ -163,6 +167,28 @@ def shared(spec: Spec) -> Any:
     return delayed(spec, pure=True, traverse=False)
 
 
+def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
+    """Pass 0, only when a quantile filter is on: per-class thresholds from merged histograms.
+
+    The effective threshold of a class is the larger of the absolute one and its quantile's.
+    """
+    from dask import delayed
+
+    if not (s.cos_quantile > 0 or s.diff_quantile > 0):
+        return spec
+    spec_f = shared(spec)
+    root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
+    hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
+    thresholds = {}
+    for v, h in hist.counts.items():
+        cos = np.maximum(s.cos_min, quantile_thresholds(h, s.cos_quantile, 0)) if s.cos_quantile else \
+            np.full(spec.k, s.cos_min)
+        diff = np.maximum(s.diff_min, quantile_thresholds(h, s.diff_quantile, 1)) if s.diff_quantile else \
+            np.full(spec.k, s.diff_min)
+        thresholds[v] = (cos, diff)
+    return replace(spec, thresholds=thresholds)
+
+
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Statistics:
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
     from dask import delayed
@@ -174,10 +200,25 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
     return stats
 
 
-def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments]) -> dict[str, PairMasks]:
-    """Masks and weights of every view from merged moments (small; on the client)."""
-    return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(s.dims, spec.classes[v].shape[1]),
-                         min_items=s.min_items, per_pair=spec.per_pair) for v in spec.classes}
+def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
+                   pair_ids: dict[str, np.ndarray] | None = None) -> dict[str, PairMasks]:
+    """Masks and weights of every view from merged moments (small; on the client).
+
+    With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
+    with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
+    of one ``(P, d)`` product.
+    """
+    masks = {}
+    for v in spec.classes:
+        k, dim = spec.classes[v].shape
+        m = resolve_dims(s.dims, dim)
+        pairs, dense = None, True
+        if spec.top_t_active and pair_ids is not None and v in pair_ids:
+            pairs = pairs_from_ids(pair_ids[v], k)
+            dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
+        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=spec.per_pair,
+                             pairs=pairs, dense=dense)
+    return masks
 
 
 def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
@@ -227,8 +268,17 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
         staging = commit.begin()
         try:
             summary = body(c, parts, staging, timings)
-            timings["total"] = time.perf_counter() - t_start
             summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+            t = time.perf_counter()
+            try:
+                write_report(staging, summary)
+                summary["report"] = "report.html"
+            except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                logger.warning("report.html was not written: %s", e)
+                summary["report"] = f"not written: {type(e).__name__}: {e}"
+            timings["report"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t_start
+            summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
             write_json(summary, staging / "summary.json")
             commit.publish()
         except BadInputError as e:
@@ -259,18 +309,19 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, stats.moments)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        tally = label_pass(c, s, replace(prep.spec, masks=masks), parts, staging / "labels", progress=progress)
+        tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
-        save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows)), staging / "model")
+        save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
+                         _params(s, masks, stats.rows, spec)), staging / "model")
         timings["write"] = time.perf_counter() - t
         return {"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
 
@@ -293,14 +344,20 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        # an update keeps the model's filter thresholds: moments only add up under the same sets
+        spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+                else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
+        stats = statistics_pass(c, s, spec, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, moments)
+        pairs = stats.pairs
+        if old is not None and spec.top_t_active:  # pairs that could play in either batch
+            pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
+        masks = fit_pair_masks(s, spec, moments, pairs)
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks, _params(s, masks, items)),
+        save(FittedModel(prep.classes.names, spec.classes, moments, masks, _params(s, masks, items, spec)),
              staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
@@ -340,7 +397,7 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
     if missing:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
-    for key in ("cos_min", "diff_min"):
+    for key in ("cos_min", "diff_min", "cos_quantile", "diff_quantile"):
         if key in model.params and float(model.params[key]) != float(getattr(s, key)):
             raise BadInputError(f"{key} = {getattr(s, key)} differs from the model's {model.params[key]}",
                                 hint="Moments only add up under the same filters: use the model's settings")
@@ -348,9 +405,15 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int) -> dict:
-    return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
-            "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
+def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
+
+
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec) -> dict:
+    return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
+            "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
+            "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
+            "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items)}
 
 
@@ -409,6 +472,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
+                   "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},

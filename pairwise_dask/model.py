@@ -15,7 +15,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .io import write_table
-from .masks import PairMasks, pair_weights
+from .masks import PairMasks, pair_values, pair_weights
+
+#: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
+DENSE_LIMIT = 1 << 26
 from .moments import QUANT_BITS, Moments
 
 
@@ -94,7 +97,10 @@ def load(folder: str | Path) -> FittedModel:
         pairs = np.stack([[index[a] for a in s.column("class_a").to_pylist()],
                           [index[b] for b in s.column("class_b").to_pylist()]], axis=1).astype(np.int32)
         dims = np.asarray(s.column("dims").combine_chunks().flatten()).reshape(len(pairs), -1).astype(np.int32)
-        masks[v] = PairMasks(len(names), pairs, dims, pair_weights(classes[v], pairs, dims),
-                             np.asarray(s.column("n_a")), np.asarray(s.column("n_b")),
-                             np.asarray(s.column("fallback")))
+        n_a, n_b, fb = np.asarray(s.column("n_a")), np.asarray(s.column("n_b")), np.asarray(s.column("fallback"))
+        if len(pairs) * d > DENSE_LIMIT:  # many pairs (top-t over a large taxonomy): stay sparse
+            masks[v] = PairMasks(len(names), pairs, dims, None, n_a, n_b, fb,
+                                 values=pair_values(classes[v], pairs, dims))
+        else:
+            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(classes[v], pairs, dims), n_a, n_b, fb)
     return FittedModel(names, classes, moments, masks, params)

@@ -21,8 +21,9 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, filtered_moments
-from .tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
+from .moments import Moments, filtered_moments, score_histograms
+from .tourney import (gather_decisions, masked_margin, pair_decisions, play_bracket, play_bracket_gather,
+                      play_pairs, play_round_robin, top_classes)
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,17 @@ class Spec:
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
+    thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
+    # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
 
     @property
     def k(self) -> int:
         return len(self.names)
+
+    @property
+    def top_t_active(self) -> bool:
+        """The top-t bracket over fewer than all classes: only pairs among each item's best t play."""
+        return self.mode == "top-t" and self.top_t < self.k
 
 
 @dataclass
@@ -93,12 +101,14 @@ def read_block(df: Any, spec: Spec) -> Block:
 
 @dataclass
 class Statistics:
-    """Pass 1's mergeable result: rows, per-view moments, sorted id hashes, a found duplicate."""
+    """Pass 1's mergeable result: rows, per-view moments, sorted id hashes, a found duplicate, and
+    (top-t only) per view the sorted ids of the pairs the bracket can play (merged as a set union)."""
 
     rows: int
     moments: dict[str, Moments]
     id_hashes: np.ndarray
     duplicate_hash: int | None = None
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __add__(self, other: "Statistics") -> "Statistics":
         hashes = np.concatenate([self.id_hashes, other.id_hashes])
@@ -106,8 +116,9 @@ class Statistics:
         dup = self.duplicate_hash if self.duplicate_hash is not None else other.duplicate_hash
         if dup is None:
             dup = _first_duplicate(hashes)
+        pairs = {v: np.union1d(self.pairs[v], other.pairs[v]) for v in self.pairs}
         return Statistics(self.rows + other.rows,
-                          {v: self.moments[v] + other.moments[v] for v in self.moments}, hashes, dup)
+                          {v: self.moments[v] + other.moments[v] for v in self.moments}, hashes, dup, pairs)
 
 
 def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
@@ -118,18 +129,41 @@ def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
 def statistics_partition(df: Any, spec: Spec) -> Statistics:
     """Pass 1 on one partition."""
     b = read_block(df, spec)
-    mom = {}
+    mom, pairs = {}, {}
     for v, x in b.views.items():
         base = base_labels(x, spec.classes[v])
-        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=spec.cos_min,
-                                  diff_min=spec.diff_min, per_pair=spec.per_pair)
+        cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
+        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=cos_min,
+                                  diff_min=diff_min, per_pair=spec.per_pair)
+        if spec.top_t_active:
+            pairs[v] = play_pairs(top_classes(base.scores, spec.top_t), spec.k)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
         raise BadInputError("appears more than once", column=spec.id_col,
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
-    return Statistics(len(b.ids), mom, hashes)
+    return Statistics(len(b.ids), mom, hashes, None, pairs)
+
+
+@dataclass
+class Histograms:
+    """Pass 0 (only for quantile filters): per view, per class histograms of top-1 cosine and margin."""
+
+    counts: dict[str, np.ndarray]
+
+    def __add__(self, o: "Histograms") -> "Histograms":
+        return Histograms({v: self.counts[v] + o.counts[v] for v in self.counts})
+
+
+def histogram_partition(df: Any, spec: Spec) -> Histograms:
+    """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
+    b = read_block(df, spec)
+    out = {}
+    for v, x in b.views.items():
+        base = base_labels(x, spec.classes[v])
+        out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
+    return Histograms(out)
 
 
 def merge(parts: list[Any]) -> Any:
@@ -181,26 +215,35 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     b = read_block(df, spec)
     n, k = len(b.ids), spec.k
     cols: dict[str, pa.Array] = {"id": b.ids}
-    base_l, tour_l, margin_l, decisions = {}, {}, {}, {}
+    base_l, tour_l, margin_l, decide, scores = {}, {}, {}, {}, {}
     for v, x in b.views.items():
         masks = spec.masks[v]
         base = base_labels(x, spec.classes[v])
-        d = pair_decisions(x, masks)
         pidx = masks.pair_index()
-        if spec.mode == "round-robin":
+        scores[v] = base.scores
+        if masks.weights is None:
+            # sparse masks (many classes, top-t): gather each match's decision, no X Wᵀ over all pairs
+            players = top_classes(base.scores, spec.top_t)
+            res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed, players=players)
+            label = res.label
+            margin = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
+            decide[v] = lambda r, p, x=x, masks=masks: gather_decisions(x[r], masks, p[:, None])[:, 0]
+        elif spec.mode == "round-robin":
+            d = pair_decisions(x, masks)
+            decide[v] = lambda r, p, d=d: d[r, p]
             all_norms = _all_masked_margins(x, masks, d)
             label = play_round_robin(d, all_norms, masks.pairs, k)
             other = _runner_up(d, pidx, label, all_norms)
             p = pidx[label, other]
             margin = np.abs(all_norms[np.arange(n), p])
         else:
-            players = None
-            if spec.mode == "top-t" and spec.top_t < k:
-                players = np.argsort(-base.scores, axis=1, kind="stable")[:, :spec.top_t]
+            d = pair_decisions(x, masks)
+            decide[v] = lambda r, p, d=d: d[r, p]
+            players = top_classes(base.scores, spec.top_t) if spec.top_t_active else None
             res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=players)
             label = res.label
             margin = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
-        base_l[v], tour_l[v], margin_l[v], decisions[v] = base.label, label, margin, d
+        base_l[v], tour_l[v], margin_l[v] = base.label, label, margin
         cols[f"base_{v}"] = _names(spec, base.label)
         cols[f"label_{v}"] = _names(spec, label)
         cols[f"margin_{v}"] = pa.array(margin.astype(np.float32))
@@ -224,7 +267,8 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     rows = np.flatnonzero(flagged)
     priority = np.zeros(len(rows))
     for v in views:
-        priority += _pair_margin(b.views[v], spec.masks[v], decisions[v], rows, final[rows], current[rows])
+        priority += _pair_margin(b.views[v], spec.masks[v], decide[v], scores[v], rows, final[rows],
+                                 current[rows])
     priority /= len(views)
     reason = np.where(ann_differs[rows] & ~agree[rows], "annotation+views",
                       np.where(ann_differs[rows], "annotation", "views"))
@@ -251,18 +295,27 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     return table, tally
 
 
-def _pair_margin(x: np.ndarray, masks: PairMasks, d: np.ndarray, rows: np.ndarray,
+def _pair_margin(x: np.ndarray, masks: PairMasks, decide: Any, scores: np.ndarray, rows: np.ndarray,
                  proposed: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Cosine margin of ``proposed`` over ``current`` on their pair's mask (0 where they are equal)."""
+    """Cosine margin of ``proposed`` over ``current`` on their pair's mask (0 where they are equal).
+
+    ``decide(rows, pair_rows)`` gives ``x·w``. A pair without a mask (top-t fits only the pairs that
+    can play; an annotation or the other view may name a class outside the item's top t) is
+    scored by its full-vector cosine difference ``S_i,proposed − S_i,current`` instead.
+    """
     out = np.zeros(len(rows))
     ok = proposed != current
     if not ok.any():
         return out
     r, a, c = rows[ok], proposed[ok], current[ok]
     p = masks.pair_index()[a, c]
-    raw = d[r, p]
-    sign = np.where(masks.pairs[p, 0] == a, 1.0, -1.0)
-    out[ok] = sign * masked_margin(x[r], masks, p, raw)
+    fitted = p >= 0
+    res = scores[r, a].astype(np.float64) - scores[r, c]
+    if fitted.any():
+        rf, af, pf = r[fitted], a[fitted], p[fitted]
+        sign = np.where(masks.pairs[pf, 0] == af, 1.0, -1.0)
+        res[fitted] = sign * masked_margin(x[rf], masks, pf, decide(rf, pf))
+    out[ok] = res
     return out
 
 

@@ -1,0 +1,171 @@
+"""A scikit-learn / dask-ml style estimator over Dask DataFrames, for notebooks and pipelines.
+
+    >>> import dask.dataframe as dd
+    >>> from pairwise_dask import PairwiseLabeler
+    >>> items = dd.read_parquet("items.parquet", dtype_backend="pyarrow")
+    >>> labeler = PairwiseLabeler("classes.parquet", views={"a": "emb_a", "b": "emb_b"})
+    >>> labels = labeler.fit(items).predict(items)        # lazy: a Dask DataFrame
+    >>> labels.to_parquet("labels/")                     # or .compute() for a small one
+    >>> labeler.save("model/"); PairwiseLabeler.load("model/").predict(new_items)
+
+``fit`` makes one statistics pass (per-partition moments, tree reduction) and computes it once;
+``partial_fit`` adds further items' moments exactly; ``predict`` is ``map_partitions`` with an
+explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import BadInputError
+from .io import ClassSet, classes_from_table
+from .masks import PairMasks, fit_masks, resolve_dims
+from .model import FittedModel, load, save
+from .moments import Moments
+from .passes import Spec, Statistics, label_partition, merge, statistics_partition
+
+__all__ = ["PairwiseLabeler"]
+
+
+class PairwiseLabeler:
+    """Pairwise cross-variance masks + seeded tourney, fitted on and applied to Dask DataFrames.
+
+    Parameters
+    ----------
+    classes : path to a classes Parquet file, a ``pyarrow.Table`` or a ``pandas.DataFrame`` with
+        ``name`` and one embedding column per view (or one shared ``embedding``).
+    views : ``{view name: items embedding column}``.
+    id : the items' id column. label : optional annotation column (adds it to the output).
+    dims, seed, cos_min, diff_min, min_items, mode, top_t : as in the job file's ``[method]``.
+    """
+
+    def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
+                 id: str = "id", label: str = "", dims: float | None = None, seed: int = 0, cos_min: float = -1.0,
+                 diff_min: float = 0.0, min_items: int = 5, mode: str = "bracket", top_t: int = 16) -> None:
+        self.classes = classes
+        self.views = dict(views)
+        self.id, self.label = id, label
+        self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
+        self.min_items, self.mode, self.top_t = min_items, mode, top_t
+        self.model_: FittedModel | None = None
+
+    # --- fitting ---------------------------------------------------------------------------
+    def _class_set(self) -> ClassSet:
+        if self.model_ is not None:
+            return ClassSet(self.model_.names, dict(self.model_.classes), {})
+        c = self.classes
+        table = (pq.read_table(c) if isinstance(c, (str, Path)) else
+                 pa.Table.from_pandas(c, preserve_index=False) if isinstance(c, pd.DataFrame) else c)
+        return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
+
+    def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
+        return Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
+                    classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
+                    diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
+                    top_t=self.top_t, masks=dict(masks or {}))
+
+    def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
+        from dask import delayed
+
+        from .job import tree_reduce
+
+        spec_d = delayed(spec, pure=True)  # one copy in the graph, not one per task
+        parts = ddf.to_delayed()
+        stats: Statistics = tree_reduce([delayed(statistics_partition)(p, spec_d) for p in parts], merge).compute()
+        if stats.duplicate_hash is not None:
+            raise BadInputError("holds a duplicated id (found across partitions)", column=self.id,
+                                hint="Ids must be unique; run `pairwise-dask run` on the data to name it")
+        return stats
+
+    def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int) -> "PairwiseLabeler":
+        spec = self._spec(classes)
+        masks = {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
+                              min_items=self.min_items, per_pair=spec.per_pair) for v in self.views}
+        params = {"dims": self.dims, "min_items": self.min_items, "cos_min": self.cos_min,
+                  "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
+                  "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}}
+        self.model_ = FittedModel(classes.names, spec.classes, moments, masks, params)
+        return self
+
+    def fit(self, ddf: Any) -> "PairwiseLabeler":
+        """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        self.model_ = None
+        classes = self._class_set()
+        stats = self._statistics(ddf, self._spec(classes))
+        return self._refit(classes, stats.moments, stats.rows)
+
+    def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
+        """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
+        if self.model_ is None:
+            return self.fit(ddf)
+        classes = self._class_set()
+        stats = self._statistics(ddf, self._spec(classes))
+        moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
+        return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
+
+    # --- applying --------------------------------------------------------------------------
+    def predict(self, ddf: Any) -> Any:
+        """Labels of every item, lazily: a Dask DataFrame with the ``labels/`` columns."""
+        import dask
+        if self.model_ is None:
+            raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
+        spec = self._spec(self._class_set(), self.model_.masks)
+        meta = _labels_meta(spec, ddf._meta[self.id].dtype)
+        return ddf.map_partitions(_predict_partition, dask.delayed(spec, pure=True), meta=meta,
+                                  enforce_metadata=False, clear_divisions=True)
+
+    def masks_table(self) -> pa.Table:
+        """The fitted pair masks (``model/masks.parquet``'s columns)."""
+        from .model import masks_table
+
+        if self.model_ is None:
+            raise RuntimeError("not fitted")
+        return masks_table(self.model_.masks, self.model_.names)
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        """Write the model folder (the same format as a run's ``model/``)."""
+        if self.model_ is None:
+            raise RuntimeError("not fitted")
+        params = dict(self.model_.params, views_columns=self.views, id=self.id, label=self.label)
+        save(replace(self.model_, params=params), folder)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, views: Mapping[str, str] | None = None, **kw: Any) -> "PairwiseLabeler":
+        """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s)."""
+        model = load(folder)
+        p = model.params
+        views = dict(views or p.get("views_columns") or {v: v for v in model.classes})
+        args = {"id": p.get("id", "id"), "label": p.get("label", ""), "dims": p["dims"], "seed": p["seed"],
+                "cos_min": p["cos_min"], "diff_min": p["diff_min"], "min_items": p["min_items"],
+                "mode": p.get("mode", "bracket"), "top_t": p.get("top_t", 16)} | kw
+        self = cls(str(folder), views=views, **args)
+        self.model_ = model
+        return self
+
+
+def _labels_meta(spec: Spec, id_dtype: Any) -> pd.DataFrame:
+    cols: dict[str, Any] = {"id": pd.Series([], dtype=id_dtype)}
+    string, f32 = pd.ArrowDtype(pa.string()), pd.ArrowDtype(pa.float32())
+    for v, _ in spec.views:
+        cols[f"base_{v}"] = pd.Series([], dtype=string)
+        cols[f"label_{v}"] = pd.Series([], dtype=string)
+        cols[f"margin_{v}"] = pd.Series([], dtype=f32)
+    cols["final_label"] = pd.Series([], dtype=string)
+    cols["agree"] = pd.Series([], dtype=pd.ArrowDtype(pa.bool_()))
+    if spec.label_col:
+        cols["annotation"] = pd.Series([], dtype=string)
+    return pd.DataFrame(cols)
+
+
+def _predict_partition(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    table, _ = label_partition(df, spec)
+    out = table.to_pandas(types_mapper=pd.ArrowDtype)
+    out.index = df.index
+    return out

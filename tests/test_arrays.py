@@ -1,0 +1,40 @@
+"""Arrow to NumPy without per-row objects, and stable id hashes."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pairwise_dask.arrays import embedding_matrix, hash_ids, normalize_rows
+from pairwise_dask.errors import BadInputError
+
+
+def test_fixed_size_list_is_a_zero_copy_view():
+    vals = np.arange(12, dtype=np.float32)
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(vals), 3)
+    m = embedding_matrix(arr, name="e")
+    assert m.shape == (4, 3) and np.shares_memory(m, np.asarray(arr.values))
+    assert np.array_equal(embedding_matrix(arr.slice(1, 2), name="e"), vals[3:9].reshape(2, 3))
+
+
+def test_list_float16_and_float64_become_float32():
+    arr = pa.array([[1, 2], [3, 4]], pa.list_(pa.float16()))
+    assert embedding_matrix(arr, name="e").dtype == np.float32
+    with pytest.raises(BadInputError, match="mixed lengths"):
+        embedding_matrix(pa.array([[1.0, 2.0], [3.0]]), name="e", ids=np.array(["x", "y"]))
+
+
+def test_normalize_rejects_bad_vectors_naming_the_row():
+    with pytest.raises(BadInputError, match="row id 'b'.*NaN"):
+        normalize_rows(np.array([[1, 0], [np.nan, 1]], np.float32), name="e", ids=np.array(["a", "b"]))
+    with pytest.raises(BadInputError, match="all-zero"):
+        normalize_rows(np.array([[0, 0]], np.float32), name="e")
+    assert np.allclose(normalize_rows(np.array([[3, 4]], np.float32), name="e"), [[0.6, 0.8]])
+
+
+def test_hash_ids_is_value_based():
+    a = pa.array(["x", "yy", "", "zzz", "x"])
+    h = hash_ids(a)
+    assert h[0] == h[4] and len(set(h.tolist())) == 4
+    assert np.array_equal(hash_ids(a.slice(3)), h[3:])
+    assert np.array_equal(hash_ids(pa.array(["x", "yy"], pa.large_string())), h[:2])

@@ -1,0 +1,78 @@
+"""A real cluster started from the command line: `dask scheduler` + two `dask worker` on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from catalogs import DEMO_JOB, REPO
+
+pytestmark = pytest.mark.cluster
+
+
+def _dask_cli() -> list[str]:
+    exe = shutil.which("dask")
+    return [exe] if exe else [sys.executable, "-m", "dask"]
+
+
+@pytest.fixture
+def cli_cluster(tmp_path):
+    """Scheduler and two single-threaded workers as separate OS processes; always torn down."""
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [subprocess.Popen([*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert sched_file.exists(), "scheduler did not start"
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                                           "--no-dashboard", "--memory-limit", "2GiB"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_cli_run_against_command_line_cluster(cli_cluster, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", str(DEMO_JOB), "--out", str(out),
+                        "--scheduler", cli_cluster, "--partition-rows", "400"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cluster"] == {"scheduler": cli_cluster, "workers": 2}
+    assert "done in" in r.stdout and "Dask dashboard" in r.stdout
+    # same labels as the default LocalCluster run
+    local = tmp_path / "local"
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", str(DEMO_JOB), "--out", str(local),
+                        "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((local / "summary.json").read_text())["cluster"]["scheduler"] == "LocalCluster"
+    assert pq.read_table(out / "labels").equals(pq.read_table(local / "labels"))

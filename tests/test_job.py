@@ -1,0 +1,146 @@
+"""The job end to end on a real multi-process LocalCluster: outputs, determinism, the method works."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pairwise_dask import job
+from pairwise_dask.config import load_settings
+
+from catalogs import DEMO_JOB, REPO, make_catalog
+
+DEBIAN = REPO.parent / "shared" / "data" / "debian"
+
+
+def _settings(cat: dict, out: Path, **kw):
+    return load_settings(None, {**cat, "out": str(out), **kw})
+
+
+def _labels(out: Path):
+    return pq.read_table(out / "labels")
+
+
+def test_outputs_follow_the_contract(client, catalog, tmp_path):
+    s = _settings(catalog, tmp_path / "out")
+    summary = job.run(s, client=client)
+    out = tmp_path / "out"
+    labels = _labels(out)
+    assert labels.column_names == ["id", "base_a", "label_a", "margin_a", "base_b", "label_b", "margin_b",
+                                   "final_label", "agree", "annotation"]
+    assert labels.num_rows == 600 and str(labels.schema.field("margin_a").type) == "float"
+    dis = pq.read_table(out / "disagreements")
+    assert dis.column_names[-2:] == ["reason", "priority"]
+    pri = dis.column("priority").to_numpy()
+    assert (np.diff(pri) <= 0).all()  # sorted for review
+    df = labels.to_pandas()
+    expected = df[(df.label_a != df.label_b) | (df.annotation != df.final_label)]
+    assert set(dis.column("id").to_pylist()) == set(expected.id)
+    masks = pq.read_table(out / "model" / "masks.parquet")
+    assert masks.column_names == ["view", "class_a", "class_b", "dims", "n_a", "n_b", "fallback"]
+    assert masks.num_rows == 2 * 6 and pa.types.is_list(masks.schema.field("dims").type) and masks.schema.field("dims").type.value_type == pa.int32()
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["run_id"] == summary["run_id"] and on_disk["labelled_items"] == 600
+    assert set(on_disk["timings_s"]) >= {"statistics", "masks", "tourney", "total"}
+    assert 0 <= on_disk["agreement_weighted_f1"]["a~b"]["tourney"] <= 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging cleaned up
+    assert on_disk["report"] == "report.html" and "<svg" in (out / "report.html").read_text()
+
+
+def test_labels_identical_for_any_partitioning(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=900, row_group=128)
+    tables = []
+    for i, rows in enumerate([0, 1000, 37, 256]):
+        job.run(_settings(cat, tmp_path / f"o{i}", partition_rows=rows), client=client)
+        tables.append(_labels(tmp_path / f"o{i}"))
+        assert (tmp_path / f"o{i}" / "model" / "moments.parquet").read_bytes() == \
+            (tmp_path / "o0" / "model" / "moments.parquet").read_bytes()
+    assert len(list((tmp_path / "o2" / "labels").iterdir())) > 20
+    for t in tables[1:]:
+        assert t.equals(tables[0])
+
+
+@pytest.mark.cluster
+def test_labels_identical_for_one_and_two_workers(client, catalog, tmp_path):
+    job.run(_settings(catalog, tmp_path / "two", partition_rows=50), client=client)
+    job.run(_settings(catalog, tmp_path / "one", partition_rows=50, workers=1))  # its own LocalCluster
+    assert _labels(tmp_path / "one").equals(_labels(tmp_path / "two"))
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert summary["cluster"]["workers"] == 1
+
+
+def test_demo_tourney_beats_base_argmax_per_view(client, tmp_path):
+    s = load_settings(str(DEMO_JOB), {"out": str(tmp_path / "demo")})
+    summary = job.run(s, client=client)
+    for v in ("a", "b"):
+        pv = summary["per_view"][v]
+        assert pv["accuracy_tourney"] > pv["accuracy_base"] + 0.02, pv
+    ag = summary["agreement_weighted_f1"]["a~b"]
+    assert ag["tourney"] > ag["base"]
+
+
+@pytest.mark.skipif(not DEBIAN.exists(), reason="shared/data/debian not present")
+def test_debian_reference_figures(client, tmp_path):
+    """METHOD.md on all of the Debian data: base labels exactly those of a plain cosine argmax."""
+    s = load_settings(None, {"items": str(DEBIAN / "items.parquet"), "classes": str(DEBIAN / "classes.parquet"),
+                             "views": (("a", "emb_a"), ("b", "emb_b")), "label": "label", "min_items": 2,
+                             "out": str(tmp_path / "deb"), "partition_rows": 3000})
+    summary = job.run(s, client=client)
+    a, b = summary["per_view"]["a"], summary["per_view"]["b"]
+    assert round(a["accuracy_base"], 3) == 0.480 and round(b["accuracy_base"], 3) == 0.463
+    assert abs(a["accuracy_tourney"] - 0.534) < 0.01 and abs(b["accuracy_tourney"] - 0.494) < 0.01
+    # the plain NumPy argmax, independently
+    items = pq.read_table(DEBIAN / "items.parquet", columns=["emb_a"])
+    x = np.asarray(items.column("emb_a").combine_chunks().flatten()).reshape(items.num_rows, -1)
+    cls = pq.read_table(DEBIAN / "classes.parquet")
+    c = np.asarray(cls.column("embedding").combine_chunks().flatten()).reshape(cls.num_rows, -1)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    names = np.asarray(cls.column("name").to_pylist())
+    assert _labels(tmp_path / "deb").column("base_a").to_pylist() == names[(x @ c.T).argmax(1)].tolist()
+
+
+def test_fit_then_update_equals_fit_of_the_union(client, tmp_path):
+    whole = make_catalog(tmp_path / "all", n=800)
+    tab = pq.read_table(whole["items"])
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    pq.write_table(tab.slice(0, 500), tmp_path / "A" / "items.parquet", row_group_size=100)
+    pq.write_table(tab.slice(500), tmp_path / "B" / "items.parquet", row_group_size=100)
+    job.fit(_settings(whole, tmp_path / "fit_all"), client=client)
+    job.fit(_settings({**whole, "items": str(tmp_path / "A" / "items.parquet")}, tmp_path / "fit_a"), client=client)
+    job.fit(_settings({**whole, "items": str(tmp_path / "B" / "items.parquet")}, tmp_path / "upd"), client=client,
+            base_model=str(tmp_path / "fit_a" / "model"))
+    for f in ("moments.parquet", "masks.parquet"):
+        assert pq.read_table(tmp_path / "upd" / "model" / f).equals(pq.read_table(tmp_path / "fit_all" / "model" / f))
+    # apply with the saved model labels exactly like run
+    job.run(_settings(whole, tmp_path / "run"), client=client)
+    job.apply(_settings(whole, tmp_path / "applied"), str(tmp_path / "fit_all" / "model"), client=client)
+    assert _labels(tmp_path / "applied").equals(_labels(tmp_path / "run"))
+
+
+def test_cli_demo_from_any_directory(tmp_path):
+    """Relative paths in a job file resolve against its folder; flags alone also work."""
+    out = tmp_path / "cli-out"
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", str(DEMO_JOB), "--out", str(out),
+                        "--workers", "1", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "summary.json").exists() and r.stdout == ""
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", "--items",
+                        str(REPO / "jobs/demo-data/items.parquet"), "--classes", str(REPO / "jobs/demo-data/classes.parquet"),
+                        "--views", "a=emb_a,b=emb_b", "--label", "label", "--out", "flags-out", "--workers", "1",
+                        "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["labelled_items"] == 3107
+    assert (tmp_path / "flags-out" / "labels").is_dir()
+
+
+def test_help_teaches():
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--partition-rows" in r.stdout and "examples:" in r.stdout

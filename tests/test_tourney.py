@@ -1,0 +1,92 @@
+"""Bracket, pair decisions and masks on small hand-checkable cases."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pairwise_dask.arrays import hash_ids
+from pairwise_dask.base import base_labels, chunked_matmul, CHUNK_ROWS
+from pairwise_dask.masks import all_pairs, fit_masks, pair_weights, top_dims
+from pairwise_dask.moments import class_moments
+from pairwise_dask.tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
+
+
+def _decisions_for_ranking(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """D where class a beats b iff rank[a] > rank[b], for every item."""
+    pairs = all_pairs(k)
+    d = (rank[:, pairs[:, 0]] - rank[:, pairs[:, 1]]).astype(np.float32)
+    idx = np.full((k, k), -1)
+    idx[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
+    idx[pairs[:, 1], pairs[:, 0]] = np.arange(len(pairs))
+    return d, idx
+
+
+def test_bracket_winner_of_a_total_order_is_its_top():
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 5, 13, 21):
+        rank = np.stack([rng.permutation(k) for _ in range(300)])
+        d, idx = _decisions_for_ranking(rank, k)
+        res = play_bracket(d, idx, hash_ids(pa.array(np.arange(300))), seed=7)
+        assert np.array_equal(res.label, rank.argmax(1))
+
+
+def test_bracket_depends_on_id_and_seed_not_on_row_position():
+    rng = np.random.default_rng(1)
+    k, n = 9, 400
+    d = rng.normal(size=(n, k * (k - 1) // 2)).astype(np.float32)  # intransitive: order matters
+    _, idx = _decisions_for_ranking(np.zeros((1, k)), k)
+    h = hash_ids(pa.array([f"id{i}" for i in range(n)]))
+    a = play_bracket(d, idx, h, seed=3).label
+    perm = rng.permutation(n)
+    b = play_bracket(d[perm], idx, h[perm], seed=3).label
+    assert np.array_equal(a[perm], b)
+    assert not np.array_equal(a, play_bracket(d, idx, h, seed=4).label)  # the seed matters
+    assert ((a >= 0) & (a < k)).all()
+
+
+def test_round_robin_most_wins():
+    rank = np.array([[0, 3, 1, 2], [2, 1, 0, 3]])
+    d, idx = _decisions_for_ranking(rank, 4)
+    assert play_round_robin(d, d, all_pairs(4), 4).tolist() == [1, 3]
+
+
+def test_chunked_matmul_rows_do_not_depend_on_block_size():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(CHUNK_ROWS + 37, 50)).astype(np.float32)
+    w = rng.normal(size=(50, 9)).astype(np.float32)
+    whole = chunked_matmul(x, w)
+    for cut in (1, 5, CHUNK_ROWS - 1, CHUNK_ROWS + 1):
+        parts = np.concatenate([chunked_matmul(x[:cut], w), chunked_matmul(x[cut:], w)])
+        assert np.array_equal(whole, parts)
+
+
+def test_pair_decision_sign_equals_masked_cosine_comparison():
+    """The identity of METHOD.md §3: sign(x·w_ab) decides cosine on M_ab, margin = Δcos."""
+    rng = np.random.default_rng(4)
+    k, d = 4, 20
+    c = rng.normal(size=(k, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = rng.normal(size=(50, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    base = base_labels(x, c)
+    masks = fit_masks(class_moments(x, base.label, np.ones(50, bool), k), c, m=7, min_items=1, per_pair=False)
+    dd = pair_decisions(x, masks)
+    for p, (a, b) in enumerate(masks.pairs):
+        dims = masks.dims[p]
+        xs = x[:, dims] / np.linalg.norm(x[:, dims], axis=1, keepdims=True)
+        ca, cb = c[a, dims] / np.linalg.norm(c[a, dims]), c[b, dims] / np.linalg.norm(c[b, dims])
+        delta = xs @ ca - xs @ cb
+        assert np.allclose(masked_margin(x, masks, np.full(50, p), dd[:, p]), delta, atol=1e-5)
+        assert ((dd[:, p] >= 0) == (delta >= 0)).mean() > 0.98  # equal but for float ties
+
+
+def test_top_dims_ties_by_lower_index_and_fallback():
+    assert top_dims(np.array([1.0, 3.0, 3.0, 2.0]), 2).tolist() == [1, 2]
+    assert top_dims(np.array([5.0, 5.0, 5.0]), 2).tolist() == [0, 1]
+    c = np.eye(3, 5, dtype=np.float32)
+    x = c[[0, 0, 1]]
+    masks = fit_masks(class_moments(x, np.array([0, 0, 1]), np.ones(3, bool), 3), c, m=2, min_items=2,
+                      per_pair=False)
+    assert masks.fallback.tolist() == [True, True, True]  # class 1 has 1 item, class 2 none
+    w = pair_weights(c, masks.pairs, masks.dims)
+    assert np.allclose(np.abs(w).sum(1), 2.0)
