@@ -1,7 +1,7 @@
 """The Dask orchestration: two streaming passes, a tree reduction, one broadcast, one commit.
 
     pass 1: per partition, moments of every pair side ──tree reduction──▶ merged moments
-    client: moments ─▶ pair masks and weights (small)          ─▶ scatter(broadcast=True), once
+    client: moments ─▶ pair masks and weights (small)          ─▶ one task of the graph, sent once
     pass 2: per partition, labels + tally; each task writes its own labels part
     commit: disagreements sorted, model/, summary.json; staged, then renamed into place
 
@@ -154,6 +154,19 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | No
                             hint="Ids must be unique; drop or rename the duplicates")
 
 
+def shared(spec: Spec) -> Any:
+    """The pass's small shared state as a single task of its graph, which every partition uses.
+
+    Not ``client.scatter``: a scattered value lives only on workers, and when the workers holding
+    it die (the cluster's only worker, say) the scheduler cannot recreate it and the whole pass is
+    cancelled. A graph task is sent once, stays with the scheduler and is recomputed on whichever
+    worker needs it, so the job survives losing every worker as long as a new one joins.
+    """
+    from dask import delayed
+
+    return delayed(spec, pure=True, traverse=False)
+
+
 def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
     """Pass 0, only when a quantile filter is on: per-class thresholds from merged histograms.
 
@@ -163,7 +176,7 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
 
     if not (s.cos_quantile > 0 or s.diff_quantile > 0):
         return spec
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    spec_f = shared(spec)
     root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
     hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
     thresholds = {}
@@ -180,7 +193,7 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
     from dask import delayed
 
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    spec_f = shared(spec)
     root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
     stats: Statistics = _compute(c, root, "pass 1/2: statistics", progress)
     _check_duplicates(c, s, parts, spec_f, stats.duplicate_hash)
@@ -219,7 +232,7 @@ def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *
     from dask import delayed
 
     labels_dir.mkdir(parents=True, exist_ok=True)
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    spec_f = shared(spec)
     tasks = [delayed(_label_and_write, pure=True)(p, spec_f, str(labels_dir / f"part.{i:05d}.parquet"))
              for i, p in enumerate(parts)]
     tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
