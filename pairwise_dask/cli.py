@@ -27,6 +27,8 @@ exactly when summary.json is there; outputs are staged and renamed into place on
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
     p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
+    p.add_argument("--storage-options", metavar="JSON", type=json.loads,
+                   help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),
               "method": p.add_argument_group("method ([method] in the job file)"),
               "cluster": p.add_argument_group("cluster ([cluster] in the job file)")}
@@ -54,6 +56,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         values[o.name] = v
     if ns.views:
         values["views"] = parse_views(ns.views)
+    if ns.storage_options is not None:
+        values["storage_options"] = ns.storage_options
     return values
 
 
@@ -149,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _overrides(ns)
         model = getattr(ns, "model", None)
+        if model and "://" not in model:
+            model = os.path.abspath(model)
         if model and not overrides.get("classes"):
-            overrides["classes"] = os.path.join(os.path.abspath(model), "classes.parquet")
+            overrides["classes"] = model.rstrip("/") + "/classes.parquet"
         settings = load_settings(ns.job, overrides)
         from . import job
 
@@ -159,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif ns.command == "fit":
             summary = job.fit(settings, progress=not quiet, echo=echo)
         elif ns.command == "update":
-            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=os.path.abspath(model))
+            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=model)
         else:
-            summary = job.apply(settings, os.path.abspath(model), progress=not quiet, echo=echo)
+            summary = job.apply(settings, model, progress=not quiet, echo=echo)
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
 _BY_NAME = {o.name: o for o in OPTIONS}
-_SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns"}
+_SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns", "storage_options"}
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,8 @@ class Settings:
     memory_limit: str = "auto"
     partition_rows: int = 0
     job_file: str = ""
+    #: fsspec options for URL inputs/outputs (``[storage_options]``); never written to outputs
+    storage_options: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def view_names(self) -> list[str]:
@@ -149,7 +151,7 @@ class Settings:
         """Identity of the job (what it reads and how it labels), not of where or how it runs."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
-                             "memory_limit", "partition_rows", "job_file"}}
+                             "memory_limit", "partition_rows", "job_file", "storage_options"}}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -199,6 +201,9 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(value, dict):
             if key not in _SECTIONS:
                 raise _unknown(key, sorted(_SECTIONS), str(path))
+            if key == "storage_options":  # passed as is to fsspec (credentials, endpoints, ...)
+                values[key] = dict(value)
+                continue
             if key in ("views", "class_columns"):
                 for v, col in value.items():
                     if not isinstance(col, str):
@@ -260,8 +265,12 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         if v not in names:
             raise BadInputError(f"class_columns names view {v!r}, which is not among the views "
                                 f"({', '.join(names)})", file=where)
+    so = values.get("storage_options") or {}
+    if not isinstance(so, dict):
+        raise BadInputError(f"storage_options = {so!r} is not a table of options", file=where,
+                            hint='e.g. [storage_options] anon = true, or --storage-options \'{"anon": true}\'')
     return Settings(views=tuple(views), class_columns=class_columns, job_file=values.get("job_file", ""),
-                    **kw)
+                    storage_options=dict(so), **kw)
 
 
 def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:

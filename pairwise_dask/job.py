@@ -17,7 +17,6 @@ import logging
 import platform
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -34,6 +33,7 @@ from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
 from .report import write_report
+from .storage import Location
 from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
                      merge, statistics_partition)
 from .tourney import use_gather
@@ -221,19 +221,19 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
     return masks
 
 
-def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
+def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
     table, tally = label_partition(df, spec)
     write_table(table, path)
     return tally
 
 
-def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *, progress: bool) -> Tally:
+def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Location, *, progress: bool) -> Tally:
     """Pass 2: every partition labelled; each task writes its own part of ``labels/``."""
     from dask import delayed
 
-    labels_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir()
     spec_f = shared(spec)
-    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, str(labels_dir / f"part.{i:05d}.parquet"))
+    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, labels_dir / f"part.{i:05d}.parquet")
              for i, p in enumerate(parts)]
     tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
     if spec.check_ids:
@@ -241,21 +241,21 @@ def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *
     return tally
 
 
-def write_disagreements(tally: Tally, folder: Path) -> None:
+def write_disagreements(tally: Tally, folder: Location) -> None:
     """The review list, most certain errors first (stable: ties keep the catalog's order)."""
     dis = tally.disagreements
     dis = dis.take(pc.sort_indices(dis, [("priority", "descending")]))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir()
     write_table(dis, folder / "part.00000.parquet")
 
 
-Body = Callable[[Any, list, Path, dict], dict]
+Body = Callable[[Any, list, Location, dict], dict]
 
 
 def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
     """The frame every command shares: output check, cluster, partitions, staging, commit."""
     timings: dict[str, float] = {}
-    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite)
+    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options)
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
     with connect(s, client) as c:
@@ -307,7 +307,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     t_start = time.perf_counter()
     prep = prepare(s)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
         stats = statistics_pass(c, s, spec, parts, progress=progress)
@@ -337,12 +337,12 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     old items: ``update(fit(A), B)`` equals ``fit(A ∪ B)``.
     """
     t_start = time.perf_counter()
-    old = load(base_model) if base_model else None
+    old = load(base_model, s.storage_options) if base_model else None
     if old is not None:
         _check_compatible(s, old)
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         # an update keeps the model's filter thresholds: moments only add up under the same sets
         spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
@@ -370,12 +370,12 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
           echo: Echo = _silent) -> dict:
     """Label items with a saved model: the tourney pass only, no statistics."""
     t_start = time.perf_counter()
-    model = load(model_dir)
+    model = load(model_dir, s.storage_options)
     _check_compatible(s, model)
     prep = prepare(s, _model_classes(model))
     spec = replace(prep.spec, masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .io import write_table
+from .storage import Location
 from .masks import PairMasks, pair_values, pair_weights
 
 #: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
@@ -55,10 +56,10 @@ def masks_table(masks: dict[str, PairMasks], names: tuple[str, ...]) -> pa.Table
     return pa.concat_tables(parts)
 
 
-def save(model: FittedModel, folder: str | Path) -> None:
+def save(model: FittedModel, folder: "str | Path | Location", storage_options: dict | None = None) -> None:
     """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Location.of(folder, storage_options)
+    folder.mkdir()
     write_table(masks_table(model.masks, model.names), folder / "masks.parquet")
     rows = []
     for v, m in model.moments.items():
@@ -75,16 +76,21 @@ def save(model: FittedModel, folder: str | Path) -> None:
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def load(folder: str | Path) -> FittedModel:
-    """Read a ``model/`` folder written by :func:`save`."""
-    folder = Path(folder)
+def _read(loc: Location) -> pa.Table:
+    with loc.open("rb") as f:
+        return pq.read_table(f)
+
+
+def load(folder: "str | Path | Location", storage_options: dict | None = None) -> FittedModel:
+    """Read a ``model/`` folder written by :func:`save` (a local path or an fsspec URL)."""
+    folder = Location.of(folder, storage_options)
     params = json.loads((folder / "params.json").read_text())
-    cls = pq.read_table(folder / "classes.parquet")
+    cls = _read(folder / "classes.parquet")
     names = tuple(cls.column("name").to_pylist())
     views = params["views"]
     classes = {v: np.asarray(cls.column(v).combine_chunks().flatten()).reshape(len(names), -1) for v in views}
-    mt = pq.read_table(folder / "moments.parquet")
-    mk = pq.read_table(folder / "masks.parquet")
+    mt = _read(folder / "moments.parquet")
+    mk = _read(folder / "masks.parquet")
     index = {n: i for i, n in enumerate(names)}
     moments, masks = {}, {}
     for v in views:

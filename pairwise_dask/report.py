@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .storage import Location
 from .metrics import weighted_f1
 
 __all__ = ["ReportData", "collect", "render", "write_report"]
@@ -81,14 +82,18 @@ class ReportData:
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _parquet_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith((".", "_")))
+def _parquet_files(folder: Location) -> list[Location]:
+    return folder.files() if folder.exists() else []
 
 
-def _batches(folder: Path, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+def _open(f: Location) -> pq.ParquetFile:
+    return pq.ParquetFile(f.path if f.local else f.open("rb"))
+
+
+def _batches(folder: Location, columns: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
     """Record batches of ``columns`` (those present; ``None``: all) of every part under ``folder``."""
     for f in _parquet_files(folder):
-        pf = pq.ParquetFile(f)
+        pf = _open(f)
         cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
         yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=cols)
 
@@ -114,9 +119,9 @@ def _comparison(views: list[str], annotated: bool) -> Comparison | None:
     return None
 
 
-def collect(out_dir: Path, summary: dict, *, top: int = 50) -> ReportData:
+def collect(out_dir: "Path | Location", summary: dict, *, top: int = 50) -> ReportData:
     """Stream ``labels/`` and ``disagreements/`` under ``out_dir`` into :class:`ReportData`."""
-    out_dir = Path(out_dir)
+    out_dir = Location.of(out_dir)
     names = tuple(summary["classes"]["names"])
     k = len(names)
     views = list(summary["views"])
@@ -125,7 +130,7 @@ def collect(out_dir: Path, summary: dict, *, top: int = 50) -> ReportData:
     schema_names: set[str] = set()
     files = _parquet_files(labels_dir)
     if files:
-        schema_names = set(pq.ParquetFile(files[0]).schema_arrow.names)
+        schema_names = set(_open(files[0]).schema_arrow.names)
     comp = _comparison(views, "annotation" in schema_names)
 
     need = {"agree"} | {f"margin_{v}" for v in views}
@@ -159,12 +164,12 @@ def collect(out_dir: Path, summary: dict, *, top: int = 50) -> ReportData:
     fallback = None
     masks = out_dir / "model" / "masks.parquet"
     if masks.exists():
-        t = pq.read_table(masks, columns=["view", "class_a", "class_b", "n_a", "n_b", "fallback"])
+        t = _open(masks).read(columns=["view", "class_a", "class_b", "n_a", "n_b", "fallback"])
         fallback = t.filter(pc.field("fallback"))
     return ReportData(names, views, rows, comp, margins, _top_rows(out_dir / "disagreements", top), fallback)
 
 
-def _top_rows(folder: Path, top: int) -> pa.Table:
+def _top_rows(folder: Location, top: int) -> pa.Table:
     """The ``top`` rows of highest priority, keeping a running top while streaming (bounded memory).
 
     The job writes one globally sorted file, so this is its head; it stays right if the list is
@@ -588,16 +593,16 @@ def render(data: ReportData, summary: dict) -> str:
             f"<footer>{foot}</footer></main></body></html>\n")
 
 
-def write_report(out_dir: Path, summary: dict, *, top: int = 50) -> Path:
+def write_report(out_dir: "Path | Location", summary: dict, *, top: int = 50) -> "Path | Location":
     """Write ``out_dir/report.html`` from ``labels/``, ``disagreements/`` (and ``model/`` when
-    present) under ``out_dir`` and the run's ``summary``; return its path.
+    present) under ``out_dir`` and the run's ``summary``; return its location.
 
     Called on the staging folder right before the commit, so the page is published with the rest.
     """
-    out_dir = Path(out_dir)
+    out_dir = Location.of(out_dir)
     page = render(collect(out_dir, summary, top=top), summary)
     path = out_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
+    tmp = out_dir / "report.html.tmp"
+    tmp.write_text(page)
     tmp.replace(path)
-    return path
+    return Path(path.path) if path.local else path
