@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .config import Settings
-from .errors import BadInputError
+from .errors import COMMAND_LINE, BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, read_items, write_json,
                  write_table)
 from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
@@ -132,7 +132,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
             # use every dimension: refuse it before any data is read
             raise BadInputError(f"dims = {s.dims:g} is larger than d = {d_cls}, the dimension of view {v!r}",
-                                file=s.job_file or "command line",
+                                file=s.job_file or COMMAND_LINE,
                                 hint=f"Set dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.25)")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,

@@ -21,7 +21,7 @@ import pytest
 from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
 from pairwise_dask import job
 from pairwise_dask.config import load_settings
-from pairwise_dask.errors import BadInputError
+from pairwise_dask.errors import COMMAND_LINE, BadInputError
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ CASES = [
 
 
 def _expected_file(case: Case, cat: Catalog, out: Path) -> str:
-    return {"items": str(cat.items_path), "classes": str(cat.classes_path), "job": "command line",
+    return {"items": str(cat.items_path), "classes": str(cat.classes_path), "job": COMMAND_LINE,
             "out": str(out)}[case.file]
 
 
@@ -187,7 +187,7 @@ def _check_message(e: BadInputError, case: Case, cat: Catalog, out: Path) -> Non
     msg = str(e)
     assert "\n" not in msg, msg  # one message, one line
     assert e.file == _expected_file(case, cat, out), msg
-    assert f"file {e.file}" in msg
+    assert msg.startswith(e.file if e.file == COMMAND_LINE else f"file {e.file}")
     assert e.column == case.column, msg
     if case.column:
         assert repr(case.column) in msg
@@ -301,7 +301,7 @@ JOB_CASES = [
     ("min_items 0", {"method": {"min_items": 0}}, "method.min_items = 0 must be ≥ 1", "min_items"),
     ("unknown mode", {"method": {"mode": "brackett"}}, "method.mode = 'brackett' must be one of", "mode"),
     ("negative partition_rows", {"cluster": {"partition_rows": -1}}, "must be ≥ 0", "partition_rows"),
-    ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", None),
+    ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", "at that line"),
 ]
 
 
