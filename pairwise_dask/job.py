@@ -258,35 +258,41 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
     commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite)
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
-    with connect(s, client) as c:
-        echo(f"Dask dashboard: {c.dashboard_link}")
-        parts = read_items(s, prep.info).to_delayed()
-        workers = len(c.scheduler_info().get("workers", {}))
-        echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
-             f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
-             f"{workers} workers")
-        staging = commit.begin()
-        try:
-            summary = body(c, parts, staging, timings)
-            summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
-            t = time.perf_counter()
+    try:
+        with connect(s, client) as c:
+            echo(f"Dask dashboard: {c.dashboard_link}")
+            parts = read_items(s, prep.info).to_delayed()
+            workers = len(c.scheduler_info().get("workers", {}))
+            echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
+                 f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
+                 f"{workers} workers")
+            staging = commit.begin()
             try:
-                write_report(staging, summary)
-                summary["report"] = "report.html"
-            except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
-                logger.warning("report.html was not written: %s", e)
-                summary["report"] = f"not written: {type(e).__name__}: {e}"
-            timings["report"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t_start
-            summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-            write_json(summary, staging / "summary.json")
-            commit.publish()
-        except BadInputError as e:
-            commit.abort()
-            raise _with_items_file(e, s, prep.info) from None
-        except BaseException:
-            commit.abort()
-            raise
+                summary = body(c, parts, staging, timings)
+                summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+                t = time.perf_counter()
+                try:
+                    write_report(staging, summary)
+                    summary["report"] = "report.html"
+                except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                    logger.warning("report.html was not written: %s", e)
+                    summary["report"] = f"not written: {type(e).__name__}: {e}"
+                timings["report"] = time.perf_counter() - t
+                timings["total"] = time.perf_counter() - t_start
+                summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+                write_json(summary, staging / "summary.json")
+                commit.publish()
+            except BadInputError as e:
+                commit.abort()
+                raise _with_items_file(e, s, prep.info) from None
+            except BaseException:
+                commit.abort()
+                raise
+    except BaseException:
+        # again, after our own LocalCluster is closed: a label task still writing its part when
+        # the first abort ran (a failure elsewhere in the pass) cannot leave it behind now
+        commit.abort()
+        raise
     return summary
 
 
