@@ -381,3 +381,23 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
                                   "job. Choose another --out, or pass --overwrite to replace it")
     assert snapshot(out) == before
+
+
+def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
+    """NaN, zero vectors and duplicate ids are checked inside the two passes the job makes anyway:
+    a clean run reads every partition exactly twice and never runs the duplicate lookup (that
+    only runs, on the id column alone, once a duplicate hash has been seen)."""
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    cat = make_catalog(tmp_path / "data", row_group_size=20)
+    with get_task_stream(client) as ts:
+        summary = job.run(cat.settings(tmp_path / "out"), client=client)
+    tasks = Counter(key_split(t["key"]) for t in ts.data)
+    parts = summary["items"]["partitions"]
+    assert parts == 3
+    assert tasks["read_parquet"] == 2 * parts
+    assert tasks["statistics_partition"] == parts and tasks["label_and_write"] == parts
+    assert "ids_with_hash" not in tasks
