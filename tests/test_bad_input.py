@@ -401,3 +401,20 @@ def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
     assert tasks["read_parquet"] == 2 * parts
     assert tasks["statistics_partition"] == parts and tasks["label_and_write"] == parts
     assert "ids_with_hash" not in tasks
+
+
+@pytest.mark.parametrize("command", ["fit", "update"])
+def test_fit_and_update_refuse_bad_input_the_same_way(command: str, tmp_path: Path, client: Any,
+                                                      previous_result: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    for edit, what, row in [(_duplicate(3, 50, 10), "more than once", "it-00003"),
+                            (_edit_view("emb_a", lambda x: _set(x, 44, 0, np.inf)), "infinite", "it-00044")]:
+        cat = make_catalog(tmp_path / f"data-{what[:4]}", seed=3)
+        s = cat.settings(out, **(edit(cat) or {}), overwrite=True)
+        base = str(previous_result / "model") if command == "update" else None
+        with pytest.raises(BadInputError, match=what) as info:
+            job.fit(s, client=client, base_model=base)
+        assert info.value.row == row and info.value.file == str(cat.items_path)
+        assert snapshot(out) == before
