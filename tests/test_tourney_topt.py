@@ -121,3 +121,15 @@ def test_blocked_moments_equal_one_block(monkeypatch):
     np.testing.assert_array_equal(blocked.s1, moments.s1)
     np.testing.assert_array_equal(blocked.s2, moments.s2)
     np.testing.assert_array_equal(blocked.n, moments.n)
+
+
+def test_blocked_fused_set_moments_equal_whole_quantised_gemm(monkeypatch):
+    rng = np.random.default_rng(6)
+    x = _unit(rng.standard_normal((1000, 24)))
+    member = (rng.random((1000, 5)) < 0.3).astype(np.float64)
+    monkeypatch.setattr(mom, "QUANT_ROWS", 37)  # blocks that do not divide n
+    got = mom.set_moments(x, member)
+    xq, xq2 = mom.quantize(x)
+    np.testing.assert_array_equal(got.s1, member.T @ xq)
+    np.testing.assert_array_equal(got.s2, member.T @ xq2)
+    np.testing.assert_array_equal(got.n, member.sum(axis=0))
