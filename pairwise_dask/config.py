@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInputError
+from .errors import COMMAND_LINE, BadInputError
 
 MODES = ("bracket", "round-robin", "top-t")
 
@@ -193,7 +193,8 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise BadInputError("job file not found", file=str(path), hint="Check the path") from None
     except tomllib.TOMLDecodeError as e:
-        raise BadInputError(f"is not valid TOML ({e})", file=str(path)) from None
+        raise BadInputError(f"is not valid TOML ({e})", file=str(path),
+                            hint="Fix the job file at that line (each key and each [table] may appear once)") from None
     base = path.resolve().parent
     values: dict[str, Any] = {}
     known = [o.key for o in OPTIONS] + ["views", "class_columns"]
@@ -281,4 +282,4 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
             continue
         key = _BY_NAME[k].key if k in _BY_NAME else k
         values[key] = v
-    return build_settings(values, where=job_file or "command line")
+    return build_settings(values, where=job_file or COMMAND_LINE)

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 
+#: The ``file`` of an error in settings that came from flags rather than a job file.
+COMMAND_LINE = "the command line"
+
+
 class BadInputError(ValueError):
     """Input that the job refuses, naming where it is and what to do.
 
@@ -13,7 +17,9 @@ class BadInputError(ValueError):
                  row: object | None = None, hint: str | None = None) -> None:
         self.what, self.file, self.column, self.row, self.hint = what, file, column, row, hint
         where = []
-        if file:
+        if file == COMMAND_LINE:  # settings given as flags have no file to name
+            where.append(COMMAND_LINE)
+        elif file:
             where.append(f"file {file}")
         if column:
             where.append(f"column {column!r}")

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .config import Settings
-from .errors import BadInputError
+from .errors import COMMAND_LINE, BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, read_items, write_json,
                  write_table)
 from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
@@ -132,7 +132,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
             # use every dimension: refuse it before any data is read
             raise BadInputError(f"dims = {s.dims:g} is larger than d = {d_cls}, the dimension of view {v!r}",
-                                file=s.job_file or "command line",
+                                file=s.job_file or COMMAND_LINE,
                                 hint=f"Set dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.25)")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
@@ -258,35 +258,41 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
     commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options)
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
-    with connect(s, client) as c:
-        echo(f"Dask dashboard: {c.dashboard_link}")
-        parts = read_items(s, prep.info).to_delayed()
-        workers = len(c.scheduler_info().get("workers", {}))
-        echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
-             f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
-             f"{workers} workers")
-        staging = commit.begin()
-        try:
-            summary = body(c, parts, staging, timings)
-            summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
-            t = time.perf_counter()
+    try:
+        with connect(s, client) as c:
+            echo(f"Dask dashboard: {c.dashboard_link}")
+            parts = read_items(s, prep.info).to_delayed()
+            workers = len(c.scheduler_info().get("workers", {}))
+            echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
+                 f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
+                 f"{workers} workers")
+            staging = commit.begin()
             try:
-                write_report(staging, summary)
-                summary["report"] = "report.html"
-            except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
-                logger.warning("report.html was not written: %s", e)
-                summary["report"] = f"not written: {type(e).__name__}: {e}"
-            timings["report"] = time.perf_counter() - t
-            timings["total"] = time.perf_counter() - t_start
-            summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-            write_json(summary, staging / "summary.json")
-            commit.publish()
-        except BadInputError as e:
-            commit.abort()
-            raise _with_items_file(e, s, prep.info) from None
-        except BaseException:
-            commit.abort()
-            raise
+                summary = body(c, parts, staging, timings)
+                summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+                t = time.perf_counter()
+                try:
+                    write_report(staging, summary)
+                    summary["report"] = "report.html"
+                except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                    logger.warning("report.html was not written: %s", e)
+                    summary["report"] = f"not written: {type(e).__name__}: {e}"
+                timings["report"] = time.perf_counter() - t
+                timings["total"] = time.perf_counter() - t_start
+                summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+                write_json(summary, staging / "summary.json")
+                commit.publish()
+            except BadInputError as e:
+                commit.abort()
+                raise _with_items_file(e, s, prep.info) from None
+            except BaseException:
+                commit.abort()
+                raise
+    except BaseException:
+        # again, after our own LocalCluster is closed: a label task still writing its part when
+        # the first abort ran (a failure elsewhere in the pass) cannot leave it behind now
+        commit.abort()
+        raise
     return summary
 
 

@@ -21,7 +21,7 @@ import pytest
 from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
 from pairwise_dask import job
 from pairwise_dask.config import load_settings
-from pairwise_dask.errors import BadInputError
+from pairwise_dask.errors import COMMAND_LINE, BadInputError
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ CASES = [
 
 
 def _expected_file(case: Case, cat: Catalog, out: Path) -> str:
-    return {"items": str(cat.items_path), "classes": str(cat.classes_path), "job": "command line",
+    return {"items": str(cat.items_path), "classes": str(cat.classes_path), "job": COMMAND_LINE,
             "out": str(out)}[case.file]
 
 
@@ -187,7 +187,7 @@ def _check_message(e: BadInputError, case: Case, cat: Catalog, out: Path) -> Non
     msg = str(e)
     assert "\n" not in msg, msg  # one message, one line
     assert e.file == _expected_file(case, cat, out), msg
-    assert f"file {e.file}" in msg
+    assert msg.startswith(e.file if e.file == COMMAND_LINE else f"file {e.file}")
     assert e.column == case.column, msg
     if case.column:
         assert repr(case.column) in msg
@@ -301,7 +301,7 @@ JOB_CASES = [
     ("min_items 0", {"method": {"min_items": 0}}, "method.min_items = 0 must be ≥ 1", "min_items"),
     ("unknown mode", {"method": {"mode": "brackett"}}, "method.mode = 'brackett' must be one of", "mode"),
     ("negative partition_rows", {"cluster": {"partition_rows": -1}}, "must be ≥ 0", "partition_rows"),
-    ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", None),
+    ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", "at that line"),
 ]
 
 
@@ -381,3 +381,40 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
                                   "job. Choose another --out, or pass --overwrite to replace it")
     assert snapshot(out) == before
+
+
+def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
+    """NaN, zero vectors and duplicate ids are checked inside the two passes the job makes anyway:
+    a clean run reads every partition exactly twice and never runs the duplicate lookup (that
+    only runs, on the id column alone, once a duplicate hash has been seen)."""
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    cat = make_catalog(tmp_path / "data", row_group_size=20)
+    with get_task_stream(client) as ts:
+        summary = job.run(cat.settings(tmp_path / "out"), client=client)
+    tasks = Counter(key_split(t["key"]) for t in ts.data)
+    parts = summary["items"]["partitions"]
+    assert parts == 3
+    assert tasks["read_parquet"] == 2 * parts
+    assert tasks["statistics_partition"] == parts and tasks["label_and_write"] == parts
+    assert "ids_with_hash" not in tasks
+
+
+@pytest.mark.parametrize("command", ["fit", "update"])
+def test_fit_and_update_refuse_bad_input_the_same_way(command: str, tmp_path: Path, client: Any,
+                                                      previous_result: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    for edit, what, row in [(_duplicate(3, 50, 10), "more than once", "it-00003"),
+                            (_edit_view("emb_a", lambda x: _set(x, 44, 0, np.inf)), "infinite", "it-00044")]:
+        cat = make_catalog(tmp_path / f"data-{what[:4]}", seed=3)
+        s = cat.settings(out, **(edit(cat) or {}), overwrite=True)
+        base = str(previous_result / "model") if command == "update" else None
+        with pytest.raises(BadInputError, match=what) as info:
+            job.fit(s, client=client, base_model=base)
+        assert info.value.row == row and info.value.file == str(cat.items_path)
+        assert snapshot(out) == before

@@ -144,11 +144,10 @@ def test_worker_killed_during_tourney(big: Catalog, dask_procs: DaskProcesses, t
     out = tmp_path / "faulty"
     run = _start_run(_job(big, out), "--scheduler", addr)
     try:
-        parts = _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
+        _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
         at_kill = _staged_parts(out)
         kill_tree(dask_procs.workers[0])  # SIGKILL, mid-tourney
         assert not (out / "summary.json").exists() and at_kill < PARTS, "the job ended before the kill"
-        assert parts
     finally:
         rc, err = _finish(run)
     assert rc == 0, err
@@ -298,6 +297,7 @@ def test_cli_killed_leaves_previous_result_or_none(small: Catalog, reference: di
     # the wide moments are always caught while the job runs; "outputs staged" lasts milliseconds
     # and may be missed, then the run completed and the checks below still hold
     assert alive or moment == "outputs staged", f"the job ended before {moment}"
+    print(f"{moment}: killed while running: {alive}")  # shown with -s
     if (out / "summary.json").exists():  # a result is claimed: it must be complete and exact
         # (the previous result and this run's are the same job, hence the same bytes)
         assert tree_bytes(out, "labels", "model", "disagreements") == reference
