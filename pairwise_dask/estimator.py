@@ -46,7 +46,7 @@ class PairwiseLabeler:
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
-                 id: str = "id", label: str = "", dims: float = 100, seed: int = 0, cos_min: float = -1.0,
+                 id: str = "id", label: str = "", dims: float | None = None, seed: int = 0, cos_min: float = -1.0,
                  diff_min: float = 0.0, min_items: int = 5, mode: str = "bracket", top_t: int = 16) -> None:
         self.classes = classes
         self.views = dict(views)

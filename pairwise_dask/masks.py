@@ -25,10 +25,24 @@ def pairs_from_ids(ids: np.ndarray, k: int) -> np.ndarray:
     return np.stack([ids // k, ids % k], axis=1).astype(np.int32)
 
 
-def resolve_dims(dims: float, d: int) -> int:
-    """``m`` from an integer count or a fraction of ``d`` (``0 < dims < 1``)."""
-    m = int(round(dims * d)) if 0 < dims < 1 else int(dims)
-    return max(1, min(m, d))
+#: m when the job does not say (METHOD.md: 100 of 768); capped at d only when it is the default.
+DEFAULT_DIMS = 100
+
+
+def resolve_dims(dims: float | None, d: int) -> int:
+    """``m`` from an integer count or a fraction of ``d`` (``0 < dims < 1``); ``None``: the default.
+
+    An explicit count larger than ``d`` is an error (raised as ``ValueError`` here; the job checks
+    it first and reports it as bad input), never silently clamped.
+    """
+    if dims is None:
+        return min(DEFAULT_DIMS, d)
+    if 0 < dims < 1:
+        return max(1, int(round(dims * d)))
+    m = int(dims)
+    if not 1 <= m <= d:
+        raise ValueError(f"dims = {dims} is outside 1..{d} (d)")
+    return m
 
 
 def top_dims(score: np.ndarray, m: int) -> np.ndarray:

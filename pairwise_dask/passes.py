@@ -73,8 +73,9 @@ def read_block(df: Any, spec: Spec) -> Block:
     if ids.null_count:
         i = int(np.flatnonzero(~np.asarray(ids.is_valid()))[0])
         prev = ids[i - 1].as_py() if i else None
-        raise BadInputError("holds a null id", column=spec.id_col,
-                            row=f"(null; the row after id {prev!r})" if prev is not None else "(null; first row)",
+        # a null has no id to name: point at its neighbour instead (row stays None: "a null")
+        after = f" (the row after id {prev!r})" if prev is not None else " (the partition's first row)"
+        raise BadInputError("holds a null id" + after, column=spec.id_col,
                             hint="Every item needs a unique, non-null id")
     id_np = ids.to_numpy(zero_copy_only=False)
     views = {}
