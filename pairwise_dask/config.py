@@ -19,6 +19,8 @@ from typing import Any, Callable
 from .errors import BadInputError
 
 MODES = ("bracket", "round-robin", "top-t")
+FINALS = ("fused", "confident-view")
+FIT_ON = ("predicted", "annotation")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,17 @@ OPTIONS: tuple[Option, ...] = (
            "or top-t", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
+    Option("final", "method", str, "fused", "final label: fused (the tourney played on the views' mean "
+           "pair margins) or confident-view (the view with the larger margin)", _one_of(FINALS)),
+    Option("mix", "method", float, 0.0, "pair weights from prompt + mix × the class's mean item "
+           "(0: the prompts alone, as in the article)", _range(0.0, None)),
+    Option("refine", "method", int, 0, "extra rounds: re-estimate the statistics from the previous "
+           "round's final labels, then play again (each round reads the items twice more)", _range(0, 20)),
+    Option("refine_keep", "method", float, 0.5, "refine: share of items, by final margin, whose labels "
+           "feed the next statistics (the most confident)", _range(0.01, 1.0)),
+    Option("fit_on", "method", str, "predicted", "statistics from the base labels (predicted) or from "
+           "the --label annotation where present (annotation; for reviewing an annotation)",
+           _one_of(FIT_ON)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -110,6 +123,11 @@ class Settings:
     min_items: int = 5
     mode: str = "bracket"
     top_t: int = 16
+    final: str = "fused"
+    mix: float = 0.0
+    refine: int = 0
+    refine_keep: float = 0.5
+    fit_on: str = "predicted"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -239,6 +257,9 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         if cols.count(c) > 1:
             raise BadInputError(f"column {c!r} is used by two views", file=where,
                                 hint="Each view reads its own embedding column")
+    if kw["fit_on"] == "annotation" and not kw["label"]:
+        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
+                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = predicted")
     class_columns = tuple(values.get("class_columns") or ())
     for v, _ in class_columns:
         if v not in names:

@@ -32,7 +32,8 @@ from .masks import PairMasks, fit_masks, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
 from .moments import Moments
-from .passes import Spec, Statistics, Tally, ids_with_hash, label_partition, merge, statistics_partition
+from .passes import (Spec, Statistics, Tally, ids_with_hash, label_partition, margin_histogram_partition,
+                     margin_quantile, merge, statistics_partition)
 
 SPLIT_EVERY = 8
 Echo = Callable[[str], None]
@@ -106,7 +107,8 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
                                 hint="Items and class prompts of a view must come from the same model")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
-                diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
+                diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t,
+                final=s.final, fit_on=s.fit_on)
     return Prepared(info, classes, spec)
 
 
@@ -135,10 +137,35 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
     return stats
 
 
-def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments]) -> dict[str, PairMasks]:
+def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments], *,
+                   per_pair: bool | None = None) -> dict[str, PairMasks]:
     """Masks and weights of every view from merged moments (small; on the client)."""
+    per_pair = spec.per_pair if per_pair is None else per_pair
     return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(s.dims, spec.classes[v].shape[1]),
-                         min_items=s.min_items, per_pair=spec.per_pair) for v in spec.classes}
+                         min_items=s.min_items, per_pair=per_pair, mix=s.mix) for v in spec.classes}
+
+
+def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
+                  masks: dict[str, PairMasks], *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
+    """``s.refine`` rounds: label with the current masks, keep the ``refine_keep`` most confident
+    final labels, re-estimate the moments from them (one class set per label), refit the masks.
+
+    Each round is two passes: a histogram of the final margins (its quantile is the keep
+    threshold, exact under any partitioning), then the statistics of the kept items.
+    """
+    from dask import delayed
+
+    thresholds = []
+    for r in range(s.refine):
+        spec_r = replace(spec, masks=masks)
+        spec_f = c.scatter(spec_r, broadcast=True, hash=False)
+        hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
+                                       merge), f"refine {r + 1}/{s.refine}: margins", progress)
+        thr = margin_quantile(hist, 1.0 - s.refine_keep)
+        stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
+        masks = fit_pair_masks(s, spec, stats.moments, per_pair=False)
+        thresholds.append(thr)
+    return stats, masks, thresholds
 
 
 def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
@@ -214,6 +241,10 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         masks = fit_pair_masks(s, prep.spec, stats.moments)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
+        stats, masks, thresholds = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
+        if s.refine:
+            timings["refine"] = time.perf_counter() - t
+        t = time.perf_counter()
         tally = label_pass(c, s, replace(prep.spec, masks=masks), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -221,7 +252,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
                          _params(s, masks, stats.rows)), staging / "model")
         timings["write"] = time.perf_counter() - t
-        return {"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+        return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+                | ({"refine_thresholds": thresholds} if s.refine else {}))
 
     return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
 
@@ -238,6 +270,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     old = load(base_model) if base_model else None
     if old is not None:
         _check_compatible(s, old)
+        if s.refine or int(old.params.get("refine", 0)):
+            raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
+                                "which new items' base-label moments do not add to",
+                                hint="Fit again on all items, or use refine = 0 for models you update")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
@@ -248,6 +284,9 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         masks = fit_pair_masks(s, prep.spec, moments)
+        if s.refine:
+            stats, masks, _ = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
+            moments = stats.moments
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks, _params(s, masks, items)),
              staging / "model")
@@ -300,7 +339,8 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 def _params(s: Settings, masks: dict[str, PairMasks], items: int) -> dict:
     return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
-            "mode": s.mode, "top_t": s.top_t, "items": int(items)}
+            "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
+            "refine": s.refine, "refine_keep": s.refine_keep, "fit_on": s.fit_on}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
@@ -358,7 +398,8 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
-                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t},
+                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
+                   "refine": s.refine, "refine_keep": s.refine_keep, "fit_on": s.fit_on},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

@@ -68,6 +68,10 @@ def save(model: FittedModel, folder: str | Path) -> None:
     for v, c in model.classes.items():
         cls[v] = _fsl(c, pa.float32())
     write_table(pa.table(cls), folder / "classes.parquet")
+    # the class vectors the pair weights were built from, when not the prompts (mix > 0)
+    anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in model.masks.items() if m.anchors is not None}
+    if anchors:
+        write_table(pa.table({"name": pa.array(model.names, pa.string()), **anchors}), folder / "anchors.parquet")
     params = dict(model.params, quant_bits=QUANT_BITS, views=list(model.classes))
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
@@ -82,6 +86,7 @@ def load(folder: str | Path) -> FittedModel:
     classes = {v: np.asarray(cls.column(v).combine_chunks().flatten()).reshape(len(names), -1) for v in views}
     mt = pq.read_table(folder / "moments.parquet")
     mk = pq.read_table(folder / "masks.parquet")
+    at = pq.read_table(folder / "anchors.parquet") if (folder / "anchors.parquet").exists() else None
     index = {n: i for i, n in enumerate(names)}
     moments, masks = {}, {}
     for v in views:
@@ -94,7 +99,11 @@ def load(folder: str | Path) -> FittedModel:
         pairs = np.stack([[index[a] for a in s.column("class_a").to_pylist()],
                           [index[b] for b in s.column("class_b").to_pylist()]], axis=1).astype(np.int32)
         dims = np.asarray(s.column("dims").combine_chunks().flatten()).reshape(len(pairs), -1).astype(np.int32)
-        masks[v] = PairMasks(len(names), pairs, dims, pair_weights(classes[v], pairs, dims),
+        anchors = None
+        if at is not None and v in at.column_names:
+            anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
+        masks[v] = PairMasks(len(names), pairs, dims,
+                             pair_weights(classes[v] if anchors is None else anchors, pairs, dims),
                              np.asarray(s.column("n_a")), np.asarray(s.column("n_b")),
-                             np.asarray(s.column("fallback")))
+                             np.asarray(s.column("fallback")), anchors)
     return FittedModel(names, classes, moments, masks, params)

@@ -21,8 +21,8 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, filtered_moments
-from .tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
+from .moments import Moments, class_moments, filtered_moments
+from .tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ class Spec:
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
+    final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
+    fit_on: str = "predicted"  # pass 1's sets: "predicted" (base labels) | "annotation" (where present)
+    keep_margin: float = 0.0  # refine: statistics keep items whose final margin is at least this
 
     @property
     def k(self) -> int:
@@ -115,13 +118,29 @@ def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
 
 
 def statistics_partition(df: Any, spec: Spec) -> Statistics:
-    """Pass 1 on one partition."""
+    """Pass 1 on one partition.
+
+    Without masks in ``spec``: the sets of METHOD.md §2 from the base labels (or, with
+    ``fit_on = "annotation"``, from the annotation where there is one). With masks (a refine
+    round): the sets are the previous round's final labels, kept where its final margin is at
+    least ``spec.keep_margin``; every view uses the same (fused) labels, so the views teach
+    each other.
+    """
     b = read_block(df, spec)
     mom = {}
-    for v, x in b.views.items():
-        base = base_labels(x, spec.classes[v])
-        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=spec.cos_min,
-                                  diff_min=spec.diff_min, per_pair=spec.per_pair)
+    if spec.masks:
+        played = play_block(b, spec)
+        keep = played.final_margin >= spec.keep_margin
+        for v, x in b.views.items():
+            mom[v] = class_moments(x, played.final, keep, spec.k)
+    else:
+        for v, x in b.views.items():
+            base = base_labels(x, spec.classes[v])
+            labels = base.label
+            if spec.fit_on == "annotation" and b.annotation_idx is not None:
+                labels = np.where(b.annotation_idx >= 0, b.annotation_idx, labels).astype(np.int32)
+            mom[v] = filtered_moments(x, base.scores, labels, cos_min=spec.cos_min,
+                                      diff_min=spec.diff_min, per_pair=spec.per_pair)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -129,6 +148,27 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
     return Statistics(len(b.ids), mom, hashes)
+
+
+#: Bins of the final-margin histogram a refine round's keep threshold is read from: margins are
+#: cosine margins in [0, 2]; 4,096 bins resolve 0.0005, counts are integers (exact under merge).
+MARGIN_BINS = np.linspace(0.0, 2.0, 4097)
+
+
+def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
+    """Counts of the final margins of a partition in :data:`MARGIN_BINS` (refine's quantile)."""
+    played = play_block(read_block(df, spec), spec)
+    return np.histogram(np.clip(played.final_margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
+
+
+def margin_quantile(counts: np.ndarray, q: float) -> float:
+    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it."""
+    total = int(counts.sum())
+    if total == 0 or q <= 0:
+        return 0.0
+    above = np.cumsum(counts[::-1])[::-1]  # items in bin i or higher
+    ok = np.flatnonzero(above >= (1.0 - q) * total)
+    return float(MARGIN_BINS[ok[-1]]) if len(ok) else 0.0
 
 
 def merge(parts: list[Any]) -> Any:
@@ -175,39 +215,82 @@ def _names(spec: Spec, idx: np.ndarray) -> pa.Array:
     return pa.array(spec.names, pa.string()).take(pa.array(idx, pa.int32()))
 
 
+@dataclass
+class Played:
+    """The tourney's result for one block: per view and fused (see :func:`play_block`)."""
+
+    base: dict[str, Any]              # view -> BaseLabels
+    label: dict[str, np.ndarray]      # view -> tourney label (n,)
+    margin: dict[str, np.ndarray]     # view -> |margin| of the deciding match (n,)
+    fused: np.ndarray                 # (n, P) mean over views of the pair margins
+    final: np.ndarray                 # (n,) final label
+    final_margin: np.ndarray          # (n,) |margin| that decided the final label
+    agree: np.ndarray                 # (n,) every view's tourney label equal
+
+
+def _players(spec: Spec, scores: np.ndarray) -> np.ndarray | None:
+    """top-t: each item's ``t`` best classes by (summed) base cosine; else every class plays."""
+    if spec.mode != "top-t" or spec.top_t >= spec.k:
+        return None
+    return np.argsort(-scores, axis=1, kind="stable")[:, :spec.top_t]
+
+
+def play_block(b: Block, spec: Spec) -> Played:
+    """Every view's tourney and the final label of one block (pure; used by pass 2 and refine)."""
+    n, k = len(b.ids), spec.k
+    base, label, margin, pm = {}, {}, {}, []
+    pairs = pidx = None
+    for v, x in b.views.items():
+        masks = spec.masks[v]
+        pairs, pidx = masks.pairs, masks.pair_index()
+        base[v] = base_labels(x, spec.classes[v])
+        m = pair_margins(x, masks, d := pair_decisions(x, masks), out=d)
+        label[v], margin[v] = decide(m, pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+                                     players=_players(spec, base[v].scores))
+        pm.append(m)
+    fused = fuse_margins(pm)
+    stack = np.stack([label[v] for v in b.views])        # (V, n)
+    agree = (stack == stack[0]).all(axis=0)
+    if spec.final == "fused" and len(pm) > 1:
+        scores = sum(base[v].scores for v in b.views)
+        final, final_margin = decide(fused, pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+                                     players=_players(spec, scores))
+    else:  # the most confident view (also: fusion of one view is that view)
+        margins = np.stack([margin[v] for v in b.views])
+        best = np.argmax(margins, axis=0)
+        final, final_margin = stack[best, np.arange(n)], margins[best, np.arange(n)]
+    return Played(base, label, margin, fused, final, final_margin, agree)
+
+
+def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.ndarray,
+                    current: np.ndarray) -> np.ndarray:
+    """How strongly the evidence prefers ``proposed`` over ``current`` (rows of ``fused``).
+
+    The difference of the two classes' :func:`class_scores` on the views' fused pair margins: it
+    counts the direct match between the two labels *and* how each fares against every other
+    class, so a current label that loses broadly ranks above one that only just lost its final.
+    0 where the two labels are equal.
+    """
+    sc = class_scores(fused, pairs, k)
+    r = np.arange(len(proposed))
+    return np.where(proposed != current, sc[r, proposed] - sc[r, current], 0.0).astype(np.float64)
+
+
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     """Pass 2 on one partition: the labels table (output contract) and its tally."""
     b = read_block(df, spec)
     n, k = len(b.ids), spec.k
+    played = play_block(b, spec)
     cols: dict[str, pa.Array] = {"id": b.ids}
-    base_l, tour_l, margin_l, decisions = {}, {}, {}, {}
-    for v, x in b.views.items():
-        masks = spec.masks[v]
-        base = base_labels(x, spec.classes[v])
-        d = pair_decisions(x, masks)
-        pidx = masks.pair_index()
-        if spec.mode == "round-robin":
-            all_norms = _all_masked_margins(x, masks, d)
-            label = play_round_robin(d, all_norms, masks.pairs, k)
-            other = _runner_up(d, pidx, label, all_norms)
-            p = pidx[label, other]
-            margin = np.abs(all_norms[np.arange(n), p])
-        else:
-            players = None
-            if spec.mode == "top-t" and spec.top_t < k:
-                players = np.argsort(-base.scores, axis=1, kind="stable")[:, :spec.top_t]
-            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=players)
-            label = res.label
-            margin = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
-        base_l[v], tour_l[v], margin_l[v], decisions[v] = base.label, label, margin, d
-        cols[f"base_{v}"] = _names(spec, base.label)
-        cols[f"label_{v}"] = _names(spec, label)
-        cols[f"margin_{v}"] = pa.array(margin.astype(np.float32))
+    for v in b.views:
+        cols[f"base_{v}"] = _names(spec, played.base[v].label)
+        cols[f"label_{v}"] = _names(spec, played.label[v])
+        cols[f"margin_{v}"] = pa.array(played.margin[v].astype(np.float32))
     views = list(b.views)
-    stack = np.stack([tour_l[v] for v in views])           # (V, n)
-    margins = np.stack([margin_l[v] for v in views])       # (V, n)
-    agree = (stack == stack[0]).all(axis=0)
-    final = stack[np.argmax(margins, axis=0), np.arange(n)]  # the most confident view
+    base_l = {v: played.base[v].label for v in views}
+    tour_l = played.label
+    stack = np.stack([tour_l[v] for v in views])
+    final, agree = played.final, played.agree
     cols["final_label"] = _names(spec, final)
     cols["agree"] = pa.array(agree)
     if b.annotation is not None:
@@ -221,10 +304,8 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     current = np.where(ann_differs, ann if ann is not None else 0,
                        np.where(stack[0] != final, stack[0], stack[-1]))
     rows = np.flatnonzero(flagged)
-    priority = np.zeros(len(rows))
-    for v in views:
-        priority += _pair_margin(b.views[v], spec.masks[v], decisions[v], rows, final[rows], current[rows])
-    priority /= len(views)
+    pairs = spec.masks[views[0]].pairs
+    priority = review_priority(played.fused[rows], pairs, k, final[rows], current[rows])
     reason = np.where(ann_differs[rows] & ~agree[rows], "annotation+views",
                       np.where(ann_differs[rows], "annotation", "views"))
     dis = table.take(pa.array(rows, pa.int64())).append_column("reason", pa.array(reason.astype(str), pa.string()))
@@ -250,34 +331,3 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     return table, tally
 
 
-def _pair_margin(x: np.ndarray, masks: PairMasks, d: np.ndarray, rows: np.ndarray,
-                 proposed: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """Cosine margin of ``proposed`` over ``current`` on their pair's mask (0 where they are equal)."""
-    out = np.zeros(len(rows))
-    ok = proposed != current
-    if not ok.any():
-        return out
-    r, a, c = rows[ok], proposed[ok], current[ok]
-    p = masks.pair_index()[a, c]
-    raw = d[r, p]
-    sign = np.where(masks.pairs[p, 0] == a, 1.0, -1.0)
-    out[ok] = sign * masked_margin(x[r], masks, p, raw)
-    return out
-
-
-def _all_masked_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray) -> np.ndarray:
-    """Cosine margins of every pair (round-robin needs them all): ``D / ‖x|M‖`` via one product."""
-    mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
-    mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
-    norms = np.sqrt(np.maximum((x * x) @ mask.T, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, d / norms, 0.0).astype(np.float32)
-
-
-def _runner_up(d: np.ndarray, pidx: np.ndarray, label: np.ndarray, margins: np.ndarray) -> np.ndarray:
-    """The class the winner beat by the least margin (its closest rival)."""
-    n, k = len(label), pidx.shape[0]
-    p = pidx[label[:, None], np.arange(k)[None, :]]  # (n, k), -1 on the winner itself
-    m = np.abs(np.take_along_axis(margins, np.maximum(p, 0), axis=1))
-    m[p < 0] = np.inf
-    return np.argmin(m, axis=1)
