@@ -20,7 +20,7 @@ from .errors import BadInputError
 
 MODES = ("bracket", "round-robin", "top-t")
 FINALS = ("fused", "confident-view")
-FIT_ON = ("predicted", "annotation")
+FIT_ON = ("fused", "view", "annotation")
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("id", None, str, "id", "items' id column (unique, non-null)"),
     Option("label", None, str, "", "items' existing annotation column, for accuracy and QA (optional)"),
     Option("overwrite", None, bool, False, "replace an output folder that holds a different job's run"),
-    Option("dims", "method", float, 100, "m: dimensions per pair mask (an integer, or a fraction of d "
+    Option("dims", "method", float, 0.5, "m: dimensions per pair mask (an integer, or a fraction of d "
            "when below 1)", _range(1e-9, None)),
     Option("seed", "method", int, 0, "seed of the bracket's random order", _range(0, 2 ** 63 - 1)),
     Option("cos_min", "method", float, -1.0, "statistics only use items whose top cosine is at least this",
@@ -76,20 +76,21 @@ OPTIONS: tuple[Option, ...] = (
            "pair by at least this cosine", _range(0.0, 2.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
-    Option("mode", "method", str, "bracket", "how the pair decisions pick a label: bracket, round-robin "
+    Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin "
            "or top-t", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
     Option("final", "method", str, "fused", "final label: fused (the tourney played on the views' mean "
            "pair margins) or confident-view (the view with the larger margin)", _one_of(FINALS)),
-    Option("mix", "method", float, 0.0, "pair weights from prompt + mix × the class's mean item "
+    Option("mix", "method", float, 1.0, "pair weights from prompt + mix × the class's mean item "
            "(0: the prompts alone, as in the article)", _range(0.0, None)),
-    Option("refine", "method", int, 0, "extra rounds: re-estimate the statistics from the previous "
+    Option("refine", "method", int, 2, "extra rounds: re-estimate the statistics from the previous "
            "round's final labels, then play again (each round reads the items twice more)", _range(0, 20)),
-    Option("refine_keep", "method", float, 0.5, "refine: share of items, by final margin, whose labels "
-           "feed the next statistics (the most confident)", _range(0.01, 1.0)),
-    Option("fit_on", "method", str, "predicted", "statistics from the base labels (predicted) or from "
-           "the --label annotation where present (annotation; for reviewing an annotation)",
+    Option("keep", "method", float, 0.5, "fit_on = fused and refine: share of items, most confident "
+           "first, whose labels feed the statistics", _range(0.01, 1.0)),
+    Option("fit_on", "method", str, "view", "statistics from: fused (the views' summed base cosines, "
+           "the `keep` most confident items), view (each view's own base labels, all items: the "
+           "article), annotation (the --label column where present; for reviewing an annotation)",
            _one_of(FIT_ON)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
@@ -116,18 +117,18 @@ class Settings:
     id: str = "id"
     label: str = ""
     overwrite: bool = False
-    dims: float = 100
+    dims: float = 0.5
     seed: int = 0
     cos_min: float = -1.0
     diff_min: float = 0.0
     min_items: int = 5
-    mode: str = "bracket"
+    mode: str = "round-robin"
     top_t: int = 16
     final: str = "fused"
-    mix: float = 0.0
-    refine: int = 0
-    refine_keep: float = 0.5
-    fit_on: str = "predicted"
+    mix: float = 1.0
+    refine: int = 2
+    keep: float = 0.5
+    fit_on: str = "view"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1

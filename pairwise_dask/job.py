@@ -145,23 +145,41 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments], *,
                          min_items=s.min_items, per_pair=per_pair, mix=s.mix) for v in spec.classes}
 
 
+def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool, label: str) -> float:
+    """The margin above which the ``s.keep`` most confident items lie: one pass of exact histogram
+    counts (final margins with ``spec.masks``; fused base margins without)."""
+    from dask import delayed
+
+    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
+                                   merge), label, progress)
+    return margin_quantile(hist, 1.0 - s.keep)
+
+
+def base_spec(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
+              model_params: dict | None = None) -> Spec:
+    """The first statistics pass's spec: with ``fit_on = fused`` its keep threshold, measured
+    (or, when updating a model, the model's, so that old and new moments share one filter)."""
+    if s.fit_on != "fused":
+        return spec
+    if model_params is not None and "base_keep_margin" in model_params:
+        return replace(spec, keep_margin=float(model_params["base_keep_margin"]))
+    return replace(spec, keep_margin=keep_threshold(c, s, spec, parts, progress=progress,
+                                                    label="pass 0: fused base margins"))
+
+
 def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
                   masks: dict[str, PairMasks], *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
-    """``s.refine`` rounds: label with the current masks, keep the ``refine_keep`` most confident
+    """``s.refine`` rounds: label with the current masks, keep the ``keep`` most confident
     final labels, re-estimate the moments from them (one class set per label), refit the masks.
 
     Each round is two passes: a histogram of the final margins (its quantile is the keep
     threshold, exact under any partitioning), then the statistics of the kept items.
     """
-    from dask import delayed
-
     thresholds = []
     for r in range(s.refine):
         spec_r = replace(spec, masks=masks)
-        spec_f = c.scatter(spec_r, broadcast=True, hash=False)
-        hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
-                                       merge), f"refine {r + 1}/{s.refine}: margins", progress)
-        thr = margin_quantile(hist, 1.0 - s.refine_keep)
+        thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
         masks = fit_pair_masks(s, spec, stats.moments, per_pair=False)
         thresholds.append(thr)
@@ -235,7 +253,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        spec0 = base_spec(c, s, prep.spec, parts, progress=progress)
+        stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         masks = fit_pair_masks(s, prep.spec, stats.moments)
@@ -250,7 +269,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
         save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows)), staging / "model")
+                         _params(s, masks, stats.rows, spec0.keep_margin)), staging / "model")
         timings["write"] = time.perf_counter() - t
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
                 | ({"refine_thresholds": thresholds} if s.refine else {}))
@@ -278,7 +297,9 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
         t = time.perf_counter()
-        stats = statistics_pass(c, s, prep.spec, parts, progress=progress)
+        spec0 = base_spec(c, s, prep.spec, parts, progress=progress,
+                          model_params=old.params if old is not None else None)
+        stats = statistics_pass(c, s, spec0, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
@@ -288,8 +309,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             stats, masks, _ = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
             moments = stats.moments
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks, _params(s, masks, items)),
-             staging / "model")
+        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
+                         _params(s, masks, items, spec0.keep_margin)), staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
@@ -336,11 +357,12 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int) -> dict:
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, base_keep_margin: float = 0.0) -> dict:
     return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
-            "refine": s.refine, "refine_keep": s.refine_keep, "fit_on": s.fit_on}
+            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on,
+            "base_keep_margin": base_keep_margin}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
@@ -399,7 +421,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
-                   "refine": s.refine, "refine_keep": s.refine_keep, "fit_on": s.fit_on},
+                   "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

@@ -108,15 +108,16 @@ def set_index(a: np.ndarray | int, b: np.ndarray | int, k: int, per_pair: bool) 
 
 
 def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, cos_min: float,
-                     diff_min: float, per_pair: bool) -> Moments:
+                     diff_min: float, per_pair: bool, keep: np.ndarray | None = None) -> Moments:
     """The statistics step for one block: moments of every pair side's filtered set.
 
-    Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``.
+    Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``
+    (and ``keep_i``, when given: a further filter decided by the caller).
     """
     n, k = scores.shape
     rows = np.arange(n)
     top = scores[rows, labels] if n else np.zeros(0, np.float32)
-    keep = top >= cos_min
+    keep = (top >= cos_min) if keep is None else keep & (top >= cos_min)
     q = quantize(x)
     if not per_pair:
         return class_moments(x, labels, keep, k, quantized=q)

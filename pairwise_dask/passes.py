@@ -43,8 +43,8 @@ class Spec:
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
     final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
-    fit_on: str = "predicted"  # pass 1's sets: "predicted" (base labels) | "annotation" (where present)
-    keep_margin: float = 0.0  # refine: statistics keep items whose final margin is at least this
+    fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
+    keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
 
     @property
     def k(self) -> int:
@@ -120,8 +120,10 @@ def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
 def statistics_partition(df: Any, spec: Spec) -> Statistics:
     """Pass 1 on one partition.
 
-    Without masks in ``spec``: the sets of METHOD.md §2 from the base labels (or, with
-    ``fit_on = "annotation"``, from the annotation where there is one). With masks (a refine
+    Without masks in ``spec``: the sets of METHOD.md §2 from each view's base labels
+    (``fit_on = "view"``); from the views' fused base label, kept where its fused base margin is at
+    least ``spec.keep_margin`` (``"fused"``); or from the annotation where there is one
+    (``"annotation"``). With masks (a refine
     round): the sets are the previous round's final labels, kept where its final margin is at
     least ``spec.keep_margin``; every view uses the same (fused) labels, so the views teach
     each other.
@@ -134,13 +136,17 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
         for v, x in b.views.items():
             mom[v] = class_moments(x, played.final, keep, spec.k)
     else:
+        bases = {v: base_labels(x, spec.classes[v]) for v, x in b.views.items()}
+        keep = None
+        if spec.fit_on == "fused":
+            fused, margin = fused_base(bases)
+            keep = margin >= spec.keep_margin
         for v, x in b.views.items():
-            base = base_labels(x, spec.classes[v])
-            labels = base.label
+            labels = fused if spec.fit_on == "fused" else bases[v].label
             if spec.fit_on == "annotation" and b.annotation_idx is not None:
                 labels = np.where(b.annotation_idx >= 0, b.annotation_idx, labels).astype(np.int32)
-            mom[v] = filtered_moments(x, base.scores, labels, cos_min=spec.cos_min,
-                                      diff_min=spec.diff_min, per_pair=spec.per_pair)
+            mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=spec.cos_min,
+                                      diff_min=spec.diff_min, per_pair=spec.per_pair, keep=keep)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -150,15 +156,31 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     return Statistics(len(b.ids), mom, hashes)
 
 
+def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The views' fused base label (argmax of the mean cosine) and its top-1 minus top-2 margin."""
+    s = sum(b.scores for b in bases.values()) / len(bases)
+    label = np.argmax(s, axis=1).astype(np.int32)
+    if s.shape[1] < 2 or not len(s):
+        return label, np.zeros(len(s), np.float32)
+    part = np.partition(s, s.shape[1] - 2, axis=1)
+    return label, (part[:, -1] - part[:, -2]).astype(np.float32)
+
+
 #: Bins of the final-margin histogram a refine round's keep threshold is read from: margins are
 #: cosine margins in [0, 2]; 4,096 bins resolve 0.0005, counts are integers (exact under merge).
 MARGIN_BINS = np.linspace(0.0, 2.0, 4097)
 
 
 def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
-    """Counts of the final margins of a partition in :data:`MARGIN_BINS` (refine's quantile)."""
-    played = play_block(read_block(df, spec), spec)
-    return np.histogram(np.clip(played.final_margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
+    """Counts of a partition's margins in :data:`MARGIN_BINS`, for a keep quantile: the final
+    margins of the tourney with ``spec.masks`` (refine), or without masks the fused base margins
+    (``fit_on = "fused"``)."""
+    b = read_block(df, spec)
+    if spec.masks:
+        margin = play_block(b, spec).final_margin
+    else:
+        margin = fused_base({v: base_labels(x, spec.classes[v]) for v, x in b.views.items()})[1]
+    return np.histogram(np.clip(margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
 
 
 def margin_quantile(counts: np.ndarray, q: float) -> float:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from pairwise_dask import job
 from pairwise_dask.arrays import hash_ids
 from pairwise_dask.config import load_settings
+from pairwise_dask.model import load
 from pairwise_dask.masks import all_pairs, class_means, fit_masks, prototypes
 from pairwise_dask.moments import class_moments
 from pairwise_dask.passes import MARGIN_BINS, margin_quantile, review_priority
@@ -118,6 +119,18 @@ def test_review_priority_ranks_broad_losers_first():
     assert np.allclose(class_scores(m, pairs, k).sum(1), 0)  # every match's margin won and lost once
 
 
+def _moments(cat: dict, s) -> dict:
+    """Each view's class moments of its base labels, over all items at once (NumPy only)."""
+    t = pq.read_table(cat["items"])
+    cls = job.prepare(s).spec.classes
+    out = {}
+    for v, col in cat["views"]:
+        x = np.asarray(t.column(col).combine_chunks().flatten()).reshape(t.num_rows, -1)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[v] = class_moments(x, (x @ cls[v].T).argmax(1), np.ones(len(x), bool), len(cls[v]))
+    return out
+
+
 def _run(client, cat: dict, out: Path, **kw) -> dict:
     s = load_settings(None, {**cat, "out": str(out), **kw})
     return job.run(s, client=client)
@@ -125,13 +138,18 @@ def _run(client, cat: dict, out: Path, **kw) -> dict:
 
 def test_refine_zero_is_plain_and_refine_is_partition_invariant(client, tmp_path):
     cat = make_catalog(tmp_path / "data", n=700, row_group=128)
-    s0 = _run(client, cat, tmp_path / "plain")
-    s1 = _run(client, cat, tmp_path / "r0", refine=0)
-    assert pq.read_table(tmp_path / "plain" / "labels").equals(pq.read_table(tmp_path / "r0" / "labels"))
-    assert s0["final"] == s1["final"]
+    # refine = 0 is the plain two-pass job: identical to computing its pieces by hand
+    _run(client, cat, tmp_path / "r0", refine=0)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "x"), "refine": 0})
+    masks = job.fit_pair_masks(s, job.prepare(s).spec, _moments(cat, s))
+    model = load(tmp_path / "r0" / "model")
+    for v in masks:
+        assert np.array_equal(model.masks[v].dims, masks[v].dims)
+    s2 = _run(client, cat, tmp_path / "r2", refine=2)
+    assert len(s2["refine_thresholds"]) == 2
     tables = []
     for i, rows in enumerate([0, 97]):
-        summ = _run(client, cat, tmp_path / f"ref{i}", refine=2, refine_keep=0.6, mix=1.0, partition_rows=rows)
+        summ = _run(client, cat, tmp_path / f"ref{i}", refine=2, keep=0.6, mix=1.0, partition_rows=rows)
         assert len(summ["refine_thresholds"]) == 2
         tables.append(pq.read_table(tmp_path / f"ref{i}" / "labels"))
     assert tables[0].equals(tables[1])
@@ -160,3 +178,10 @@ def test_fit_on_annotation_uses_the_annotation(client, tmp_path):
     ann = _run(client, cat, tmp_path / "ann", fit_on="annotation")
     # statistics from the true labels cannot be worse than from the noisy base labels here
     assert ann["final"]["accuracy"] >= base["final"]["accuracy"]
+
+
+def test_fused_final_of_one_view_is_that_views_label(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=400, views=("a",))
+    _run(client, cat, tmp_path / "one", final="fused")
+    df = pq.read_table(tmp_path / "one" / "labels").to_pandas()
+    assert (df.final_label == df.label_a).all()
