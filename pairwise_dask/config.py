@@ -85,7 +85,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("mix", "method", float, 1.0, "pair weights from prompt + mix × the class's mean item "
            "(0: the prompts alone, as in the article)", _range(0.0, None)),
     Option("refine", "method", int, 2, "extra rounds: re-estimate the statistics from the previous "
-           "round's final labels, then play again (each round reads the items twice more)", _range(0, 20)),
+           "round's final labels, then play again (each round reads the items twice more; ignored with "
+           "fit_on = annotation; a refined model cannot be updated)", _range(0, 20)),
     Option("keep", "method", float, 0.5, "fit_on = fused and refine: share of items, most confident "
            "first, whose labels feed the statistics", _range(0.01, 1.0)),
     Option("fit_on", "method", str, "view", "statistics from: fused (the views' summed base cosines, "

@@ -131,7 +131,7 @@ class PairwiseLabeler:
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes)) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
         self._refit(classes, stats.moments, stats.rows)
-        for _ in range(self.refine):  # as the job's refine rounds (see job.refine_rounds)
+        for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as job.refine_rounds
             spec = replace(self._spec(classes), masks=self.model_.masks)
             spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec))
             moments = self._statistics(ddf, spec).moments
@@ -142,7 +142,7 @@ class PairwiseLabeler:
         """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
         if self.model_ is None:
             return self.fit(ddf)
-        if self.refine:
+        if self.refine and self.fit_on != "annotation":
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels",
                                 hint="fit() again on all items, or use refine = 0")
         classes = self._class_set()

@@ -177,7 +177,8 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
     threshold, exact under any partitioning), then the statistics of the kept items.
     """
     thresholds = []
-    for r in range(s.refine):
+    rounds = 0 if s.fit_on == "annotation" else s.refine  # refining would replace the annotation's sets
+    for r in range(rounds):
         spec_r = replace(spec, masks=masks)
         thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
@@ -269,10 +270,10 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
         save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows, spec0.keep_margin)), staging / "model")
+                         _params(s, masks, stats.rows, spec0.keep_margin, thresholds)), staging / "model")
         timings["write"] = time.perf_counter() - t
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
-                | ({"refine_thresholds": thresholds} if s.refine else {}))
+                | ({"refine_thresholds": thresholds} if thresholds else {}))
 
     return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
 
@@ -289,7 +290,7 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     old = load(base_model) if base_model else None
     if old is not None:
         _check_compatible(s, old)
-        if s.refine or int(old.params.get("refine", 0)):
+        if (s.refine and s.fit_on != "annotation") or old.params.get("refine_thresholds"):
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
                                 "which new items' base-label moments do not add to",
                                 hint="Fit again on all items, or use refine = 0 for models you update")
@@ -305,12 +306,13 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         masks = fit_pair_masks(s, prep.spec, moments)
-        if s.refine:
-            stats, masks, _ = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
+        thresholds: list = []
+        if s.refine and s.fit_on != "annotation":
+            stats, masks, thresholds = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
             moments = stats.moments
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
-                         _params(s, masks, items, spec0.keep_margin)), staging / "model")
+                         _params(s, masks, items, spec0.keep_margin, thresholds)), staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
@@ -357,12 +359,13 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int, base_keep_margin: float = 0.0) -> dict:
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, base_keep_margin: float = 0.0,
+            thresholds: list | tuple = ()) -> dict:
     return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on,
-            "base_keep_margin": base_keep_margin}
+            "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:

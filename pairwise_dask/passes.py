@@ -323,11 +323,18 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     ann = b.annotation_idx
     ann_differs = (ann >= 0) & (ann != final) if ann is not None else np.zeros(n, bool)
     flagged = ann_differs | ~agree
-    current = np.where(ann_differs, ann if ann is not None else 0,
-                       np.where(stack[0] != final, stack[0], stack[-1]))
+    dissent = np.where(stack[0] != final, stack[0], stack[-1])  # a view's label ≠ final (if any)
+    # The current label is the annotation where there is one, else the dissenting view's label; the
+    # proposed one is the final label, or (annotation = final, views split) the dissenting view's.
+    # Priority = evidence for proposed over current: positive where the annotation is contradicted,
+    # negative where a view disagrees but the evidence backs the annotation, so every contradicted
+    # annotation ranks above every merely contested one (the review list is for the annotation).
+    has_ann = (ann >= 0) if ann is not None else np.zeros(n, bool)
+    current = np.where(has_ann, ann if ann is not None else 0, dissent)
+    proposed = np.where(has_ann & ~ann_differs, dissent, final)
     rows = np.flatnonzero(flagged)
     pairs = spec.masks[views[0]].pairs
-    priority = review_priority(played.fused[rows], pairs, k, final[rows], current[rows])
+    priority = review_priority(played.fused[rows], pairs, k, proposed[rows], current[rows])
     reason = np.where(ann_differs[rows] & ~agree[rows], "annotation+views",
                       np.where(ann_differs[rows], "annotation", "views"))
     dis = table.take(pa.array(rows, pa.int64())).append_column("reason", pa.array(reason.astype(str), pa.string()))
