@@ -49,19 +49,24 @@ from pairwise_dask.metrics import accuracy, confusion, macro_f1, weighted_f1  # 
 
 #: The job's modes as measured: (row name, job options). The first row is the article as written
 #: (METHOD.md: bracket, final label = most confident view); the last rows are the defaults.
+ARTICLE: dict[str, Any] = {"dims": 100, "mode": "bracket", "final": "confident-view", "mix": 0.0, "refine": 0,
+                          "fit_on": "view"}
 MODES: list[tuple[str, dict[str, Any]]] = [
-    ("article: bracket, final = confident view", {"final": "confident-view"}),
-    ("bracket, final = fused", {"final": "fused"}),
-    ("round-robin, fused", {"mode": "round-robin"}),
-    ("top-t (t = 5), fused", {"mode": "top-t", "top_t": 5}),
-    ("bracket, fused, mix = 1", {"mix": 1.0}),
-    ("bracket, fused, refine = 2", {"refine": 2}),
-    ("bracket, fused, mix = 1, refine = 2", {"mix": 1.0, "refine": 2}),
-    ("round-robin, fused, mix = 1, refine = 2", {"mode": "round-robin", "mix": 1.0, "refine": 2}),
-    ("round-robin, fused, mix = 1, refine = 2, dims = 0.5", {"mode": "round-robin", "mix": 1.0, "refine": 2,
-                                                            "dims": 0.5}),
+    ("article: m = 100, bracket, final = most confident view", ARTICLE),
+    ("article + final = fused", ARTICLE | {"final": "fused"}),
+    ("article + round-robin, fused", ARTICLE | {"final": "fused", "mode": "round-robin"}),
+    ("article + top-t (t = 5), fused", ARTICLE | {"final": "fused", "mode": "top-t", "top_t": 5}),
+    ("article + fused + mix = 1", ARTICLE | {"final": "fused", "mix": 1.0}),
+    ("article + fused + refine = 2", ARTICLE | {"final": "fused", "refine": 2}),
+    ("article + fused + mix = 1 + refine = 2", ARTICLE | {"final": "fused", "mix": 1.0, "refine": 2}),
+    ("defaults with dims = 100", {"dims": 100}),
+    ("defaults with fit_on = fused", {"fit_on": "fused"}),
+    ("defaults with mix = 3, refine = 3, keep = 0.3", {"mix": 3.0, "refine": 3, "keep": 0.3}),
 ]
-DEFAULT_ROW = "job defaults"
+#: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
+#: pulled hard towards its class means; refine is skipped with fit_on = annotation anyway.
+QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0}
+DEFAULT_ROW = "job defaults (round-robin, fused, mix = 1, refine = 2, keep = 0.5, dims = 0.5)"
 FLIP_SHARE, FLIP_SEED = 0.10, 0
 
 
@@ -291,9 +296,11 @@ def main() -> None:
             qa: dict[str, dict] = {}
             if not ds.name.split(":")[-1].startswith("half"):
                 items, flip, noisy = corrupt(ds, work)
-                qa["job defaults (statistics from the zero-shot labels)"] = job_qa(client, ds, work, items, flip)
-                qa["job defaults + fit_on = annotation"] = job_qa(client, ds, work, items, flip,
-                                                                  fit_on="annotation")
+                qa["job: defaults (statistics from the zero-shot labels)"] = job_qa(client, ds, work, items, flip)
+                qa["job: fit_on = annotation, mix = 10 (the QA recipe)"] = job_qa(client, ds, work, items, flip,
+                                                                                **QA_RECIPE)
+                qa["job: article (statistics from the zero-shot labels)"] = job_qa(client, ds, work, items, flip,
+                                                                                 **ARTICLE)
                 qa |= cleanlab_qa(ds, noisy, flip)
                 qa = {"flipped items (N)": {"reported": int(flip.sum())}} | qa
             results[ds.name] = {"views": views, "items": len(ds.y), "classes": len(ds.names),

@@ -112,9 +112,9 @@ def test_review_priority_ranks_broad_losers_first():
     m = np.zeros((2, len(pairs)), np.float32)
     # item 0: current label 1 loses to 0 and to 2; item 1: label 1 loses to 0 only, beats 2
     m[0, idx[0, 1]], m[0, idx[1, 2]], m[0, idx[0, 2]] = 0.2, -0.2, 0.0
-    m[1, idx[0, 1]], m[1, idx[1, 2]], m[1, idx[0, 2]] = 0.2, 0.2, 0.0
+    m[1, idx[0, 1]], m[1, idx[1, 2]], m[1, idx[0, 2]] = 0.2, 0.4, 0.0
     pr = review_priority(m, pairs, k, np.array([0, 0]), np.array([1, 1]))
-    assert pr[0] > pr[1] > 0
+    assert pr[0] > 0 > pr[1]  # item 1's label 1 is, on balance, not beaten (it beats 2)
     assert review_priority(m, pairs, k, np.array([0, 2]), np.array([0, 2])).tolist() == [0.0, 0.0]
     assert np.allclose(class_scores(m, pairs, k).sum(1), 0)  # every match's margin won and lost once
 
