@@ -59,14 +59,14 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("article + fused + mix = 1", ARTICLE | {"final": "fused", "mix": 1.0}),
     ("article + fused + refine = 2", ARTICLE | {"final": "fused", "refine": 2}),
     ("article + fused + mix = 1 + refine = 2", ARTICLE | {"final": "fused", "mix": 1.0, "refine": 2}),
-    ("defaults with dims = 100", {"dims": 100}),
+    ("defaults with dims = 0.5 (half of d)", {"dims": 0.5}),
     ("defaults with fit_on = fused", {"fit_on": "fused"}),
     ("defaults with mix = 3, refine = 3, keep = 0.3", {"mix": 3.0, "refine": 3, "keep": 0.3}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means; refine is skipped with fit_on = annotation anyway.
 QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0}
-DEFAULT_ROW = "job defaults (round-robin, fused, mix = 1, refine = 2, keep = 0.5, dims = 0.5)"
+DEFAULT_ROW = "job defaults (m = 100, round-robin, fused, mix = 1, refine = 2, keep = 0.5)"
 FLIP_SHARE, FLIP_SEED = 0.10, 0
 
 

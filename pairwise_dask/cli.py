@@ -27,6 +27,8 @@ exactly when summary.json is there; outputs are staged and renamed into place on
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
     p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
+    p.add_argument("--storage-options", metavar="JSON", type=json.loads,
+                   help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),
               "method": p.add_argument_group("method ([method] in the job file)"),
               "cluster": p.add_argument_group("cluster ([cluster] in the job file)")}
@@ -54,6 +56,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         values[o.name] = v
     if ns.views:
         values["views"] = parse_views(ns.views)
+    if ns.storage_options is not None:
+        values["storage_options"] = ns.storage_options
     return values
 
 
@@ -92,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("apply", "update"):
             cmd.add_argument("model", help="a saved model/ folder (from run, fit or update)")
         _add_run_flags(cmd)
+    from . import prompts  # light: the model is imported only when the command runs
+
+    prompts.configure_parser(sub.add_parser("classes", help=prompts.HELP, description=prompts.DESCRIPTION,
+                                            epilog=prompts.EXAMPLES,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
@@ -124,7 +133,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  steps      {steps}")
     outs = "labels/, disagreements/, model/" if s.get("command") == "run" else (
         "labels/, disagreements/" if s.get("command") == "apply" else "model/")
-    lines.append(f"  outputs    {s['out']}: {outs}, summary.json")
+    lines.append(f"  outputs    {s['out']}: {outs}, summary.json"
+                 + (", report.html" if s.get("report") == "report.html" else f"  (report {s.get('report')})"))
     return "\n".join(lines)
 
 
@@ -134,13 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
+    if ns.command == "classes":
+        from .prompts import run_command
+
+        return run_command(ns)
     quiet = ns.quiet or ns.json
     echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
     try:
         overrides = _overrides(ns)
         model = getattr(ns, "model", None)
+        if model and "://" not in model:
+            model = os.path.abspath(model)
         if model and not overrides.get("classes"):
-            overrides["classes"] = os.path.join(os.path.abspath(model), "classes.parquet")
+            overrides["classes"] = model.rstrip("/") + "/classes.parquet"
         settings = load_settings(ns.job, overrides)
         from . import job
 
@@ -149,9 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif ns.command == "fit":
             summary = job.fit(settings, progress=not quiet, echo=echo)
         elif ns.command == "update":
-            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=os.path.abspath(model))
+            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=model)
         else:
-            summary = job.apply(settings, os.path.abspath(model), progress=not quiet, echo=echo)
+            summary = job.apply(settings, model, progress=not quiet, echo=echo)
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2

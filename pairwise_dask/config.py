@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInputError
+from .errors import COMMAND_LINE, BadInputError
 
 MODES = ("bracket", "round-robin", "top-t")
 FINALS = ("fused", "confident-view")
@@ -59,6 +59,16 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
 
+def _dims_check(v: float) -> str | None:
+    # a count must be whole (2.5 dimensions is a typo, not a request to round); the upper bound
+    # d is only known once the data is open, so job.prepare checks dims ≤ d
+    if v <= 0:
+        return "must be a whole number ≥ 1, or a fraction of d in (0, 1)"
+    if v >= 1 and v != int(v):
+        return "must be a whole number when ≥ 1 (or a fraction of d below 1)"
+    return None
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("items", None, str, None, "items Parquet: a file, a folder or a glob", path=True),
     Option("classes", None, str, None, "classes Parquet: `name` and one embedding column per view "
@@ -67,13 +77,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("id", None, str, "id", "items' id column (unique, non-null)"),
     Option("label", None, str, "", "items' existing annotation column, for accuracy and QA (optional)"),
     Option("overwrite", None, bool, False, "replace an output folder that holds a different job's run"),
-    Option("dims", "method", float, 0.5, "m: dimensions per pair mask (an integer, or a fraction of d "
-           "when below 1)", _range(1e-9, None)),
+    Option("dims", "method", float, None, "m: dimensions per pair mask, a whole number ≤ d or a fraction "
+           "of d below 1 (default: 100, or d when d is smaller)", _dims_check),
     Option("seed", "method", int, 0, "seed of the bracket's random order", _range(0, 2 ** 63 - 1)),
     Option("cos_min", "method", float, -1.0, "statistics only use items whose top cosine is at least this",
            _range(-1.0, 1.0)),
     Option("diff_min", "method", float, 0.0, "statistics only use items that beat the other class of the "
            "pair by at least this cosine", _range(0.0, 2.0)),
+    Option("cos_quantile", "method", float, 0.0, "per class, also drop this lowest share of its items' top "
+           "cosines from the statistics (0: off; costs one extra pass)", _range(0.0, 1.0)),
+    Option("diff_quantile", "method", float, 0.0, "per class, also drop this lowest share of its items' top-1 "
+           "minus top-2 margins (0: off; costs one extra pass)", _range(0.0, 1.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
     Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin "
@@ -103,7 +117,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 _BY_KEY = {o.key: o for o in OPTIONS}
 _BY_NAME = {o.name: o for o in OPTIONS}
-_SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns"}
+_SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns", "storage_options"}
 
 
 @dataclass(frozen=True)
@@ -118,10 +132,12 @@ class Settings:
     id: str = "id"
     label: str = ""
     overwrite: bool = False
-    dims: float = 0.5
+    dims: float | None = None  # None: masks.DEFAULT_DIMS, or d when smaller
     seed: int = 0
     cos_min: float = -1.0
     diff_min: float = 0.0
+    cos_quantile: float = 0.0
+    diff_quantile: float = 0.0
     min_items: int = 5
     mode: str = "round-robin"
     top_t: int = 16
@@ -136,6 +152,8 @@ class Settings:
     memory_limit: str = "auto"
     partition_rows: int = 0
     job_file: str = ""
+    #: fsspec options for URL inputs/outputs (``[storage_options]``); never written to outputs
+    storage_options: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def view_names(self) -> list[str]:
@@ -143,8 +161,8 @@ class Settings:
 
     @property
     def per_pair_sets(self) -> bool:
-        """Pair sides depend on the pair only when ``diff_min`` > 0 (METHOD.md §2)."""
-        return self.diff_min > 0
+        """Pair sides depend on the pair only when a diff filter is on (METHOD.md §2)."""
+        return self.diff_min > 0 or self.diff_quantile > 0
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -153,7 +171,7 @@ class Settings:
         """Identity of the job (what it reads and how it labels), not of where or how it runs."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
-                             "memory_limit", "partition_rows", "job_file"}}
+                             "memory_limit", "partition_rows", "job_file", "storage_options"}}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -195,7 +213,8 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise BadInputError("job file not found", file=str(path), hint="Check the path") from None
     except tomllib.TOMLDecodeError as e:
-        raise BadInputError(f"is not valid TOML ({e})", file=str(path)) from None
+        raise BadInputError(f"is not valid TOML ({e})", file=str(path),
+                            hint="Fix the job file at that line (each key and each [table] may appear once)") from None
     base = path.resolve().parent
     values: dict[str, Any] = {}
     known = [o.key for o in OPTIONS] + ["views", "class_columns"]
@@ -203,6 +222,9 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(value, dict):
             if key not in _SECTIONS:
                 raise _unknown(key, sorted(_SECTIONS), str(path))
+            if key == "storage_options":  # passed as is to fsspec (credentials, endpoints, ...)
+                values[key] = dict(value)
+                continue
             if key in ("views", "class_columns"):
                 for v, col in value.items():
                     if not isinstance(col, str):
@@ -267,8 +289,12 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         if v not in names:
             raise BadInputError(f"class_columns names view {v!r}, which is not among the views "
                                 f"({', '.join(names)})", file=where)
+    so = values.get("storage_options") or {}
+    if not isinstance(so, dict):
+        raise BadInputError(f"storage_options = {so!r} is not a table of options", file=where,
+                            hint='e.g. [storage_options] anon = true, or --storage-options \'{"anon": true}\'')
     return Settings(views=tuple(views), class_columns=class_columns, job_file=values.get("job_file", ""),
-                    **kw)
+                    storage_options=dict(so), **kw)
 
 
 def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
@@ -279,4 +305,4 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
             continue
         key = _BY_NAME[k].key if k in _BY_NAME else k
         values[key] = v
-    return build_settings(values, where=job_file or "command line")
+    return build_settings(values, where=job_file or COMMAND_LINE)

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 
+#: The ``file`` of an error in settings that came from flags rather than a job file.
+COMMAND_LINE = "the command line"
+
+
 class BadInputError(ValueError):
     """Input that the job refuses, naming where it is and what to do.
 
@@ -13,7 +17,9 @@ class BadInputError(ValueError):
                  row: object | None = None, hint: str | None = None) -> None:
         self.what, self.file, self.column, self.row, self.hint = what, file, column, row, hint
         where = []
-        if file:
+        if file == COMMAND_LINE:  # settings given as flags have no file to name
+            where.append(COMMAND_LINE)
+        elif file:
             where.append(f"file {file}")
         if column:
             where.append(f"column {column!r}")
@@ -23,6 +29,15 @@ class BadInputError(ValueError):
         if hint:
             msg += f". {hint}"
         super().__init__(msg)
+
+    def at(self, *, file: str | None = None, row: object | None = None) -> "BadInputError":
+        """The same error with the file (or row) filled in where the raiser could not know it.
+
+        Per-partition checks run on workers that see a block, not a file name; the job adds the
+        file on the way out so that the one message still says where to look.
+        """
+        return BadInputError(self.what, file=self.file or file, column=self.column,
+                             row=self.row if self.row is not None else row, hint=self.hint)
 
     def __reduce__(self):  # survive pickling from a worker back to the client
         return (_rebuild, (self.what, self.file, self.column, self.row, self.hint))

@@ -52,10 +52,10 @@ class PairwiseLabeler:
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
-                 id: str = "id", label: str = "", dims: float = _D.dims, seed: int = 0, cos_min: float = -1.0,
-                 diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode, top_t: int = 16,
-                 final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine, keep: float = _D.keep,
-                 fit_on: str = _D.fit_on) -> None:
+                 id: str = "id", label: str = "", dims: float | None = _D.dims, seed: int = 0,
+                 cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
+                 top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
+                 keep: float = _D.keep, fit_on: str = _D.fit_on) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label

@@ -7,13 +7,10 @@ when all of them are written; ``summary.json`` is renamed last and marks a compl
 """
 from __future__ import annotations
 
-import glob as _glob
 import json
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +20,7 @@ import pyarrow.parquet as pq
 from .arrays import embedding_matrix, normalize_rows
 from .config import Settings
 from .errors import BadInputError
+from .storage import Location, is_url
 
 STAGING_PREFIX = ".pairwise-staging-"
 TRASH_PREFIX = ".pairwise-trash-"
@@ -33,22 +31,25 @@ def _is_list(t: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
-def parquet_files(path: str) -> list[str]:
-    """The Parquet files of a path: a file, a folder (recursively) or a glob, sorted."""
+def parquet_files(path: str, storage_options: dict | None = None) -> list[str]:
+    """The Parquet files of a path or URL: a file, a folder (recursively) or a glob, sorted."""
+    loc = Location.of(path, storage_options)
     if any(ch in path for ch in "*?["):
-        files = sorted(f for f in _glob.glob(path, recursive=True) if os.path.isfile(f))
-    elif os.path.isdir(path):
-        files = sorted(str(p) for p in Path(path).rglob("*")
-                       if p.is_file() and p.suffix in (".parquet", ".parq", ".pq")
-                       and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
-    elif os.path.isfile(path):
-        files = [path]
+        files = loc.glob(loc.path)
+    elif loc.is_dir():
+        files = loc.files((".parquet", ".parq", ".pq"))
+    elif loc.exists():
+        files = [loc]
     else:
         raise BadInputError("does not exist", file=path, hint="Check the items/classes path")
     if not files:
         raise BadInputError("holds no Parquet files", file=path,
                             hint="Point at a .parquet file, a folder of them, or a glob")
-    return files
+    return [f.url for f in files]
+
+
+def _parquet_file(f: str, storage_options: dict | None) -> pq.ParquetFile:
+    return pq.ParquetFile(f if not is_url(f) else Location.of(f, storage_options).open("rb"))
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,12 @@ class ItemsInfo:
 
 def inspect_items(s: Settings) -> ItemsInfo:
     """Check the items' schema and size from the footers: missing or non-list columns, empty catalogs."""
-    files = parquet_files(s.items)
+    files = parquet_files(s.items, s.storage_options)
     schema = None
     rows = groups = 0
     for f in files:
         try:
-            meta = pq.ParquetFile(f).metadata
+            meta = _parquet_file(f, s.storage_options).metadata
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
             raise BadInputError(f"is not a readable Parquet file ({e})", file=f) from None
         rows += meta.num_rows
@@ -82,6 +83,13 @@ def inspect_items(s: Settings) -> ItemsInfo:
                                     f"in {files[0]}", file=f, column=col,
                                     hint="All files of a catalog must share one schema")
     assert schema is not None
+    if s.id in schema.names:
+        t_id = schema.field(s.id).type
+        if not (pa.types.is_integer(t_id) or pa.types.is_string(t_id) or pa.types.is_large_string(t_id)
+                or pa.types.is_binary(t_id) or pa.types.is_large_binary(t_id)):
+            # caught here from the footer, not later on a worker with no file to name
+            raise BadInputError(f"has type {t_id}; ids must be strings or integers", file=files[0],
+                                column=s.id, hint="Cast the id column to string or int64")
     need = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
     for col in need:
         if col not in schema.names:
@@ -111,7 +119,7 @@ def read_items(s: Settings, info: ItemsInfo):
 
     cols = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
     ddf = dd.read_parquet(list(info.files), columns=cols, dtype_backend="pyarrow",
-                          split_row_groups=True, index=False)
+                          split_row_groups=True, index=False, storage_options=s.storage_options or None)
     if s.partition_rows:
         nparts = max(1, -(-info.rows // s.partition_rows))
         if nparts != ddf.npartitions:
@@ -140,8 +148,8 @@ class ClassSet:
 
 def read_classes(s: Settings) -> ClassSet:
     """Read and check the classes file: ≥ 2 unique names, one embedding per view (or shared)."""
-    files = parquet_files(s.classes)
-    table = pa.concat_tables([pq.read_table(f) for f in files])
+    files = parquet_files(s.classes, s.storage_options)
+    table = pa.concat_tables([_parquet_file(f, s.storage_options).read() for f in files])
     return classes_from_table(table, s.views, s.class_columns, where=s.classes)
 
 
@@ -176,21 +184,52 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
                                 f"{', '.join(repr(c) for c in candidates)})", file=where,
                                 hint="Name a column after the view or the items' column, provide one "
                                      "shared `embedding`, or set [class_columns]")
-        x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
-        emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
+        try:
+            x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
+            emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
+        except BadInputError as e:  # the array checks know the column and class, not the file
+            raise e.at(file=where) from None
         cols[view] = col
     return ClassSet(tuple(names), emb, cols)
 
 
+def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> str | None:
+    """The first file holding the id ``row`` (or, for ``row=None``, a null id). Error path only.
+
+    Workers see partitions, not files; when a per-partition check fails, this one read of the id
+    column lets the message name the file to fix.
+    """
+    if len(files) == 1:
+        return files[0]
+    import pyarrow.compute as pc
+
+    for f in files:
+        ids = pq.read_table(f, columns=[id_col]).column(id_col)
+        if row is None:
+            hit = ids.null_count > 0
+        else:
+            try:
+                hit = pc.any(pc.is_in(ids, value_set=pa.array([row], ids.type))).as_py()
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                hit = False
+        if hit:
+            return f
+    return None
+
+
 # --- writing -------------------------------------------------------------------------------
 
-def write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Deterministic Parquet write (same table → same bytes)."""
-    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
+def write_table(table: pa.Table, path: "str | os.PathLike | Location") -> None:
+    """Deterministic Parquet write (same table → same bytes), to a local path or a Location."""
+    if isinstance(path, Location) and not path.local:
+        with path.open("wb") as f:
+            pq.write_table(table, f, compression="zstd", row_group_size=1 << 20)
+    else:
+        pq.write_table(table, os.fspath(path), compression="zstd", row_group_size=1 << 20)
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(obj: Any, path: "str | os.PathLike | Location") -> None:
+    Location.of(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -206,15 +245,19 @@ class Commit:
 
     ``summary.json`` is removed first and renamed into place last: the folder holds a complete
     result exactly when it has a ``summary.json``, and a run killed at any moment leaves either the
-    previous complete result or none (never a mix that claims to be complete).
+    previous complete result or none (never a mix that claims to be complete). Locally every step
+    is an atomic rename; on object stores (fsspec URLs) a rename is a copy, and readers must
+    likewise trust only a folder with ``summary.json``.
     """
 
-    def __init__(self, out: str, *, fingerprint: str, overwrite: bool) -> None:
-        self.out = Path(out)
+    def __init__(self, out: "str | Location", *, fingerprint: str, overwrite: bool,
+                 storage_options: dict | None = None) -> None:
+        self.out = Location.of(out, storage_options)
         self.fingerprint = fingerprint
         self.overwrite = overwrite
         self.run_id = uuid.uuid4().hex[:12]
         self.staging = self.out / f"{STAGING_PREFIX}{self.run_id}"
+        self._created: list[Location] = []  # folders begin() made (abort removes them, deepest first)
 
     def check_target(self) -> None:
         """Refuse an output folder holding something else, unless ``overwrite``."""
@@ -239,12 +282,18 @@ class Commit:
                 raise BadInputError("already holds the output of a different job", file=str(self.out),
                                     hint="Choose another --out, or pass --overwrite to replace it")
 
-    def begin(self) -> Path:
+    def begin(self) -> Location:
         """Create the staging folder (and clear what killed runs left behind)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        missing = []
+        p = self.out
+        while not p.exists() and p.parent.path != p.path:
+            missing.append(p)
+            p = p.parent
+        self.out.mkdir()
+        self._created = missing  # deepest first
         for p in self.out.iterdir():
             if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-                shutil.rmtree(p, ignore_errors=True)
+                p.rmtree()
         self.staging.mkdir()
         return self.staging
 
@@ -254,34 +303,29 @@ class Commit:
         trash.mkdir()
         summary = self.out / "summary.json"
         if summary.exists():
-            os.replace(summary, trash / "summary.json")
-        _fsync_dir(trash)
+            summary.replace(trash / "summary.json")
+        trash.fsync_dir()
         staged = [e for e in OUTPUT_ENTRIES if e != "summary.json" and (self.staging / e).exists()]
         for e in OUTPUT_ENTRIES:
             if e != "summary.json" and (self.out / e).exists():
-                os.replace(self.out / e, trash / e)
+                (self.out / e).replace(trash / e)
         for e in staged:
-            os.replace(self.staging / e, self.out / e)
-        _fsync_dir(self.out)
-        os.replace(self.staging / "summary.json", summary)
-        _fsync_dir(self.out)
-        shutil.rmtree(trash, ignore_errors=True)
-        shutil.rmtree(self.staging, ignore_errors=True)
+            (self.staging / e).replace(self.out / e)
+        self.out.fsync_dir()
+        (self.staging / "summary.json").replace(summary)
+        self.out.fsync_dir()
+        trash.rmtree()
+        self.staging.rmtree()
 
     def abort(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
-        try:
-            self.out.rmdir()  # only if we created it and it is empty
-        except OSError:
-            pass
+        """Remove this run's staging folder and any folder :meth:`begin` created (if empty).
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        A folder that existed before the run stays, even empty: a failed run leaves ``out`` as it
+        was, no more and no less.
+        """
+        self.staging.rmtree()
+        for p in self._created:
+            try:
+                p.rmdir()
+            except OSError:
+                break

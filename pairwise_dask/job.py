@@ -1,7 +1,7 @@
 """The Dask orchestration: two streaming passes, a tree reduction, one broadcast, one commit.
 
     pass 1: per partition, moments of every pair side ──tree reduction──▶ merged moments
-    client: moments ─▶ pair masks and weights (small)          ─▶ scatter(broadcast=True), once
+    client: moments ─▶ pair masks and weights (small)          ─▶ one task of the graph, sent once
     pass 2: per partition, labels + tally; each task writes its own labels part
     commit: disagreements sorted, model/, summary.json; staged, then renamed into place
 
@@ -17,7 +17,6 @@ import logging
 import platform
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -26,16 +25,21 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .config import Settings
-from .errors import BadInputError
-from .io import ClassSet, Commit, ItemsInfo, inspect_items, read_classes, read_items, write_json, write_table
-from .masks import PairMasks, fit_masks, resolve_dims
+from .errors import COMMAND_LINE, BadInputError
+from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, read_items, write_json,
+                 write_table)
+from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
-from .moments import Moments
-from .passes import (Spec, Statistics, Tally, ids_with_hash, label_partition, margin_histogram_partition,
-                     margin_quantile, merge, statistics_partition)
+from .moments import Moments, quantile_thresholds
+from .report import write_report
+from .storage import Location
+from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
+                     margin_histogram_partition, margin_quantile, merge, statistics_partition)
+from .tourney import use_gather
 
 SPLIT_EVERY = 8
+logger = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
@@ -55,6 +59,24 @@ def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = 
     return tasks[0]
 
 
+class _DropBadInputLogs(logging.Filter):
+    """Drop a worker's "Compute Failed" record when the task failed on bad input.
+
+    The client re-raises that error and the CLI prints it as its one message; the worker's copy
+    (a multi-line repr with a traceback, on the same stderr for a LocalCluster) only buries it.
+    Any other task failure is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Compute Failed") and "BadInputError" in record.getMessage())
+
+
+def _quiet_bad_input_logs() -> None:  # runs in each worker process
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _DropBadInputLogs) for f in log.filters):
+        log.addFilter(_DropBadInputLogs())
+
+
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``."""
@@ -69,6 +91,7 @@ def connect(s: Settings, client: Any = None) -> Iterator[Any]:
         with LocalCluster(n_workers=s.workers, threads_per_worker=s.threads_per_worker,
                           processes=True, memory_limit=s.memory_limit, silence_logs=logging.ERROR,
                           dashboard_address=":0") as cluster, Client(cluster) as c:
+            c.run(_quiet_bad_input_logs)  # our own workers share our stderr
             yield c
 
 
@@ -105,6 +128,12 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
+        if s.dims is not None and s.dims >= 1 and s.dims > d_cls:
+            # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
+            # use every dimension: refuse it before any data is read
+            raise BadInputError(f"dims = {s.dims:g} is larger than d = {d_cls}, the dimension of view {v!r}",
+                                file=s.job_file or COMMAND_LINE,
+                                hint=f"Set dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.25)")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
                 diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t,
@@ -126,23 +155,73 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | No
                             hint="Ids must be unique; drop or rename the duplicates")
 
 
+def shared(spec: Spec) -> Any:
+    """The pass's small shared state as a single task of its graph, which every partition uses.
+
+    Not ``client.scatter``: a scattered value lives only on workers, and when the workers holding
+    it die (the cluster's only worker, say) the scheduler cannot recreate it and the whole pass is
+    cancelled. A graph task is sent once, stays with the scheduler and is recomputed on whichever
+    worker needs it, so the job survives losing every worker as long as a new one joins.
+    """
+    from dask import delayed
+
+    return delayed(spec, pure=True, traverse=False)
+
+
+def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
+    """Pass 0, only when a quantile filter is on: per-class thresholds from merged histograms.
+
+    The effective threshold of a class is the larger of the absolute one and its quantile's.
+    """
+    from dask import delayed
+
+    if not (s.cos_quantile > 0 or s.diff_quantile > 0):
+        return spec
+    spec_f = shared(spec)
+    root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
+    hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
+    thresholds = {}
+    for v, h in hist.counts.items():
+        cos = np.maximum(s.cos_min, quantile_thresholds(h, s.cos_quantile, 0)) if s.cos_quantile else \
+            np.full(spec.k, s.cos_min)
+        diff = np.maximum(s.diff_min, quantile_thresholds(h, s.diff_quantile, 1)) if s.diff_quantile else \
+            np.full(spec.k, s.diff_min)
+        thresholds[v] = (cos, diff)
+    return replace(spec, thresholds=thresholds)
+
+
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Statistics:
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
     from dask import delayed
 
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    spec_f = shared(spec)
     root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
     stats: Statistics = _compute(c, root, "pass 1/2: statistics", progress)
     _check_duplicates(c, s, parts, spec_f, stats.duplicate_hash)
     return stats
 
 
-def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments], *,
+def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
+                   pair_ids: dict[str, np.ndarray] | None = None, *,
                    per_pair: bool | None = None) -> dict[str, PairMasks]:
-    """Masks and weights of every view from merged moments (small; on the client)."""
+    """Masks and weights of every view from merged moments (small; on the client).
+
+    With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
+    with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
+    of one ``(P, d)`` product. ``per_pair=False`` for refined moments (one class set per label).
+    """
     per_pair = spec.per_pair if per_pair is None else per_pair
-    return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(s.dims, spec.classes[v].shape[1]),
-                         min_items=s.min_items, per_pair=per_pair, mix=s.mix) for v in spec.classes}
+    masks = {}
+    for v in spec.classes:
+        k, dim = spec.classes[v].shape
+        m = resolve_dims(s.dims, dim)
+        pairs, dense = None, True
+        if spec.top_t_active and pair_ids is not None and v in pair_ids:
+            pairs = pairs_from_ids(pair_ids[v], k)
+            dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
+        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=per_pair,
+                             pairs=pairs, dense=dense, mix=s.mix)
+    return masks
 
 
 def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool, label: str) -> float:
@@ -150,7 +229,7 @@ def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bo
     counts (final margins with ``spec.masks``; fused base margins without)."""
     from dask import delayed
 
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
+    spec_f = shared(spec)
     hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
                                    merge), label, progress)
     return margin_quantile(hist, 1.0 - s.keep)
@@ -182,24 +261,24 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
         spec_r = replace(spec, masks=masks)
         thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
-        masks = fit_pair_masks(s, spec, stats.moments, per_pair=False)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False)
         thresholds.append(thr)
     return stats, masks, thresholds
 
 
-def _label_and_write(df: Any, spec: Spec, path: str) -> Tally:
+def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
     table, tally = label_partition(df, spec)
     write_table(table, path)
     return tally
 
 
-def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *, progress: bool) -> Tally:
+def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Location, *, progress: bool) -> Tally:
     """Pass 2: every partition labelled; each task writes its own part of ``labels/``."""
     from dask import delayed
 
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    spec_f = c.scatter(spec, broadcast=True, hash=False)
-    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, str(labels_dir / f"part.{i:05d}.parquet"))
+    labels_dir.mkdir()
+    spec_f = shared(spec)
+    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, labels_dir / f"part.{i:05d}.parquet")
              for i, p in enumerate(parts)]
     tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
     if spec.check_ids:
@@ -207,41 +286,68 @@ def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Path, *
     return tally
 
 
-def write_disagreements(tally: Tally, folder: Path) -> None:
+def write_disagreements(tally: Tally, folder: Location) -> None:
     """The review list, most certain errors first (stable: ties keep the catalog's order)."""
     dis = tally.disagreements
     dis = dis.take(pc.sort_indices(dis, [("priority", "descending")]))
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir()
     write_table(dis, folder / "part.00000.parquet")
 
 
-Body = Callable[[Any, list, Path, dict], dict]
+Body = Callable[[Any, list, Location, dict], dict]
 
 
 def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
     """The frame every command shares: output check, cluster, partitions, staging, commit."""
     timings: dict[str, float] = {}
-    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite)
+    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options)
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
-    with connect(s, client) as c:
-        echo(f"Dask dashboard: {c.dashboard_link}")
-        parts = read_items(s, prep.info).to_delayed()
-        workers = len(c.scheduler_info().get("workers", {}))
-        echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
-             f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
-             f"{workers} workers")
-        staging = commit.begin()
-        try:
-            summary = body(c, parts, staging, timings)
-            timings["total"] = time.perf_counter() - t_start
-            summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
-            write_json(summary, staging / "summary.json")
-            commit.publish()
-        except BaseException:
-            commit.abort()
-            raise
+    try:
+        with connect(s, client) as c:
+            echo(f"Dask dashboard: {c.dashboard_link}")
+            parts = read_items(s, prep.info).to_delayed()
+            workers = len(c.scheduler_info().get("workers", {}))
+            echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
+                 f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
+                 f"{workers} workers")
+            staging = commit.begin()
+            try:
+                summary = body(c, parts, staging, timings)
+                summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+                t = time.perf_counter()
+                try:
+                    write_report(staging, summary)
+                    summary["report"] = "report.html"
+                except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                    logger.warning("report.html was not written: %s", e)
+                    summary["report"] = f"not written: {type(e).__name__}: {e}"
+                timings["report"] = time.perf_counter() - t
+                timings["total"] = time.perf_counter() - t_start
+                summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+                write_json(summary, staging / "summary.json")
+                commit.publish()
+            except BadInputError as e:
+                commit.abort()
+                raise _with_items_file(e, s, prep.info) from None
+            except BaseException:
+                commit.abort()
+                raise
+    except BaseException:
+        # again, after our own LocalCluster is closed: a label task still writing its part when
+        # the first abort ran (a failure elsewhere in the pass) cannot leave it behind now
+        commit.abort()
+        raise
     return summary
+
+
+def _with_items_file(e: BadInputError, s: Settings, info: ItemsInfo) -> BadInputError:
+    """Name the items file behind a per-partition error (workers see blocks, not files)."""
+    item_cols = {s.id, s.label, *(c for _, c in s.views)} - {""}
+    if e.column not in item_cols or (e.file and e.file in info.files):
+        return e
+    file = locate_row(info.files, s.id, e.row) or s.items
+    return BadInputError(e.what, file=file, column=e.column, row=e.row, hint=e.hint)
 
 
 def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent) -> dict:
@@ -252,25 +358,26 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     t_start = time.perf_counter()
     prep = prepare(s)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
-        spec0 = base_spec(c, s, prep.spec, parts, progress=progress)
+        spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
+        spec0 = base_spec(c, s, spec, parts, progress=progress)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, stats.moments)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        stats, masks, thresholds = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
-        if s.refine:
+        stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
+        if thresholds:
             timings["refine"] = time.perf_counter() - t
         t = time.perf_counter()
-        tally = label_pass(c, s, replace(prep.spec, masks=masks), parts, staging / "labels", progress=progress)
+        tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
-        save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows, spec0.keep_margin, thresholds)), staging / "model")
+        save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
+                         _params(s, masks, stats.rows, spec, spec0.keep_margin, thresholds)), staging / "model")
         timings["write"] = time.perf_counter() - t
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
                 | ({"refine_thresholds": thresholds} if thresholds else {}))
@@ -287,7 +394,7 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     old items: ``update(fit(A), B)`` equals ``fit(A ∪ B)``.
     """
     t_start = time.perf_counter()
-    old = load(base_model) if base_model else None
+    old = load(base_model, s.storage_options) if base_model else None
     if old is not None:
         _check_compatible(s, old)
         if (s.refine and s.fit_on != "annotation") or old.params.get("refine_thresholds"):
@@ -296,23 +403,29 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
                                 hint="Fit again on all items, or use refine = 0 for models you update")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
-        spec0 = base_spec(c, s, prep.spec, parts, progress=progress,
+        # an update keeps the model's filter thresholds: moments only add up under the same sets
+        spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+                else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
+        spec0 = base_spec(c, s, spec, parts, progress=progress,
                           model_params=old.params if old is not None else None)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, prep.spec, moments)
+        pairs = stats.pairs
+        if old is not None and spec.top_t_active:  # pairs that could play in either batch
+            pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
+        masks = fit_pair_masks(s, spec, moments, pairs)
         thresholds: list = []
         if s.refine and s.fit_on != "annotation":
-            stats, masks, thresholds = refine_rounds(c, s, prep.spec, parts, stats, masks, progress=progress)
+            stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
             moments = stats.moments
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
-                         _params(s, masks, items, spec0.keep_margin, thresholds)), staging / "model")
+        save(FittedModel(prep.classes.names, spec.classes, moments, masks,
+                         _params(s, masks, items, spec, spec0.keep_margin, thresholds)), staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
@@ -324,12 +437,12 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
           echo: Echo = _silent) -> dict:
     """Label items with a saved model: the tourney pass only, no statistics."""
     t_start = time.perf_counter()
-    model = load(model_dir)
+    model = load(model_dir, s.storage_options)
     _check_compatible(s, model)
     prep = prepare(s, _model_classes(model))
     spec = replace(prep.spec, masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
-    def body(c: Any, parts: list, staging: Path, timings: dict) -> dict:
+    def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
@@ -351,7 +464,7 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
     if missing:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
-    for key in ("cos_min", "diff_min"):
+    for key in ("cos_min", "diff_min", "cos_quantile", "diff_quantile"):
         if key in model.params and float(model.params[key]) != float(getattr(s, key)):
             raise BadInputError(f"{key} = {getattr(s, key)} differs from the model's {model.params[key]}",
                                 hint="Moments only add up under the same filters: use the model's settings")
@@ -359,10 +472,16 @@ def _check_compatible(s: Settings, model: FittedModel) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int, base_keep_margin: float = 0.0,
+def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
+
+
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, base_keep_margin: float = 0.0,
             thresholds: list | tuple = ()) -> dict:
-    return {"dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
-            "cos_min": s.cos_min, "diff_min": s.diff_min, "per_pair": s.per_pair_sets, "seed": s.seed,
+    return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
+            "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
+            "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
+            "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on,
             "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
@@ -423,6 +542,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
+                   "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
                    "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},

@@ -14,10 +14,35 @@ def all_pairs(k: int) -> np.ndarray:
     return np.stack([a, b], axis=1).astype(np.int32)
 
 
-def resolve_dims(dims: float, d: int) -> int:
-    """``m`` from an integer count or a fraction of ``d`` (``0 < dims < 1``)."""
-    m = int(round(dims * d)) if 0 < dims < 1 else int(dims)
-    return max(1, min(m, d))
+def pair_ids(pairs: np.ndarray, k: int) -> np.ndarray:
+    """Pair ``(a, b)``, ``a < b``, as the int64 id ``a·k + b`` (sorting ids sorts pairs lexicographically)."""
+    return pairs[:, 0].astype(np.int64) * k + pairs[:, 1]
+
+
+def pairs_from_ids(ids: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`pair_ids`: ``(P, 2)`` int32."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.stack([ids // k, ids % k], axis=1).astype(np.int32)
+
+
+#: m when the job does not say (METHOD.md: 100 of 768); capped at d only when it is the default.
+DEFAULT_DIMS = 100
+
+
+def resolve_dims(dims: float | None, d: int) -> int:
+    """``m`` from an integer count or a fraction of ``d`` (``0 < dims < 1``); ``None``: the default.
+
+    An explicit count larger than ``d`` is an error (raised as ``ValueError`` here; the job checks
+    it first and reports it as bad input), never silently clamped.
+    """
+    if dims is None:
+        return min(DEFAULT_DIMS, d)
+    if 0 < dims < 1:
+        return max(1, int(round(dims * d)))
+    m = int(dims)
+    if not 1 <= m <= d:
+        raise ValueError(f"dims = {dims} is outside 1..{d} (d)")
+    return m
 
 
 def top_dims(score: np.ndarray, m: int) -> np.ndarray:
@@ -31,7 +56,9 @@ class PairMasks:
     """Everything the tourney needs for one view.
 
     ``pairs`` ``(P, 2)``; ``dims`` ``(P, m)`` int32; ``weights`` ``(P, d)`` float32 with
-    ``w_ab = ĉ_a|M − ĉ_b|M`` (each restricted to ``M_ab``, re-normalised; zero elsewhere);
+    ``w_ab = ĉ_a|M − ĉ_b|M`` (each restricted to ``M_ab``, re-normalised; zero elsewhere), or
+    ``None`` in the sparse form (many pairs: the tourney then gathers ``values`` per match instead of
+    one ``X Wᵀ`` product); ``values`` ``(P, m)`` float32, ``w_ab`` on ``dims`` only;
     ``n_a``/``n_b`` the set sizes; ``fallback`` where a side had fewer than ``min_items`` items;
     ``anchors`` ``(k, d)`` the class vectors the weights were built from (the prompts, or the
     prompts mixed with the class means: :func:`prototypes`); ``None`` means the prompts.
@@ -40,11 +67,18 @@ class PairMasks:
     k: int
     pairs: np.ndarray
     dims: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
     n_a: np.ndarray
     n_b: np.ndarray
     fallback: np.ndarray
+    values: np.ndarray | None = None
     anchors: np.ndarray | None = None
+
+    def sparse_values(self) -> np.ndarray:
+        """``w_p`` on ``dims[p]``: ``(P, m)`` float32 (taken from ``weights`` when not stored)."""
+        if self.values is not None:
+            return self.values
+        return np.take_along_axis(self.weights, self.dims.astype(np.int64), axis=1)
 
     def pair_index(self) -> np.ndarray:
         """``(k, k)`` lookup: pair row of ``(a, b)`` (either order), ``-1`` on the diagonal."""
@@ -55,17 +89,26 @@ class PairMasks:
         return idx
 
 
-def pair_weights(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.ndarray:
-    """``w_ab`` per pair: the difference of the two prompts restricted to ``M_ab``, each re-normalised."""
-    p = np.arange(len(pairs))[:, None]
-    ca = classes[pairs[:, 0]][p, dims].astype(np.float64)
-    cb = classes[pairs[:, 1]][p, dims].astype(np.float64)
+def pair_values(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """``w_ab`` on ``M_ab`` only, ``(P, m)`` float32: the two prompts restricted, re-normalised, subtracted."""
+    ca = np.take_along_axis(classes[pairs[:, 0]], dims.astype(np.int64), axis=1).astype(np.float64)
+    cb = np.take_along_axis(classes[pairs[:, 1]], dims.astype(np.int64), axis=1).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ca /= np.linalg.norm(ca, axis=1, keepdims=True)
         cb /= np.linalg.norm(cb, axis=1, keepdims=True)
-    w = np.zeros((len(pairs), classes.shape[1]), dtype=np.float64)
-    w[p, dims] = np.nan_to_num(ca) - np.nan_to_num(cb)
-    return w.astype(np.float32)
+    return (np.nan_to_num(ca) - np.nan_to_num(cb)).astype(np.float32)
+
+
+def pair_weights(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """``w_ab`` per pair, dense ``(P, d)``: the difference of the two prompts restricted to ``M_ab``,
+    each re-normalised, zero elsewhere."""
+    w = np.zeros((len(pairs), classes.shape[1]), dtype=np.float32)
+    np.put_along_axis(w, dims.astype(np.int64), pair_values(classes, pairs, dims), axis=1)
+    return w
+
+
+#: Pairs scored at once by :func:`fit_masks`: bounds its float64 temporaries to a few × 4096 × d.
+FIT_CHUNK = 4096
 
 
 def class_means(moments: Moments, k: int, per_pair: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -100,24 +143,34 @@ def prototypes(classes: np.ndarray, moments: Moments, *, mix: float, per_pair: b
 
 
 def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, per_pair: bool,
-              pairs: np.ndarray | None = None, mix: float = 0.0) -> PairMasks:
+              pairs: np.ndarray | None = None, dense: bool = True, mix: float = 0.0) -> PairMasks:
     """Score every dimension of every pair and keep the ``m`` most discriminative.
 
+    ``pairs`` (default: all ``k(k−1)/2``) limits the fit to the pairs that can play (the top-t
+    bracket); ``dense=False`` keeps only the ``(P, m)`` weight values, not ``(P, d)`` weights.
     A pair with fewer than ``min_items`` items on either side falls back to the ``m`` dimensions
     where the two (normalised) class prompts differ most: the only evidence left without data.
     The pair weights come from :func:`prototypes` (``mix = 0``: the prompts themselves).
     """
     k, d = classes.shape
-    pairs = all_pairs(k) if pairs is None else pairs
+    pairs = all_pairs(k) if pairs is None else np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
     a, b = pairs[:, 0], pairs[:, 1]
     ia, ib = set_index(a, b, k, per_pair), set_index(b, a, k, per_pair)
     mu, var = moments.mean_var()
     n_a, n_b = moments.n[ia], moments.n[ib]
     fallback = (n_a < min_items) | (n_b < min_items)
-    score = cross_deviation_ratio(mu[ia], var[ia], mu[ib], var[ib])
-    if fallback.any():
-        score[fallback] = np.abs(classes[a[fallback]] - classes[b[fallback]])
-    dims = top_dims(np.nan_to_num(score, nan=0.0), m)
+    dims = np.zeros((len(pairs), m), np.int32)
+    for s in range(0, len(pairs), FIT_CHUNK):  # chunks of pairs: memory independent of P
+        sl = slice(s, s + FIT_CHUNK)
+        score = cross_deviation_ratio(mu[ia[sl]], var[ia[sl]], mu[ib[sl]], var[ib[sl]])
+        fb = fallback[sl]
+        if fb.any():
+            score[fb] = np.abs(classes[a[sl][fb]] - classes[b[sl][fb]])
+        dims[sl] = top_dims(np.nan_to_num(score, nan=0.0), m)
     anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
-    return PairMasks(k, pairs, dims, pair_weights(anchors, pairs, dims), n_a, n_b, fallback,
-                     None if mix <= 0 else anchors)
+    values = pair_values(anchors, pairs, dims)
+    weights = None
+    if dense:
+        weights = np.zeros((len(pairs), d), dtype=np.float32)
+        np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, None if mix <= 0 else anchors)

@@ -15,7 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .io import write_table
-from .masks import PairMasks, pair_weights
+from .storage import Location
+from .masks import PairMasks, pair_values, pair_weights
+
+#: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
+DENSE_LIMIT = 1 << 26
 from .moments import QUANT_BITS, Moments
 
 
@@ -52,10 +56,10 @@ def masks_table(masks: dict[str, PairMasks], names: tuple[str, ...]) -> pa.Table
     return pa.concat_tables(parts)
 
 
-def save(model: FittedModel, folder: str | Path) -> None:
+def save(model: FittedModel, folder: "str | Path | Location", storage_options: dict | None = None) -> None:
     """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Location.of(folder, storage_options)
+    folder.mkdir()
     write_table(masks_table(model.masks, model.names), folder / "masks.parquet")
     rows = []
     for v, m in model.moments.items():
@@ -76,17 +80,22 @@ def save(model: FittedModel, folder: str | Path) -> None:
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
 
-def load(folder: str | Path) -> FittedModel:
-    """Read a ``model/`` folder written by :func:`save`."""
-    folder = Path(folder)
+def _read(loc: Location) -> pa.Table:
+    with loc.open("rb") as f:
+        return pq.read_table(f)
+
+
+def load(folder: "str | Path | Location", storage_options: dict | None = None) -> FittedModel:
+    """Read a ``model/`` folder written by :func:`save` (a local path or an fsspec URL)."""
+    folder = Location.of(folder, storage_options)
     params = json.loads((folder / "params.json").read_text())
-    cls = pq.read_table(folder / "classes.parquet")
+    cls = _read(folder / "classes.parquet")
     names = tuple(cls.column("name").to_pylist())
     views = params["views"]
     classes = {v: np.asarray(cls.column(v).combine_chunks().flatten()).reshape(len(names), -1) for v in views}
-    mt = pq.read_table(folder / "moments.parquet")
-    mk = pq.read_table(folder / "masks.parquet")
-    at = pq.read_table(folder / "anchors.parquet") if (folder / "anchors.parquet").exists() else None
+    mt = _read(folder / "moments.parquet")
+    mk = _read(folder / "masks.parquet")
+    at = _read(folder / "anchors.parquet") if (folder / "anchors.parquet").exists() else None
     index = {n: i for i, n in enumerate(names)}
     moments, masks = {}, {}
     for v in views:
@@ -99,11 +108,15 @@ def load(folder: str | Path) -> FittedModel:
         pairs = np.stack([[index[a] for a in s.column("class_a").to_pylist()],
                           [index[b] for b in s.column("class_b").to_pylist()]], axis=1).astype(np.int32)
         dims = np.asarray(s.column("dims").combine_chunks().flatten()).reshape(len(pairs), -1).astype(np.int32)
-        anchors = None
+        n_a, n_b, fb = np.asarray(s.column("n_a")), np.asarray(s.column("n_b")), np.asarray(s.column("fallback"))
+        anchors = None  # the class vectors the weights were built from, when not the prompts (mix > 0)
         if at is not None and v in at.column_names:
             anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
-        masks[v] = PairMasks(len(names), pairs, dims,
-                             pair_weights(classes[v] if anchors is None else anchors, pairs, dims),
-                             np.asarray(s.column("n_a")), np.asarray(s.column("n_b")),
-                             np.asarray(s.column("fallback")), anchors)
+        base = classes[v] if anchors is None else anchors
+        if len(pairs) * d > DENSE_LIMIT:  # many pairs (top-t over a large taxonomy): stay sparse
+            masks[v] = PairMasks(len(names), pairs, dims, None, n_a, n_b, fb,
+                                 values=pair_values(base, pairs, dims), anchors=anchors)
+        else:
+            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(base, pairs, dims), n_a, n_b, fb,
+                                 anchors=anchors)
     return FittedModel(names, classes, moments, masks, params)

@@ -21,8 +21,9 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, class_moments, filtered_moments
-from .tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins
+from .moments import Moments, class_moments, filtered_moments, score_histograms
+from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
+                      pair_margins, play_bracket_gather, play_pairs, top_classes)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Spec:
     top_t: int = 16
     masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
+    thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
+    # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
     final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
@@ -49,6 +52,11 @@ class Spec:
     @property
     def k(self) -> int:
         return len(self.names)
+
+    @property
+    def top_t_active(self) -> bool:
+        """The top-t bracket over fewer than all classes: only pairs among each item's best t play."""
+        return self.mode == "top-t" and self.top_t < self.k
 
 
 @dataclass
@@ -68,8 +76,9 @@ def read_block(df: Any, spec: Spec) -> Block:
     if ids.null_count:
         i = int(np.flatnonzero(~np.asarray(ids.is_valid()))[0])
         prev = ids[i - 1].as_py() if i else None
-        raise BadInputError("holds a null id", column=spec.id_col,
-                            row=f"(null; the row after id {prev!r})" if prev is not None else "(null; first row)",
+        # a null has no id to name: point at its neighbour instead (row stays None: "a null")
+        after = f" (the row after id {prev!r})" if prev is not None else " (the partition's first row)"
+        raise BadInputError("holds a null id" + after, column=spec.id_col,
                             hint="Every item needs a unique, non-null id")
     id_np = ids.to_numpy(zero_copy_only=False)
     views = {}
@@ -95,12 +104,14 @@ def read_block(df: Any, spec: Spec) -> Block:
 
 @dataclass
 class Statistics:
-    """Pass 1's mergeable result: rows, per-view moments, sorted id hashes, a found duplicate."""
+    """Pass 1's mergeable result: rows, per-view moments, sorted id hashes, a found duplicate, and
+    (top-t only) per view the sorted ids of the pairs the bracket can play (merged as a set union)."""
 
     rows: int
     moments: dict[str, Moments]
     id_hashes: np.ndarray
     duplicate_hash: int | None = None
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __add__(self, other: "Statistics") -> "Statistics":
         hashes = np.concatenate([self.id_hashes, other.id_hashes])
@@ -108,8 +119,9 @@ class Statistics:
         dup = self.duplicate_hash if self.duplicate_hash is not None else other.duplicate_hash
         if dup is None:
             dup = _first_duplicate(hashes)
+        pairs = {v: np.union1d(self.pairs[v], other.pairs[v]) for v in self.pairs}
         return Statistics(self.rows + other.rows,
-                          {v: self.moments[v] + other.moments[v] for v in self.moments}, hashes, dup)
+                          {v: self.moments[v] + other.moments[v] for v in self.moments}, hashes, dup, pairs)
 
 
 def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
@@ -129,12 +141,14 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     each other.
     """
     b = read_block(df, spec)
-    mom = {}
+    mom, pairs = {}, {}
     if spec.masks:
         played = play_block(b, spec)
         keep = played.final_margin >= spec.keep_margin
         for v, x in b.views.items():
             mom[v] = class_moments(x, played.final, keep, spec.k)
+            if spec.top_t_active:
+                pairs[v] = play_pairs(top_classes(played.base[v].scores, spec.top_t), spec.k)
     else:
         bases = {v: base_labels(x, spec.classes[v]) for v, x in b.views.items()}
         keep = None
@@ -145,15 +159,38 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
             labels = fused if spec.fit_on == "fused" else bases[v].label
             if spec.fit_on == "annotation" and b.annotation_idx is not None:
                 labels = np.where(b.annotation_idx >= 0, b.annotation_idx, labels).astype(np.int32)
-            mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=spec.cos_min,
-                                      diff_min=spec.diff_min, per_pair=spec.per_pair, keep=keep)
+            cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
+            mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=cos_min, diff_min=diff_min,
+                                      per_pair=spec.per_pair, keep=keep)
+            if spec.top_t_active:
+                pairs[v] = play_pairs(top_classes(bases[v].scores, spec.top_t), spec.k)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
         raise BadInputError("appears more than once", column=spec.id_col,
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
-    return Statistics(len(b.ids), mom, hashes)
+    return Statistics(len(b.ids), mom, hashes, None, pairs)
+
+
+@dataclass
+class Histograms:
+    """Pass 0 (only for quantile filters): per view, per class histograms of top-1 cosine and margin."""
+
+    counts: dict[str, np.ndarray]
+
+    def __add__(self, o: "Histograms") -> "Histograms":
+        return Histograms({v: self.counts[v] + o.counts[v] for v in self.counts})
+
+
+def histogram_partition(df: Any, spec: Spec) -> Histograms:
+    """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
+    b = read_block(df, spec)
+    out = {}
+    for v, x in b.views.items():
+        base = base_labels(x, spec.classes[v])
+        out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
+    return Histograms(out)
 
 
 def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,7 +281,8 @@ class Played:
     base: dict[str, Any]              # view -> BaseLabels
     label: dict[str, np.ndarray]      # view -> tourney label (n,)
     margin: dict[str, np.ndarray]     # view -> |margin| of the deciding match (n,)
-    fused: np.ndarray                 # (n, P) mean over views of the pair margins
+    margin_of: dict[str, Any]         # view -> f(rows, pair rows): masked cosine margins
+    fused: np.ndarray | None          # (n, P) mean over views of the pair margins (None: not fusable)
     final: np.ndarray                 # (n,) final label
     final_margin: np.ndarray          # (n,) |margin| that decided the final label
     agree: np.ndarray                 # (n,) every view's tourney label equal
@@ -252,36 +290,56 @@ class Played:
 
 def _players(spec: Spec, scores: np.ndarray) -> np.ndarray | None:
     """top-t: each item's ``t`` best classes by (summed) base cosine; else every class plays."""
-    if spec.mode != "top-t" or spec.top_t >= spec.k:
-        return None
-    return np.argsort(-scores, axis=1, kind="stable")[:, :spec.top_t]
+    return top_classes(scores, spec.top_t) if spec.top_t_active else None
 
 
 def play_block(b: Block, spec: Spec) -> Played:
-    """Every view's tourney and the final label of one block (pure; used by pass 2 and refine)."""
+    """Every view's tourney and the final label of one block (pure; used by pass 2 and refine).
+
+    Dense masks: every pair's cosine margin ``(n, P)`` per view (one more product than ``X Wᵀ``),
+    the mode played on them, and with ``final = "fused"`` the mode played again on the views' mean
+    margins. Sparse masks (many classes, top-t) gather each match's decision instead and, like
+    views fitted on different pair sets, cannot be fused: the final label is then the most
+    confident view's.
+    """
     n, k = len(b.ids), spec.k
-    base, label, margin, pm = {}, {}, {}, []
-    pairs = pidx = None
+    base, label, margin, margin_of, pm = {}, {}, {}, {}, {}
     for v, x in b.views.items():
         masks = spec.masks[v]
-        pairs, pidx = masks.pairs, masks.pair_index()
+        pidx = masks.pair_index()
         base[v] = base_labels(x, spec.classes[v])
+        if masks.weights is None:  # sparse: gather each match's decision, no X Wᵀ over all pairs
+            res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
+                                      players=top_classes(base[v].scores, spec.top_t))
+            label[v] = res.label
+            margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
+                         else np.zeros(0, np.float32))
+            margin_of[v] = lambda r, p, x=x, masks=masks: masked_margin(
+                x[r], masks, p, gather_decisions(x[r], masks, p[:, None])[:, 0])
+            continue
         m = pair_margins(x, masks, d := pair_decisions(x, masks), out=d)
-        label[v], margin[v] = decide(m, pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+        label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
                                      players=_players(spec, base[v].scores))
-        pm.append(m)
-    fused = fuse_margins(pm)
-    stack = np.stack([label[v] for v in b.views])        # (V, n)
+        margin_of[v] = lambda r, p, m=m: m[r, p]
+        pm[v] = m
+    views = list(b.views)
+    first = spec.masks[views[0]]
+    # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion
+    # (decided by the settings, not by the data, so the dense and the gathering paths agree)
+    fusable = (not spec.top_t_active and len(pm) == len(views)
+               and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
+    fused = fuse_margins([pm[v] for v in views]) if fusable else None
+    stack = np.stack([label[v] for v in views])        # (V, n)
     agree = (stack == stack[0]).all(axis=0)
-    if spec.final == "fused" and len(pm) > 1:
-        scores = sum(base[v].scores for v in b.views)
-        final, final_margin = decide(fused, pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
-                                     players=_players(spec, scores))
+    if spec.final == "fused" and fusable and len(views) > 1:
+        scores = sum(base[v].scores for v in views)
+        final, final_margin = decide(fused, first.pairs, first.pair_index(), b.id_hash, mode=spec.mode,
+                                     seed=spec.seed, players=_players(spec, scores))
     else:  # the most confident view (also: fusion of one view is that view)
-        margins = np.stack([margin[v] for v in b.views])
+        margins = np.stack([margin[v] for v in views])
         best = np.argmax(margins, axis=0)
         final, final_margin = stack[best, np.arange(n)], margins[best, np.arange(n)]
-    return Played(base, label, margin, fused, final, final_margin, agree)
+    return Played(base, label, margin, margin_of, fused, final, final_margin, agree)
 
 
 #: Weight of the proposed label's own score in the review priority (see :func:`review_priority`).
@@ -343,8 +401,15 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     current = np.where(has_ann, ann if ann is not None else 0, dissent)
     proposed = np.where(has_ann & ~ann_differs, dissent, final)
     rows = np.flatnonzero(flagged)
-    pairs = spec.masks[views[0]].pairs
-    priority = review_priority(played.fused[rows], pairs, k, proposed[rows], current[rows])
+    if played.fused is not None:
+        pairs = spec.masks[views[0]].pairs
+        priority = review_priority(played.fused[rows], pairs, k, proposed[rows], current[rows])
+    else:  # no common margin matrix (sparse or per-view top-t masks): mean pair margin over views
+        priority = np.zeros(len(rows))
+        for v in views:
+            priority += _pair_margin(played.margin_of[v], spec.masks[v], played.base[v].scores, rows,
+                                     proposed[rows], current[rows])
+        priority /= len(views)
     reason = np.where(ann_differs[rows] & ~agree[rows], "annotation+views",
                       np.where(ann_differs[rows], "annotation", "views"))
     dis = table.take(pa.array(rows, pa.int64())).append_column("reason", pa.array(reason.astype(str), pa.string()))
@@ -370,3 +435,25 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     return table, tally
 
 
+def _pair_margin(margin_of: Any, masks: PairMasks, scores: np.ndarray, rows: np.ndarray,
+                 proposed: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """Cosine margin of ``proposed`` over ``current`` on their pair's mask (0 where they are equal).
+
+    ``margin_of(rows, pair_rows)`` gives the masked cosine margins. A pair without a mask (top-t fits only the pairs that
+    can play; an annotation or the other view may name a class outside the item's top t) is
+    scored by its full-vector cosine difference ``S_i,proposed − S_i,current`` instead.
+    """
+    out = np.zeros(len(rows))
+    ok = proposed != current
+    if not ok.any():
+        return out
+    r, a, c = rows[ok], proposed[ok], current[ok]
+    p = masks.pair_index()[a, c]
+    fitted = p >= 0
+    res = scores[r, a].astype(np.float64) - scores[r, c]
+    if fitted.any():
+        rf, af, pf = r[fitted], a[fitted], p[fitted]
+        sign = np.where(masks.pairs[pf, 0] == af, 1.0, -1.0)
+        res[fitted] = sign * margin_of(rf, pf)
+    out[ok] = res
+    return out

@@ -4,15 +4,20 @@ Within a match the item's own masked norm is common to both sides, so match ``(a
 the sign of ``x · w_ab`` (see :func:`pairwise_dask.masks.pair_weights`): one ``X Wᵀ`` product gives
 every pair decision of a block, and the bracket only indexes into it. Dividing by ``‖x|M_ab‖`` turns
 the sign into the cosine margin used for confidence and ranking.
+
+With many classes (k = 1000: 499,500 pairs) that product is out of reach, and useless: the top-t
+bracket only plays pairs among an item's ``t`` best base classes. Then each match's decision is
+gathered: ``x[M_p] · w_p[M_p]`` from the ``(P, m)`` sparse weights of the pairs that can play
+(:func:`gather_decisions`), so an item costs ``O(matches · m)``, whatever ``k``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from .arrays import mix64
-from .base import chunked_matmul
+from .base import CHUNK_ROWS, chunked_matmul
 from .masks import PairMasks
 
 _ROUND = np.uint64(0xD1B54A32D192ED03)
@@ -22,6 +27,70 @@ _CLASS = np.uint64(0x8CB92BA72F3D8DD7)
 def pair_decisions(x: np.ndarray, masks: PairMasks) -> np.ndarray:
     """``D = X Wᵀ``: ``D[i, p] > 0`` means the first class of pair ``p`` beats the second."""
     return chunked_matmul(x, np.ascontiguousarray(masks.weights.T))
+
+
+def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray) -> np.ndarray:
+    """``x_i · w_{pair[i, j]}`` for a ``(n, h)`` array of pair rows, from the sparse ``(P, m)`` weights.
+
+    Equals the matching entries of :func:`pair_decisions` up to rounding (accumulated here in
+    float64 over the ``m`` mask dimensions only). Row blocks of :data:`CHUNK_ROWS` bound the
+    ``(rows, h, m)`` gather; each row's value depends on that row alone (partition-invariant).
+    """
+    pair = np.asarray(pair)
+    if pair.size and pair.min() < 0:
+        raise ValueError("a match between two classes whose pair has no mask (not collected in pass 1)")
+    vals = masks.sparse_values()
+    dims = masks.dims
+    out = np.empty(pair.shape, dtype=np.float32)
+    for s in range(0, len(pair), CHUNK_ROWS):
+        p = pair[s:s + CHUNK_ROWS]
+        xs = x[s:s + CHUNK_ROWS]
+        sub = xs[np.arange(len(p))[:, None, None], dims[p]]  # (rows, h, m)
+        out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64), vals[p].astype(np.float64))
+    return out
+
+
+def use_gather(n_pairs: int, d: int, matches: int, m: int, *, ratio: float = 16.0) -> bool:
+    """Gather per match when one product (``P·d`` per item) costs over ``ratio`` × the gathers
+    (``matches·m`` per item); ``ratio`` prices a gathered multiply-add against a BLAS one."""
+    return n_pairs * d > ratio * matches * m
+
+
+def top_classes(scores: np.ndarray, t: int) -> np.ndarray:
+    """Each row's ``t`` best classes ``(n, t)`` int64, best first (ties: lower class index).
+
+    ``argpartition`` keeps this ``O(k)`` per item; only the ``t`` chosen are then sorted.
+    """
+    n, k = scores.shape
+    if t >= k:
+        return np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
+    # the t-th largest value per row; keep every class above it and the lowest-index ties at it,
+    # so the set equals a stable argsort's first t exactly
+    thr = -np.partition(-scores, t - 1, axis=1)[:, t - 1:t]
+    above = scores > thr
+    tie = scores == thr
+    need = t - above.sum(axis=1, keepdims=True)
+    keep = above | (tie & (np.cumsum(tie, axis=1) <= need))
+    cols = np.nonzero(keep)[1].reshape(n, t)  # row-major: each row's t classes, ascending
+    cand = np.take_along_axis(scores, cols, axis=1)
+    order = np.argsort(-cand, axis=1, kind="stable")  # best first; ties keep the lower index first
+    return np.take_along_axis(cols, order, axis=1).astype(np.int64)
+
+
+def play_pairs(players: np.ndarray, k: int) -> np.ndarray:
+    """Sorted unique ids (``a·k + b``, ``a < b``) of every pair two of a row's players could play.
+
+    A mergeable set (merge with ``np.union1d``): the pass-1 summary of which pair masks the top-t
+    bracket will need. At most ``n · t(t−1)/2`` and ``k(k−1)/2`` ids.
+    """
+    n, t = players.shape
+    if n == 0 or t < 2:
+        return np.zeros(0, np.int64)
+    i, j = np.triu_indices(t, 1)
+    a, b = players[:, i].astype(np.int64), players[:, j].astype(np.int64)
+    seen = np.zeros(k * k, dtype=bool)  # a bitmap: O(k²) bits once, not a sort of n·t² ids
+    seen[np.minimum(a, b) * k + np.maximum(a, b)] = True
+    return np.flatnonzero(seen).astype(np.int64)
 
 
 def masked_margin(x: np.ndarray, masks: PairMasks, pair: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -51,7 +120,7 @@ class Result(NamedTuple):
 
 def play_bracket(d: np.ndarray, pair_index: np.ndarray, id_hash: np.ndarray, *, seed: int,
                  players: np.ndarray | None = None) -> Result:
-    """Knockout bracket for every item at once.
+    """Knockout bracket for every item at once, reading decisions from ``D = X Wᵀ``.
 
     Each round the classes still in play are put in a random order (keys from
     :func:`bracket_keys`) and paired off; an odd one out (the last in that order) gets a bye.
@@ -59,10 +128,23 @@ def play_bracket(d: np.ndarray, pair_index: np.ndarray, id_hash: np.ndarray, *, 
     lower class index). ``players`` ``(n, t)`` restricts the bracket (the top-t variant); by
     default every item plays all ``k`` classes.
     """
-    n = d.shape[0]
+    rows = np.arange(d.shape[0])[:, None]
+    return _play(lambda p: d[rows, p], d.shape[0], pair_index, id_hash, seed=seed, players=players)
+
+
+def play_bracket_gather(x: np.ndarray, masks: PairMasks, pair_index: np.ndarray, id_hash: np.ndarray, *,
+                        seed: int, players: np.ndarray) -> Result:
+    """The same bracket as :func:`play_bracket`, each round's decisions gathered per match
+    (:func:`gather_decisions`): no ``k²`` product, cost ``O(n · t · m)``."""
+    return _play(lambda p: gather_decisions(x, masks, p), x.shape[0], pair_index, id_hash, seed=seed,
+                 players=players)
+
+
+def _play(decide: Callable[[np.ndarray], np.ndarray], n: int, pair_index: np.ndarray, id_hash: np.ndarray,
+          *, seed: int, players: np.ndarray | None) -> Result:
+    """The bracket itself; ``decide(p)`` gives ``x_i · w_{p[i, j]}`` for ``(n, h)`` pair rows ``p``."""
     k = pair_index.shape[0]
     alive = np.broadcast_to(np.arange(k, dtype=np.int64), (n, k)) if players is None else players.astype(np.int64)
-    rows = np.arange(n)[:, None]
     final_pair = np.full(n, -1, np.int64)
     final_raw = np.zeros(n, np.float32)
     rnd = 0
@@ -73,7 +155,9 @@ def play_bracket(d: np.ndarray, pair_index: np.ndarray, id_hash: np.ndarray, *, 
         left, right = alive[:, 0:2 * half:2], alive[:, 1:2 * half:2]
         lo, hi = np.minimum(left, right), np.maximum(left, right)
         p = pair_index[lo, hi]
-        raw = d[rows, p]
+        if p.size and p.min() < 0:  # a pair pass 1 did not collect: a bug, never a silent column −1
+            raise ValueError("a match between two classes whose pair has no mask")
+        raw = decide(p)
         winners = np.where(raw >= 0, lo, hi)
         if half == 1 and alive.shape[1] == 2:
             final_pair, final_raw = p[:, 0], raw[:, 0]

@@ -1,4 +1,4 @@
-"""Small catalogs written to real Parquet files, for the tests (plain functions, no fixtures)."""
+"""The planted-signal catalog most job tests use (fixtures.py has the bad-input toolkit)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,12 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fixtures import fsl
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_JOB = REPO / "jobs" / "demo.toml"
-
-
-def fsl(m: np.ndarray, t: pa.DataType = pa.float32()) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(m).ravel(), t), m.shape[1])
 
 
 def make_catalog(folder: Path, *, n: int = 600, d: int = 16, k: int = 4, views: tuple[str, ...] = ("a", "b"),

@@ -53,6 +53,7 @@ def test_outputs_follow_the_contract(client, catalog, tmp_path):
     assert set(on_disk["timings_s"]) >= {"statistics", "masks", "tourney", "total"}
     assert 0 <= on_disk["agreement_weighted_f1"]["a~b"]["tourney"] <= 1
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # staging cleaned up
+    assert on_disk["report"] == "report.html" and "<svg" in (out / "report.html").read_text()
 
 
 def test_labels_identical_for_any_partitioning(client, tmp_path):

@@ -121,3 +121,23 @@ def test_exactness_bound_is_documented():
     ind = np.ones((3, 1))
     m = set_moments(np.full((3, 2), 0.5, np.float32), ind)
     assert m.n[0] == 3 and m.s1[0, 0] == 1.5 * 2 ** QUANT_BITS
+
+
+def test_quantile_thresholds_from_merged_histograms():
+    from pairwise_dask.moments import HIST_BINS, quantile_thresholds, score_histograms
+
+    rng = np.random.default_rng(5)
+    top = rng.uniform(-0.2, 0.8, 5000)
+    margin = rng.uniform(0, 0.3, 5000)
+    labels = rng.integers(0, 3, 5000)
+    whole = score_histograms(top, margin, labels, 3)
+    parts = sum(score_histograms(top[i:i + 700], margin[i:i + 700], labels[i:i + 700], 3)
+                for i in range(0, 5000, 700))
+    assert np.array_equal(whole, parts)
+    t = quantile_thresholds(whole, 0.25, 0)
+    for c in range(3):
+        vals = top[labels == c]
+        dropped = (vals < t[c]).mean()
+        assert dropped <= 0.25 and abs(dropped - 0.25) < 0.01  # within a bin (2/HIST_BINS) of the quantile
+        assert abs(t[c] - np.quantile(vals, 0.25)) <= 2.0 / HIST_BINS + 1e-12
+    assert np.all(quantile_thresholds(whole, 0.0, 1) == 0.0)  # q = 0 drops nothing

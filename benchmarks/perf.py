@@ -1,0 +1,400 @@
+"""The performance table of issue 5: the job against its floors, measured in one run.
+
+    PYTHONPATH=. python benchmarks/perf.py --cases small,1m,k1000 --data /tmp/pairwise-bench
+
+For each case it generates (or reuses) a synthetic catalog (``benchmarks/generate.py``), then times
+in the same run:
+
+- the I/O floor: one ``pyarrow.parquet.read_table`` of the embedding columns, and streaming the
+  same columns row group by row group (``ParquetFile.read_row_group``);
+- the NumPy floor: the same math in one process on arrays in RAM (read with pyarrow, base labels,
+  float64 moments, masks, decisions, bracket), reusing the package's pure-NumPy core;
+- the job end to end (``pairwise_dask.job.run``: Parquet in, every output committed) on a
+  ``LocalCluster`` of 1 and of 2 single-threaded worker processes, sampling each worker's RSS;
+- the statistics step's achieved GFLOP/s (its one-hot GEMMs' flops over its time) against a plain
+  ``np.dot`` of the same shapes.
+
+It prints one table and writes it, with the machine, versions and command, to ``--results``
+(default ``benchmarks/RESULTS.md``). Timings on a shared machine are noisy; the ratios compare
+numbers taken minutes apart in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generate import generate  # noqa: E402
+
+from pairwise_dask import moments as _moments  # noqa: E402
+from pairwise_dask.arrays import embedding_matrix, hash_ids, normalize_rows  # noqa: E402
+from pairwise_dask.base import base_labels  # noqa: E402
+from pairwise_dask.masks import fit_masks, pairs_from_ids, resolve_dims  # noqa: E402
+from pairwise_dask.moments import filtered_moments  # noqa: E402
+from pairwise_dask.tourney import (masked_margin, pair_decisions, play_bracket, play_bracket_gather,  # noqa: E402
+                                   play_pairs, top_classes, use_gather)
+
+
+@dataclass
+class Case:
+    """One row of the table: a catalog and how the job labels it."""
+
+    name: str
+    items: int
+    dim: int = 768
+    views: int = 2
+    classes: int = 13
+    group_size: int = 0
+    dtype: str = "float32"
+    compression: str = "none"
+    mode: str = "bracket"
+    top_t: int = 16
+    row_group: int = 65536
+    workers: tuple[int, ...] = (1, 2)
+    memory_limit: str = "auto"
+    numpy_floor: bool = True
+    files: int = 1
+
+    def catalog_key(self) -> dict:
+        return {"items": self.items, "dim": self.dim, "views": self.views, "classes": self.classes,
+                "group_size": self.group_size, "dtype": self.dtype, "compression": self.compression,
+                "row_group": self.row_group, "files": self.files}
+
+
+CASES: dict[str, Case] = {c.name: c for c in [
+    Case("tiny", 20_000, row_group=8192),
+    Case("100k", 100_000, row_group=16384),
+    Case("100k-f16", 100_000, row_group=16384, dtype="float16"),
+    Case("100k-snappy", 100_000, row_group=16384, compression="snappy"),
+    Case("1m", 1_000_000),
+    Case("1m-f16", 1_000_000, dtype="float16"),
+    Case("k1000", 200_000, classes=1000, group_size=25, mode="top-t", top_t=16, row_group=32768),
+    Case("k1000-1v", 200_000, views=1, classes=1000, group_size=25, mode="top-t", top_t=16, row_group=32768),
+    Case("k13-200k", 200_000, row_group=32768),
+    # larger than memory: one view, 2 workers only, a memory limit; no in-RAM NumPy floor possible
+    Case("10m", 10_000_000, views=1, row_group=65536, workers=(2,), memory_limit="3GiB",
+         numpy_floor=False, files=20),
+]}
+
+VIEW_NAMES = ("image", "text", "view3", "view4")
+
+
+def _views(c: Case) -> list[str]:
+    return list(VIEW_NAMES[:c.views])
+
+
+def ensure_catalog(c: Case, root: Path) -> tuple[Path, dict]:
+    """The case's catalog under ``root``, generated unless an identical one is there."""
+    folder = root / c.name
+    meta = folder / "catalog.json"
+    key = c.catalog_key()
+    if meta.exists():
+        desc = json.loads(meta.read_text())
+        if desc.get("key") == key:
+            return folder, desc
+        shutil.rmtree(folder)
+    desc = generate(folder, items=c.items, dim=c.dim, views=_views(c), classes=c.classes,
+                    group_size=c.group_size, row_group=c.row_group, dtype=c.dtype,
+                    compression=c.compression, files=c.files)
+    desc["key"] = key
+    meta.write_text(json.dumps(desc, indent=2) + "\n")
+    return folder, desc
+
+
+def _items_path(folder: Path, c: Case) -> str:
+    return str(folder / "items.parquet") if c.files == 1 else str(folder / "items")
+
+
+def _files(folder: Path, c: Case) -> list[str]:
+    return [str(folder / "items.parquet")] if c.files == 1 else sorted(str(p) for p in (folder / "items").glob("*.parquet"))
+
+
+# --- floors --------------------------------------------------------------------------------
+
+def io_floor(folder: Path, c: Case) -> dict:
+    """One pyarrow read of the embedding columns; the same columns streamed by row group."""
+    cols = _views(c)
+    gc.collect()
+    t = time.perf_counter()
+    tables = [pq.read_table(f, columns=cols) for f in _files(folder, c)] if c.numpy_floor else []
+    read = time.perf_counter() - t
+    del tables
+    gc.collect()
+    t = time.perf_counter()
+    n = 0
+    for f in _files(folder, c):
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            tb = pf.read_row_group(g, columns=cols)
+            for col in cols:  # to NumPy, as a pass does (zero-copy for float32)
+                x = embedding_matrix(tb.column(col), name=col)
+                n += x.shape[0]
+            del tb
+    stream = time.perf_counter() - t
+    return {"io_read": read if c.numpy_floor else float("nan"), "io_stream": stream}
+
+
+def numpy_floor(folder: Path, c: Case, m: int = 100, seed: int = 0) -> dict:
+    """The same math in one process on arrays in RAM, timed per step (the package's NumPy core)."""
+    out = {"np_read": 0.0, "np_base": 0.0, "np_stats": 0.0, "np_masks": 0.0, "np_tourney": 0.0}
+    gc.collect()
+    t = time.perf_counter()
+    table = pa.concat_tables([pq.read_table(f, columns=["id"] + _views(c)) for f in _files(folder, c)])
+    classes_t = pq.read_table(folder / "classes.parquet")
+    id_hash = hash_ids(table.column("id"))
+    out["np_read"] += time.perf_counter() - t
+    for v in _views(c):
+        t = time.perf_counter()
+        x = normalize_rows(embedding_matrix(table.column(v), name=v), name=v)
+        cls = normalize_rows(embedding_matrix(classes_t.column(v), name=v), name=v)
+        out["np_read"] += time.perf_counter() - t
+        t = time.perf_counter()
+        base = base_labels(x, cls)
+        out["np_base"] += time.perf_counter() - t
+        t = time.perf_counter()
+        mom = filtered_moments(x, base.scores, base.label, cos_min=-1.0, diff_min=0.0, per_pair=False)
+        out["np_stats"] += time.perf_counter() - t
+        t = time.perf_counter()
+        k, d = cls.shape
+        mm = resolve_dims(m, d)
+        topt = c.mode == "top-t" and c.top_t < k
+        players = top_classes(base.scores, c.top_t) if topt else None
+        pairs = pairs_from_ids(play_pairs(players, k), k) if topt else None
+        dense = not (topt and use_gather(len(pairs), d, c.top_t - 1, mm))
+        masks = fit_masks(mom, cls, m=mm, min_items=5, per_pair=False, pairs=pairs, dense=dense)
+        out["np_masks"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if dense:
+            res = play_bracket(pair_decisions(x, masks), masks.pair_index(), id_hash, seed=seed, players=players)
+        else:
+            res = play_bracket_gather(x, masks, masks.pair_index(), id_hash, seed=seed, players=players)
+        masked_margin(x, masks, res.final_pair, res.final_raw)
+        out["np_tourney"] += time.perf_counter() - t
+        out.setdefault("pairs", 0)
+        out["pairs"] += len(masks.pairs)
+        del x, base, masks, res
+    out["np_total"] = sum(out[k] for k in ("np_read", "np_base", "np_stats", "np_masks", "np_tourney"))
+    del table
+    gc.collect()
+    return out
+
+
+def gemm_reference(c: Case) -> dict:
+    """GFLOP/s of a plain ``np.dot`` of the statistics step's shapes: ``(k × r) @ (r × d)`` float64."""
+    if c.classes > _moments.ONEHOT_MAX_K:
+        return {"gemm_gflops": float("nan")}
+    r = _moments.MOMENT_ROWS
+    rng = np.random.default_rng(0)
+    a = np.zeros((r, c.classes))
+    a[np.arange(r), rng.integers(0, c.classes, r)] = 1.0
+    b = rng.standard_normal((r, c.dim))
+    np.dot(a.T, b)
+    reps = 0
+    t = time.perf_counter()
+    while time.perf_counter() - t < 1.0:
+        np.dot(a.T, b)
+        reps += 1
+    return {"gemm_gflops": 2.0 * r * c.classes * c.dim * reps / (time.perf_counter() - t) / 1e9}
+
+
+# --- the job -------------------------------------------------------------------------------
+
+class RssSampler:
+    """Samples every worker's RSS (``client.run`` + psutil) in a background thread; keeps the peak."""
+
+    def __init__(self, client, every: float = 0.25) -> None:
+        self.client, self.every = client, every
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for w, rss in self.client.run(self._rss).items():
+                    self.peak[w] = max(self.peak.get(w, 0), rss)
+            except Exception:  # noqa: BLE001 - a worker restarting between samples is not fatal
+                pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
+    """The job end to end on a fresh LocalCluster of ``workers`` single-threaded processes."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from pairwise_dask import job
+    from pairwise_dask.config import load_settings
+
+    views = tuple((v, v) for v in _views(c))
+    s = load_settings(None, {"items": _items_path(folder, c), "classes": str(folder / "classes.parquet"),
+                             "out": str(out), "views": views, "label": "label", "overwrite": True,
+                             "mode": c.mode, "top_t": c.top_t, "workers": workers})
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=c.memory_limit,
+                      silence_logs=logging.ERROR, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        with RssSampler(client) as rss:
+            t = time.perf_counter()
+            summary = job.run(s, client=client)
+            total = time.perf_counter() - t
+    tm = summary["timings_s"]
+    shutil.rmtree(out, ignore_errors=True)
+    res = {"total": total, "statistics": tm["statistics"], "masks": tm["masks"], "tourney": tm["tourney"],
+           "write": tm["write"], "rss_peak": max(rss.peak.values()) if rss.peak else float("nan"),
+           "pairs": sum(v["pairs"] for v in summary["per_view"].values())}
+    pv = summary["per_view"]
+    res["acc"] = {v: (round(p.get("accuracy_base", float("nan")), 3), round(p.get("accuracy_tourney", float("nan")), 3))
+                  for v, p in pv.items()}
+    return res
+
+
+# --- the table -----------------------------------------------------------------------------
+
+COLUMNS = [
+    ("case", "case"), ("N", "N"), ("k", "k"), ("V", "V"), ("in", "input"), ("GB", "Parquet GB"),
+    ("io_read", "IO read s"), ("io_stream", "IO stream s"),
+    ("np_total", "NumPy s"), ("np_stats", "NumPy stats s"), ("np_tourney", "NumPy tourney s"),
+    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("j2_statistics", "2w stats s"),
+    ("j2_masks", "2w masks s"), ("j2_tourney", "2w tourney s"), ("j2_write", "2w write s"),
+    ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("speedup", "1→2w"),
+    ("rss1", "peak RSS 1w GB"), ("rss2", "peak RSS/worker 2w GB"), ("pairs", "pairs fitted"),
+    ("stats_gflops", "stats GFLOP/s"), ("gemm_gflops", "np.dot GFLOP/s"),
+]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "–"
+        return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(k, float("nan"))) for k, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def run_case(c: Case, root: Path) -> dict:
+    folder, desc = ensure_catalog(c, root)
+    row: dict = {"case": c.name, "N": f"{c.items:,}", "k": c.classes, "V": c.views,
+                 "in": f"{c.dtype}/{c.compression}", "GB": desc["bytes"] / 1e9}
+    print(f"[{c.name}] catalog {desc['bytes'] / 1e9:.2f} GB", flush=True)
+    row.update(io_floor(folder, c))
+    print(f"[{c.name}] io {row['io_read']:.2f} s read, {row['io_stream']:.2f} s streamed", flush=True)
+    if c.numpy_floor:
+        row.update(numpy_floor(folder, c))
+        print(f"[{c.name}] numpy {row['np_total']:.2f} s", flush=True)
+    row.update(gemm_reference(c))
+    for w in c.workers:
+        j = run_job(folder, c, w, root / f"out-{c.name}-{w}w")
+        print(f"[{c.name}] job {w}w {j['total']:.2f} s, peak RSS {j['rss_peak'] / 1e9:.2f} GB, acc {j['acc']}", flush=True)
+        for k_, v in j.items():
+            row[f"j{w}_{k_}"] = v
+        row[f"rss{w}"] = j["rss_peak"] / 1e9
+        row["pairs"] = j["pairs"]
+        row["acc"] = j["acc"]
+    jw = max(c.workers)
+    jt = row[f"j{jw}_total"]
+    row["r_np"] = jt / row["np_total"] if c.numpy_floor else float("nan")
+    row["r_io"] = jt / (row["io_read"] if c.numpy_floor else row["io_stream"])
+    if 1 in c.workers and 2 in c.workers:
+        row["speedup"] = row["j1_total"] / row["j2_total"]
+    if c.classes <= _moments.ONEHOT_MAX_K and c.numpy_floor:
+        flops = 2 * 2.0 * c.items * c.classes * c.dim * c.views  # two GEMMs per view
+        row["stats_gflops"] = flops / row["np_stats"] / 1e9
+    return row
+
+
+def machine() -> str:
+    import dask
+    import distributed
+    import psutil
+
+    cpu = "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"- machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, "
+            f"{psutil.virtual_memory().total / 2**30:.1f} GiB RAM, {platform.platform()}\n"
+            f"- versions: Python {platform.python_version()}, NumPy {np.__version__}, pyarrow {pa.__version__}, "
+            f"dask {dask.__version__}, distributed {distributed.__version__}")
+
+
+NOTES = """\
+Reading the table: seconds are wall-clock. *IO read* is one `pyarrow.parquet.read_table` of the
+embedding columns; *IO stream* reads the same columns row group by row group into NumPy. *NumPy* is
+the same math in one process on arrays in RAM (the package's NumPy core; BLAS may use both cores).
+*job* is `pairwise_dask.job.run` end to end (Parquet in, labels/disagreements/model/summary.json
+committed) on a LocalCluster of 1 or 2 single-threaded worker processes (Dask pins each worker's BLAS
+to one thread); its step columns are the job's own timings for the 2-worker run. *job/NumPy* and
+*job/IO* use the 2-worker job. *peak RSS* is the largest RSS any worker reached (sampled every 0.25 s).
+*stats GFLOP/s* is the statistics step of the NumPy floor (quantise + the two one-hot GEMMs per view)
+counted as its GEMM flops (2·2·N·k·d per view); *np.dot GFLOP/s* is a bare float64
+`np.dot` of one block's shape (k × 8192) @ (8192 × d) on this machine. For k = 1000 the per-class
+moments are segment sums, not GEMMs, so no GFLOP/s is given.
+
+This is a 2-core machine shared with other work running at the same time: absolute seconds are
+noisy (repeat runs moved them by 10–30 %); the ratios compare numbers from the same run. Catalogs
+are freshly written, so the Parquet files are in the page cache: *IO* measures decoding and memory
+traffic more than the disk.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default="100k,1m,k1000", help=f"comma separated, from: {', '.join(CASES)}")
+    p.add_argument("--data", default="/tmp/pairwise-bench", help="where catalogs are generated (reused)")
+    p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    p.add_argument("--keep-data", action="store_true", help="keep the generated catalogs afterwards")
+    a = p.parse_args(argv)
+    root = Path(a.data)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in [n.strip() for n in a.cases.split(",") if n.strip()]:
+        c = CASES[name]
+        rows.append(run_case(c, root))
+        if not a.keep_data:
+            shutil.rmtree(root / c.name, ignore_errors=True)
+        print(table(rows), flush=True)
+    cmd = "PYTHONPATH=. python benchmarks/perf.py " + " ".join(sys.argv[1:])
+    accs = "\n".join(f"- {r['case']}: (base, tourney) accuracy per view, 2-worker job: {r.get('acc')}" for r in rows)
+    text = (f"# Benchmark results\n\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with\n\n"
+            f"    {cmd}\n\n{machine()}\n\n{table(rows)}\n\n{accs}\n\n{NOTES}")
+    Path(a.results).write_text(text)
+    print(f"\nwrote {a.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Bad input ends the run with one clear message and leaves the output folder exactly as it was.
+
+Every case of issue 6's list runs the real job in-process on a shared one-worker cluster (the
+per-partition checks run on a worker process, as in production) twice: into an OUT that does not
+exist, and into an OUT holding a previous complete result (with ``overwrite``, so that only the bad
+input can stop the run). A representative subset also runs the command line as a subprocess, for
+the exit code and the single line on stderr.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
+from pairwise_dask import job
+from pairwise_dask.config import load_settings
+from pairwise_dask.errors import COMMAND_LINE, BadInputError
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """One worker process, one thread: real pickling across processes, started once per module."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
+        c.run(job._quiet_bad_input_logs)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def previous_result(tmp_path_factory: pytest.TempPathFactory, client: Any) -> Path:
+    """A complete result of another job, copied into OUT by the tests that need one."""
+    folder = tmp_path_factory.mktemp("previous")
+    cat = make_catalog(folder / "data", seed=42)
+    out = folder / "out"
+    job.run(cat.settings(out, refine=0), client=client)  # refine = 0: a model `update` can extend
+    assert (out / "summary.json").exists()
+    return out
+
+
+# --- the cases: each edits a good catalog and returns settings overrides -------------------
+
+Edit = Callable[[Catalog], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    edit: Edit
+    file: str           # "items", "classes", "job" or "out": which path the message must name
+    column: str | None  # the column the message must name
+    row: Any            # the first offending row id (None: the error is about the whole column/file)
+    what: str           # a phrase of the message
+
+
+def _edit_view(col: str, change: Callable[[np.ndarray], None]) -> Edit:
+    def edit(cat: Catalog) -> None:
+        x = matrix(cat.items, col)
+        change(x)
+        cat.write_items(replace_column(cat.items, col, fsl(x)))
+    return edit
+
+
+def _set(x: np.ndarray, i: int, j: int | slice, v: float) -> None:
+    x[i, j] = v
+
+
+def _missing(cat: Catalog) -> None:
+    cat.write_items(cat.items.drop_columns(["emb_b"]))
+
+
+def _non_list(cat: Catalog) -> None:
+    cat.write_items(replace_column(cat.items, "emb_b", pa.array(np.ones(cat.items.num_rows))))
+
+
+def _mixed(cat: Catalog) -> None:
+    rows = list(matrix(cat.items, "emb_b"))
+    rows[11] = rows[11][:5]
+    cat.write_items(replace_column(cat.items, "emb_b", var_list(rows)))
+
+
+def _dim_fixed(cat: Catalog) -> None:
+    cat.write_items(replace_column(cat.items, "emb_b", fsl(matrix(cat.items, "emb_b")[:, :6])))
+
+
+def _dim_list(cat: Catalog) -> None:  # list<float> of equal lengths: only a worker can see d
+    cat.write_items(replace_column(cat.items, "emb_b", var_list(list(matrix(cat.items, "emb_b")[:, :6]))))
+
+
+def _duplicate(i: int, j: int, partition_rows: int) -> Edit:
+    def edit(cat: Catalog) -> dict[str, Any]:
+        ids = cat.items.column("id").to_pylist()
+        ids[j] = ids[i]
+        cat.write_items(replace_column(cat.items, "id", pa.array(ids)))
+        return {"partition_rows": partition_rows}
+    return edit
+
+
+def _null_id(cat: Catalog) -> None:
+    ids = cat.items.column("id").to_pylist()
+    ids[13] = None
+    cat.write_items(replace_column(cat.items, "id", pa.array(ids, pa.string())))
+
+
+def _empty(cat: Catalog) -> None:
+    cat.write_items(cat.items.slice(0, 0))
+
+
+def _one_class(cat: Catalog) -> None:
+    cat.write_classes(cat.classes.slice(0, 1))
+
+
+def _duplicate_class(cat: Catalog) -> None:
+    cat.write_classes(replace_column(cat.classes, "name", pa.array(["class0", "class1", "class0"])))
+
+
+def _class_views(cat: Catalog) -> None:
+    cat.write_classes(cat.classes.rename_columns(["name", "img", "txt"]))
+
+
+def _class_nan(cat: Catalog) -> None:
+    c = matrix(cat.classes, "emb_a")
+    c[1, 0] = np.nan
+    cat.write_classes(replace_column(cat.classes, "emb_a", fsl(c)))
+
+
+def _class_dim(cat: Catalog) -> None:
+    cat.write_classes(replace_column(cat.classes, "emb_a", fsl(matrix(cat.classes, "emb_a")[:, :5])))
+
+
+def _unknown_annotation(cat: Catalog) -> None:
+    labels = cat.items.column("label").to_pylist()
+    labels[17] = "no such class"
+    cat.write_items(replace_column(cat.items, "label", pa.array(labels)))
+
+
+def _float_ids(cat: Catalog) -> None:
+    cat.write_items(replace_column(cat.items, "id", pa.array(np.arange(cat.items.num_rows) + 0.5)))
+
+
+CASES = [
+    Case("missing column", _missing, "items", "emb_b", None, "is missing"),
+    Case("non-list column", _non_list, "items", "emb_b", None, "not a list of floats"),
+    Case("mixed lengths", _mixed, "items", "emb_b", "it-00011", "mixed lengths (8 and 5)"),
+    Case("dimension != classes (fixed)", _dim_fixed, "items", "emb_b", None, "dimension 6"),
+    Case("dimension != classes (list)", _dim_list, "items", "emb_b", "it-00000", "dimension 6"),
+    Case("NaN", _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan)), "items", "emb_a", "it-00005", "NaN"),
+    Case("NaN found in the quantile pass", lambda cat: (_edit_view("emb_a", lambda x: _set(x, 33, 1, np.nan))(cat),
+                                                        {"cos_quantile": 0.2})[1], "items", "emb_a", "it-00033", "NaN"),
+    Case("+inf", _edit_view("emb_b", lambda x: _set(x, 7, 0, np.inf)), "items", "emb_b", "it-00007", "infinite"),
+    Case("-inf", _edit_view("emb_a", lambda x: _set(x, 40, 3, -np.inf)), "items", "emb_a", "it-00040", "infinite"),
+    Case("all-zero vector", _edit_view("emb_b", lambda x: _set(x, 9, slice(None), 0.0)), "items", "emb_b",
+         "it-00009", "all-zero"),
+    Case("duplicate id within a partition", _duplicate(3, 20, 0), "items", "id", "it-00003", "more than once"),
+    Case("duplicate id across partitions", _duplicate(3, 50, 10), "items", "id", "it-00003", "more than once"),
+    Case("null id", _null_id, "items", "id", None, "null id (the row after id 'it-00012')"),
+    Case("float ids", _float_ids, "items", "id", None, "strings or integers"),
+    Case("empty catalog", _empty, "items", None, None, "empty catalog"),
+    Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017", "not a class"),
+    Case("one class", _one_class, "classes", None, None, "at least two"),
+    Case("duplicate class names", _duplicate_class, "classes", "name", None, "'class0' appears twice"),
+    Case("class views != item views", _class_views, "classes", None, None, "no embedding column for view 'a'"),
+    Case("class prompt NaN", _class_nan, "classes", "emb_a", "class1", "NaN"),
+    Case("class dimension != items", _class_dim, "items", "emb_a", None, "has 5"),
+    Case("view named twice", lambda cat: {"views": (("a", "emb_a"), ("a", "emb_b"))}, "job", None, None,
+         "view 'a' is named twice"),
+    Case("column used by two views", lambda cat: {"views": (("a", "emb_a"), ("b", "emb_a"))}, "job", None,
+         None, "used by two views"),
+    Case("dims > d", lambda cat: {"dims": 9}, "job", None, None, "dims = 9 is larger than d = 8"),
+]
+
+
+def _expected_file(case: Case, cat: Catalog, out: Path) -> str:
+    return {"items": str(cat.items_path), "classes": str(cat.classes_path), "job": COMMAND_LINE,
+            "out": str(out)}[case.file]
+
+
+def _check_message(e: BadInputError, case: Case, cat: Catalog, out: Path) -> None:
+    msg = str(e)
+    assert "\n" not in msg, msg  # one message, one line
+    assert e.file == _expected_file(case, cat, out), msg
+    assert msg.startswith(e.file if e.file == COMMAND_LINE else f"file {e.file}")
+    assert e.column == case.column, msg
+    if case.column:
+        assert repr(case.column) in msg
+    assert e.row == case.row, msg
+    if case.row is not None:
+        assert repr(case.row) in msg
+    assert case.what in msg, msg
+    assert e.hint, f"no advice on what to do: {msg}"
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["new-out", "previous-result"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_leaves_out_as_it_was(case: Case, previous: bool, tmp_path: Path, client: Any,
+                                        previous_result: Path) -> None:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    if previous:
+        shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    overrides = case.edit(cat) or {}
+    with pytest.raises(BadInputError) as info:
+        # overwrite: only the bad input may stop the run, the previous result must survive anyway
+        job.run(cat.settings(out, **overrides, overwrite=previous), client=client)
+    _check_message(info.value, case, cat, out)
+    assert snapshot(out) == before
+
+
+def test_nonexistent_parents_of_out_are_not_left_behind(tmp_path: Path, client: Any) -> None:
+    cat = make_catalog(tmp_path / "data")
+    _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan))(cat)
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(BadInputError, match="NaN"):
+        job.run(cat.settings(out), client=client)
+    assert not (tmp_path / "a").exists()
+
+
+def test_existing_empty_out_is_kept(tmp_path: Path, client: Any) -> None:
+    cat = make_catalog(tmp_path / "data")
+    _null_id(cat)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BadInputError, match="null id"):
+        job.run(cat.settings(out), client=client)
+    assert out.is_dir() and not any(out.iterdir())
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["new-out", "previous-result"])
+def test_apply_finds_bad_input_in_its_only_pass(tmp_path: Path, client: Any, previous_result: Path,
+                                                 previous: bool) -> None:
+    """``apply`` has no statistics pass: NaN and duplicates are caught while labelling, and the
+    label parts already written to the staging folder must vanish with it."""
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    if previous:
+        shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    for edit, what, row in [(_duplicate(3, 50, 10), "more than once", "it-00003"),
+                            (_edit_view("emb_b", lambda x: _set(x, 55, 1, np.nan)), "NaN", "it-00055")]:
+        new = make_catalog(tmp_path / f"new-{what[:4]}", seed=1)
+        overrides = edit(new) or {}
+        with pytest.raises(BadInputError, match=what) as info:
+            job.apply(new.settings(out, **overrides, overwrite=previous), str(previous_result / "model"),
+                      client=client)
+        assert info.value.row == row and info.value.file == str(new.items_path)
+        assert snapshot(out) == before
+
+
+def test_out_holding_a_different_job(tmp_path: Path, client: Any, previous_result: Path) -> None:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    with pytest.raises(BadInputError) as info:
+        job.run(cat.settings(out), client=client)
+    assert str(info.value) == (f"file {out}: already holds the output of a different job. "
+                               "Choose another --out, or pass --overwrite to replace it")
+    assert snapshot(out) == before
+    job.run(cat.settings(out, overwrite=True), client=client)  # and --overwrite replaces it
+    assert snapshot(out) != before
+
+
+def test_out_holding_foreign_files(tmp_path: Path) -> None:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(BadInputError, match="not a pairwise-dask output"):
+        job.run(cat.settings(out))  # refused before any cluster starts
+    assert snapshot(out) == before
+
+
+# --- the job file ---------------------------------------------------------------------------
+
+JOB_CASES = [
+    # (name, job file edits, phrase of the message, phrase of the hint)
+    ("typo in a key", {"method": {"dimz": 4}}, "unknown key 'method.dimz'", "Did you mean 'method.dims'?"),
+    ("typo in a section", {"raw": "[metod]\nseed = 1\n"}, "unknown key 'metod'", "Did you mean 'method'?"),
+    ("typo at top level", {"top": {"overwrit": True}}, "unknown key 'overwrit'", "Did you mean 'overwrite'?"),
+    ("wrong type", {"method": {"seed": "zero"}}, "method.seed = 'zero' is not int", "seed"),
+    ("wrong type (bool)", {"top": {"overwrite": "yes"}}, "overwrite = 'yes' is not bool", "overwrite"),
+    ("dims 0", {"method": {"dims": 0}}, "method.dims = 0.0 must be a whole number", "dims"),
+    ("dims negative", {"method": {"dims": -3}}, "method.dims = -3.0 must be", "dims"),
+    ("dims not whole", {"method": {"dims": 2.5}}, "method.dims = 2.5 must be a whole number", "dims"),
+    ("cos_min > 1", {"method": {"cos_min": 1.5}}, "method.cos_min = 1.5 must be ≤ 1.0", "cos_min"),
+    ("diff_min < 0", {"method": {"diff_min": -0.1}}, "method.diff_min = -0.1 must be ≥ 0.0", "diff_min"),
+    ("cos_quantile > 1", {"method": {"cos_quantile": 1.5}}, "method.cos_quantile = 1.5 must be ≤ 1.0",
+     "cos_quantile"),
+    ("diff_quantile < 0", {"method": {"diff_quantile": -0.2}}, "method.diff_quantile = -0.2 must be ≥ 0.0",
+     "diff_quantile"),
+    ("min_items 0", {"method": {"min_items": 0}}, "method.min_items = 0 must be ≥ 1", "min_items"),
+    ("unknown mode", {"method": {"mode": "brackett"}}, "method.mode = 'brackett' must be one of", "mode"),
+    ("negative partition_rows", {"cluster": {"partition_rows": -1}}, "must be ≥ 0", "partition_rows"),
+    ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", "at that line"),
+]
+
+
+@pytest.mark.parametrize("edits,what,hint", [c[1:] for c in JOB_CASES], ids=[c[0] for c in JOB_CASES])
+def test_job_file_errors(tmp_path: Path, edits: dict, what: str, hint: str | None) -> None:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    path = cat.job_file(out, **edits)
+    with pytest.raises(BadInputError) as info:
+        load_settings(str(path))
+    msg = str(info.value)
+    assert info.value.file == str(path) and msg.startswith(f"file {path}: ")
+    assert what in msg, msg
+    if hint:
+        assert hint in (info.value.hint or ""), msg
+    assert not out.exists()
+
+
+def test_dims_default_is_capped_at_d_and_explicit_dims_up_to_d_run(tmp_path: Path, client: Any) -> None:
+    """The default m = 100 becomes d when d is smaller; an explicit dims ≤ d or a fraction run."""
+    cat = make_catalog(tmp_path / "data")
+    for i, dims in enumerate([None, 8, 0.5]):
+        summary = job.run(cat.settings(tmp_path / f"out{i}", dims=dims), client=client)
+        assert summary["labelled_items"] == 60
+
+
+# --- the command line: exit code 2 and one line on stderr ----------------------------------
+
+def _cli_case(tmp_path: Path, name: str) -> tuple[list[str], Path, str]:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    if name == "unknown key":
+        return [str(cat.job_file(out, method={"dimz": 4}))], out, "unknown key 'method.dimz'. Did you mean 'method.dims'?"
+    if name == "wrong type":
+        return [str(cat.job_file(out, method={"dims": "many"}))], out, "method.dims = 'many' is not float"
+    if name == "dims > d":
+        return [str(cat.job_file(out, method={"dims": 64}))], out, "dims = 64 is larger than d = 8"
+    if name == "missing column":
+        _missing(cat)
+        return [str(cat.job_file(out))], out, "column 'emb_b': is missing"
+    if name == "empty catalog":
+        _empty(cat)
+        return [str(cat.job_file(out))], out, "holds no rows (empty catalog)"
+    if name == "NaN":  # found on a worker process of the CLI's own LocalCluster
+        _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan))(cat)
+        return [str(cat.job_file(out))], out, "column 'emb_a', row id 'it-00005': holds NaN"
+    if name == "duplicate across partitions":
+        _duplicate(3, 50, 10)(cat)
+        return ([str(cat.job_file(out, cluster={"partition_rows": 10}))], out,
+                "column 'id', row id 'it-00003': appears more than once")
+    raise KeyError(name)
+
+
+CLI_CASES = ["unknown key", "wrong type", "dims > d", "missing column", "empty catalog", "NaN",
+             "duplicate across partitions"]
+
+
+@pytest.mark.parametrize("name", CLI_CASES)
+def test_cli_exit_code_and_single_message(tmp_path: Path, name: str) -> None:
+    args, out, phrase = _cli_case(tmp_path, name)
+    res = run_cli("run", *args, "--quiet")
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr  # no traceback, no worker log
+    assert lines[0].startswith("pairwise-dask: error: file ") and phrase in lines[0], lines[0]
+    assert res.stdout == ""
+    assert not out.exists()
+
+
+def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_result: Path) -> None:
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    res = run_cli("run", str(cat.job_file(out)), "--quiet")
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
+                                  "job. Choose another --out, or pass --overwrite to replace it")
+    assert snapshot(out) == before
+
+
+def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
+    """NaN, zero vectors and duplicate ids are checked inside the two passes the job makes anyway:
+    a clean run reads every partition exactly twice and never runs the duplicate lookup (that
+    only runs, on the id column alone, once a duplicate hash has been seen)."""
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    cat = make_catalog(tmp_path / "data", row_group_size=20)
+    with get_task_stream(client) as ts:
+        # refine = 0: refine rounds are method passes (2 each), not checks
+        summary = job.run(cat.settings(tmp_path / "out", refine=0), client=client)
+    tasks = Counter(key_split(t["key"]) for t in ts.data)
+    parts = summary["items"]["partitions"]
+    assert parts == 3
+    assert tasks["read_parquet"] == 2 * parts
+    assert tasks["statistics_partition"] == parts and tasks["label_and_write"] == parts
+    assert "ids_with_hash" not in tasks
+
+
+@pytest.mark.parametrize("command", ["fit", "update"])
+def test_fit_and_update_refuse_bad_input_the_same_way(command: str, tmp_path: Path, client: Any,
+                                                      previous_result: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    before = snapshot(out)
+    for edit, what, row in [(_duplicate(3, 50, 10), "more than once", "it-00003"),
+                            (_edit_view("emb_a", lambda x: _set(x, 44, 0, np.inf)), "infinite", "it-00044")]:
+        cat = make_catalog(tmp_path / f"data-{what[:4]}", seed=3)
+        s = cat.settings(out, **(edit(cat) or {}), overwrite=True, refine=0)
+        base = str(previous_result / "model") if command == "update" else None
+        with pytest.raises(BadInputError, match=what) as info:
+            job.fit(s, client=client, base_model=base)
+        assert info.value.row == row and info.value.file == str(cat.items_path)
+        assert snapshot(out) == before
