@@ -55,7 +55,7 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("article: m = 100, bracket, final = most confident view", ARTICLE),
     ("article + final = fused", ARTICLE | {"final": "fused"}),
     ("article + round-robin, fused", ARTICLE | {"final": "fused", "mode": "round-robin"}),
-    ("article + top-t (t = 5), fused", ARTICLE | {"final": "fused", "mode": "top-t", "top_t": 5}),
+    ("article + top-t (t = 5)", ARTICLE | {"mode": "top-t", "top_t": 5}),
     ("article + fused + mix = 1", ARTICLE | {"final": "fused", "mix": 1.0}),
     ("article + fused + refine = 2", ARTICLE | {"final": "fused", "refine": 2}),
     ("article + fused + mix = 1 + refine = 2", ARTICLE | {"final": "fused", "mix": 1.0, "refine": 2}),
@@ -327,7 +327,10 @@ def write_report(path: Path, results: dict, seconds: float) -> None:
                          "precision@N of the ranking, recall and size of the report (the job: "
                          "`disagreements/`; cleanlab: `find_label_issues`).\n\n")
             parts.append(table(list(r["qa"].items()), ["P@N", "recall", "reported", "final accuracy (vs truth)"]))
-    parts.append(f"\n_Measured by `benchmarks/accuracy.py` in {seconds:.0f} s._\n")
+    notes = HERE / "ACCURACY-notes.md"  # the hand-written reading of the tables (static figures)
+    if notes.exists():
+        parts.append("\n" + notes.read_text())
+    parts.append(f"\n_Tables measured by `benchmarks/accuracy.py` in {seconds:.0f} s._\n")
     path.write_text("".join(parts))
 
 
