@@ -19,6 +19,8 @@ from typing import Any, Callable
 from .errors import COMMAND_LINE, BadInputError
 
 MODES = ("bracket", "round-robin", "top-t")
+FINALS = ("fused", "confident-view")
+FIT_ON = ("fused", "view", "annotation")
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,23 @@ OPTIONS: tuple[Option, ...] = (
            "minus top-2 margins (0: off; costs one extra pass)", _range(0.0, 1.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
-    Option("mode", "method", str, "bracket", "how the pair decisions pick a label: bracket, round-robin "
+    Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin "
            "or top-t", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
+    Option("final", "method", str, "fused", "final label: fused (the tourney played on the views' mean "
+           "pair margins) or confident-view (the view with the larger margin)", _one_of(FINALS)),
+    Option("mix", "method", float, 1.0, "pair weights from prompt + mix × the class's mean item "
+           "(0: the prompts alone, as in the article)", _range(0.0, None)),
+    Option("refine", "method", int, 2, "extra rounds: re-estimate the statistics from the previous "
+           "round's final labels, then play again (each round reads the items twice more; ignored with "
+           "fit_on = annotation; a refined model cannot be updated)", _range(0, 20)),
+    Option("keep", "method", float, 0.5, "fit_on = fused and refine: share of items, most confident "
+           "first, whose labels feed the statistics", _range(0.01, 1.0)),
+    Option("fit_on", "method", str, "view", "statistics from: fused (the views' summed base cosines, "
+           "the `keep` most confident items), view (each view's own base labels, all items: the "
+           "article), annotation (the --label column where present; for reviewing an annotation)",
+           _one_of(FIT_ON)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -124,8 +139,13 @@ class Settings:
     cos_quantile: float = 0.0
     diff_quantile: float = 0.0
     min_items: int = 5
-    mode: str = "bracket"
+    mode: str = "round-robin"
     top_t: int = 16
+    final: str = "fused"
+    mix: float = 1.0
+    refine: int = 2
+    keep: float = 0.5
+    fit_on: str = "view"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -261,6 +281,9 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         if cols.count(c) > 1:
             raise BadInputError(f"column {c!r} is used by two views", file=where,
                                 hint="Each view reads its own embedding column")
+    if kw["fit_on"] == "annotation" and not kw["label"]:
+        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
+                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = predicted")
     class_columns = tuple(values.get("class_columns") or ())
     for v, _ in class_columns:
         if v not in names:

@@ -28,7 +28,12 @@ from .io import ClassSet, classes_from_table
 from .masks import PairMasks, fit_masks, resolve_dims
 from .model import FittedModel, load, save
 from .moments import Moments
-from .passes import Spec, Statistics, label_partition, merge, statistics_partition
+from .config import Settings
+from .passes import (Spec, Statistics, label_partition, margin_histogram_partition, margin_quantile, merge,
+                     statistics_partition)
+
+#: The job's defaults (one source of truth: the settings object).
+_D = Settings(items="", classes="", out="", views=())
 
 __all__ = ["PairwiseLabeler"]
 
@@ -42,17 +47,22 @@ class PairwiseLabeler:
         ``name`` and one embedding column per view (or one shared ``embedding``).
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
-    dims, seed, cos_min, diff_min, min_items, mode, top_t : as in the job file's ``[method]``.
+    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on : as in
+    the job file's ``[method]`` (same defaults, same meaning).
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
-                 id: str = "id", label: str = "", dims: float | None = None, seed: int = 0, cos_min: float = -1.0,
-                 diff_min: float = 0.0, min_items: int = 5, mode: str = "bracket", top_t: int = 16) -> None:
+                 id: str = "id", label: str = "", dims: float | None = _D.dims, seed: int = 0,
+                 cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
+                 top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
+                 keep: float = _D.keep, fit_on: str = _D.fit_on) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
         self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
+        self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
+        self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
 
     # --- fitting ---------------------------------------------------------------------------
@@ -68,7 +78,19 @@ class PairwiseLabeler:
         return Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
-                    top_t=self.top_t, masks=dict(masks or {}))
+                    top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
+                    keep_margin=self.keep_margin_)
+
+    def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
+        """The margin above which the ``keep`` most confident items lie (exact histogram counts)."""
+        from dask import delayed
+
+        from .job import tree_reduce
+
+        spec_d = delayed(spec, pure=True)
+        parts = ddf.to_delayed()
+        hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d) for p in parts], merge).compute()
+        return margin_quantile(hist, 1.0 - self.keep)
 
     def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
         from dask import delayed
@@ -85,25 +107,44 @@ class PairwiseLabeler:
 
     def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int) -> "PairwiseLabeler":
         spec = self._spec(classes)
-        masks = {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
-                              min_items=self.min_items, per_pair=spec.per_pair) for v in self.views}
+        masks = self._masks(spec, moments, spec.per_pair)
+        return self._store(classes, spec, moments, masks, items)
+
+    def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool) -> dict[str, PairMasks]:
+        return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
+                             min_items=self.min_items, per_pair=per_pair, mix=self.mix) for v in self.views}
+
+    def _store(self, classes: ClassSet, spec: Spec, moments: Mapping[str, Moments], masks: dict[str, PairMasks],
+               items: int) -> "PairwiseLabeler":
         params = {"dims": self.dims, "min_items": self.min_items, "cos_min": self.cos_min,
                   "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
-                  "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}}
-        self.model_ = FittedModel(classes.names, spec.classes, moments, masks, params)
+                  "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
+                  "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
+                  "fit_on": self.fit_on, "base_keep_margin": self.keep_margin_}
+        self.model_ = FittedModel(classes.names, spec.classes, dict(moments), masks, params)
         return self
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
         self.model_ = None
         classes = self._class_set()
+        self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes)) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
-        return self._refit(classes, stats.moments, stats.rows)
+        self._refit(classes, stats.moments, stats.rows)
+        for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as job.refine_rounds
+            spec = replace(self._spec(classes), masks=self.model_.masks)
+            spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec))
+            moments = self._statistics(ddf, spec).moments
+            self._store(classes, spec, moments, self._masks(spec, moments, False), stats.rows)
+        return self
 
     def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
         """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
         if self.model_ is None:
             return self.fit(ddf)
+        if self.refine and self.fit_on != "annotation":
+            raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels",
+                                hint="fit() again on all items, or use refine = 0")
         classes = self._class_set()
         stats = self._statistics(ddf, self._spec(classes))
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
@@ -144,8 +185,12 @@ class PairwiseLabeler:
         views = dict(views or p.get("views_columns") or {v: v for v in model.classes})
         args = {"id": p.get("id", "id"), "label": p.get("label", ""), "dims": p["dims"], "seed": p["seed"],
                 "cos_min": p["cos_min"], "diff_min": p["diff_min"], "min_items": p["min_items"],
-                "mode": p.get("mode", "bracket"), "top_t": p.get("top_t", 16)} | kw
+                "mode": p.get("mode", "bracket"), "top_t": p.get("top_t", 16),
+                # models written before these options existed were the article's method
+                "final": p.get("final", "confident-view"), "mix": p.get("mix", 0.0),
+                "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view")} | kw
         self = cls(str(folder), views=views, **args)
+        self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model
         return self
 

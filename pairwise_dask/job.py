@@ -35,7 +35,7 @@ from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
-                     merge, statistics_partition)
+                     margin_histogram_partition, margin_quantile, merge, statistics_partition)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -143,7 +143,8 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
                                 hint="Use diff_min = 0 (per-class moments) with this many classes")
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
-                diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t)
+                diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t,
+                final=s.final, fit_on=s.fit_on)
     return Prepared(info, classes, spec)
 
 
@@ -208,13 +209,15 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
 
 
 def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
-                   pair_ids: dict[str, np.ndarray] | None = None) -> dict[str, PairMasks]:
+                   pair_ids: dict[str, np.ndarray] | None = None, *,
+                   per_pair: bool | None = None) -> dict[str, PairMasks]:
     """Masks and weights of every view from merged moments (small; on the client).
 
     With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
     with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
-    of one ``(P, d)`` product.
+    of one ``(P, d)`` product. ``per_pair=False`` for refined moments (one class set per label).
     """
+    per_pair = spec.per_pair if per_pair is None else per_pair
     masks = {}
     for v in spec.classes:
         k, dim = spec.classes[v].shape
@@ -223,9 +226,51 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
         if spec.top_t_active and pair_ids is not None and v in pair_ids:
             pairs = pairs_from_ids(pair_ids[v], k)
             dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
-        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=spec.per_pair,
-                             pairs=pairs, dense=dense)
+        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=per_pair,
+                             pairs=pairs, dense=dense, mix=s.mix)
     return masks
+
+
+def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool, label: str) -> float:
+    """The margin above which the ``s.keep`` most confident items lie: one pass of exact histogram
+    counts (final margins with ``spec.masks``; fused base margins without)."""
+    from dask import delayed
+
+    spec_f = shared(spec)
+    hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
+                                   merge), label, progress)
+    return margin_quantile(hist, 1.0 - s.keep)
+
+
+def base_spec(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
+              model_params: dict | None = None) -> Spec:
+    """The first statistics pass's spec: with ``fit_on = fused`` its keep threshold, measured
+    (or, when updating a model, the model's, so that old and new moments share one filter)."""
+    if s.fit_on != "fused":
+        return spec
+    if model_params is not None and "base_keep_margin" in model_params:
+        return replace(spec, keep_margin=float(model_params["base_keep_margin"]))
+    return replace(spec, keep_margin=keep_threshold(c, s, spec, parts, progress=progress,
+                                                    label="pass 0: fused base margins"))
+
+
+def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
+                  masks: dict[str, PairMasks], *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
+    """``s.refine`` rounds: label with the current masks, keep the ``keep`` most confident
+    final labels, re-estimate the moments from them (one class set per label), refit the masks.
+
+    Each round is two passes: a histogram of the final margins (its quantile is the keep
+    threshold, exact under any partitioning), then the statistics of the kept items.
+    """
+    thresholds = []
+    rounds = 0 if s.fit_on == "annotation" else s.refine  # refining would replace the annotation's sets
+    for r in range(rounds):
+        spec_r = replace(spec, masks=masks)
+        thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
+        stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False)
+        thresholds.append(thr)
+    return stats, masks, thresholds
 
 
 def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
@@ -323,20 +368,26 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
-        stats = statistics_pass(c, s, spec, parts, progress=progress)
+        spec0 = base_spec(c, s, spec, parts, progress=progress)
+        stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs)
         timings["masks"] = time.perf_counter() - t
+        t = time.perf_counter()
+        stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
+        if thresholds:
+            timings["refine"] = time.perf_counter() - t
         t = time.perf_counter()
         tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
         save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows, spec)), staging / "model")
+                         _params(s, masks, stats.rows, spec, spec0.keep_margin, thresholds)), staging / "model")
         timings["write"] = time.perf_counter() - t
-        return {"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+        return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+                | ({"refine_thresholds": thresholds} if thresholds else {}))
 
     return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
 
@@ -353,6 +404,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     old = load(base_model, s.storage_options) if base_model else None
     if old is not None:
         _check_compatible(s, old)
+        if (s.refine and s.fit_on != "annotation") or old.params.get("refine_thresholds"):
+            raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
+                                "which new items' base-label moments do not add to",
+                                hint="Fit again on all items, or use refine = 0 for models you update")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
@@ -360,7 +415,9 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         # an update keeps the model's filter thresholds: moments only add up under the same sets
         spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
                 else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
-        stats = statistics_pass(c, s, spec, parts, progress=progress)
+        spec0 = base_spec(c, s, spec, parts, progress=progress,
+                          model_params=old.params if old is not None else None)
+        stats = statistics_pass(c, s, spec0, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
         items = stats.rows + (int(old.params.get("items", 0)) if old is not None else 0)
         timings["statistics"] = time.perf_counter() - t
@@ -369,9 +426,13 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         if old is not None and spec.top_t_active:  # pairs that could play in either batch
             pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
         masks = fit_pair_masks(s, spec, moments, pairs)
+        thresholds: list = []
+        if s.refine and s.fit_on != "annotation":
+            stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
+            moments = stats.moments
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, spec.classes, moments, masks, _params(s, masks, items, spec)),
-             staging / "model")
+        save(FittedModel(prep.classes.names, spec.classes, moments, masks,
+                         _params(s, masks, items, spec, spec0.keep_margin, thresholds)), staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
@@ -422,12 +483,15 @@ def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarr
     return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
 
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec) -> dict:
+def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, base_keep_margin: float = 0.0,
+            thresholds: list | tuple = ()) -> dict:
     return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
             "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
-            "mode": s.mode, "top_t": s.top_t, "items": int(items)}
+            "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
+            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on,
+            "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
@@ -486,7 +550,8 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "views": dict(s.views),
         "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
                    "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
-                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t},
+                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
+                   "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

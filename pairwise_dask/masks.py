@@ -72,7 +72,9 @@ class PairMasks:
     ``w_ab = ĉ_a|M − ĉ_b|M`` (each restricted to ``M_ab``, re-normalised; zero elsewhere), or
     ``None`` in the sparse form (many pairs: the tourney then gathers ``values`` per match instead of
     one ``X Wᵀ`` product); ``values`` ``(P, m)`` float32, ``w_ab`` on ``dims`` only;
-    ``n_a``/``n_b`` the set sizes; ``fallback`` where a side had fewer than ``min_items`` items.
+    ``n_a``/``n_b`` the set sizes; ``fallback`` where a side had fewer than ``min_items`` items;
+    ``anchors`` ``(k, d)`` the class vectors the weights were built from (the prompts, or the
+    prompts mixed with the class means: :func:`prototypes`); ``None`` means the prompts.
     """
 
     k: int
@@ -83,6 +85,7 @@ class PairMasks:
     n_b: np.ndarray
     fallback: np.ndarray
     values: np.ndarray | None = None
+    anchors: np.ndarray | None = None
 
     def sparse_values(self) -> np.ndarray:
         """``w_p`` on ``dims[p]``: ``(P, m)`` float32 (taken from ``weights`` when not stored)."""
@@ -122,14 +125,46 @@ def pair_weights(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np
 FIT_CHUNK = 4096
 
 
+def class_means(moments: Moments, k: int, per_pair: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: the L2-normalised mean of its set and the set size, from the merged moments.
+
+    With per-pair sets (``k*k`` rows) side ``a``'s rows over all ``b`` are pooled: an item counts
+    once per pair it qualified for, i.e. weighted by how many rivals it clearly beats.
+    """
+    n, s1 = moments.n.astype(np.float64), moments.s1
+    if per_pair:
+        n = n.reshape(k, k).sum(axis=1)
+        s1 = s1.reshape(k, k, -1).sum(axis=1)
+    norm = np.linalg.norm(s1, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(norm > 0, s1 / norm, 0.0)  # the scale (n, quanta) cancels in the direction
+    return mean, n
+
+
+def prototypes(classes: np.ndarray, moments: Moments, *, mix: float, per_pair: bool,
+               min_items: int = 1) -> np.ndarray:
+    """Transductive class vectors: ``normalise(ĉ + mix · μ̂)`` per class (``ĉ`` the prompt).
+
+    The prompt is one embedded sentence; the mean of the items the statistics assigned to the class
+    is where the class actually lies in this catalog. ``mix = 0`` is the prompt (the article);
+    a class with fewer than ``min_items`` items keeps its prompt.
+    """
+    if mix <= 0:
+        return classes
+    mean, n = class_means(moments, classes.shape[0], per_pair)
+    out = classes.astype(np.float64) + mix * np.where((n >= min_items)[:, None], mean, 0.0)
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
 def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, per_pair: bool,
-              pairs: np.ndarray | None = None, dense: bool = True) -> PairMasks:
+              pairs: np.ndarray | None = None, dense: bool = True, mix: float = 0.0) -> PairMasks:
     """Score every dimension of every pair and keep the ``m`` most discriminative.
 
     ``pairs`` (default: all ``k(k−1)/2``) limits the fit to the pairs that can play (the top-t
     bracket); ``dense=False`` keeps only the ``(P, m)`` weight values, not ``(P, d)`` weights.
     A pair with fewer than ``min_items`` items on either side falls back to the ``m`` dimensions
     where the two (normalised) class prompts differ most: the only evidence left without data.
+    The pair weights come from :func:`prototypes` (``mix = 0``: the prompts themselves).
     """
     k, d = classes.shape
     pairs = all_pairs(k) if pairs is None else np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
@@ -146,9 +181,10 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
         if fb.any():
             score[fb] = np.abs(classes[a[sl][fb]] - classes[b[sl][fb]])
         dims[sl] = top_dims(np.nan_to_num(score, nan=0.0), m)
-    values = pair_values(classes, pairs, dims)
+    anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
+    values = pair_values(anchors, pairs, dims)
     weights = None
     if dense:
         weights = np.zeros((len(pairs), d), dtype=np.float32)
         np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
-    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values)
+    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, None if mix <= 0 else anchors)

@@ -72,6 +72,10 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
     for v, c in model.classes.items():
         cls[v] = _fsl(c, pa.float32())
     write_table(pa.table(cls), folder / "classes.parquet")
+    # the class vectors the pair weights were built from, when not the prompts (mix > 0)
+    anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in model.masks.items() if m.anchors is not None}
+    if anchors:
+        write_table(pa.table({"name": pa.array(model.names, pa.string()), **anchors}), folder / "anchors.parquet")
     params = dict(model.params, quant_bits=QUANT_BITS, views=list(model.classes))
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
@@ -91,6 +95,7 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
     classes = {v: np.asarray(cls.column(v).combine_chunks().flatten()).reshape(len(names), -1) for v in views}
     mt = _read(folder / "moments.parquet")
     mk = _read(folder / "masks.parquet")
+    at = _read(folder / "anchors.parquet") if (folder / "anchors.parquet").exists() else None
     index = {n: i for i, n in enumerate(names)}
     moments, masks = {}, {}
     for v in views:
@@ -104,9 +109,14 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
                           [index[b] for b in s.column("class_b").to_pylist()]], axis=1).astype(np.int32)
         dims = np.asarray(s.column("dims").combine_chunks().flatten()).reshape(len(pairs), -1).astype(np.int32)
         n_a, n_b, fb = np.asarray(s.column("n_a")), np.asarray(s.column("n_b")), np.asarray(s.column("fallback"))
+        anchors = None  # the class vectors the weights were built from, when not the prompts (mix > 0)
+        if at is not None and v in at.column_names:
+            anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
+        base = classes[v] if anchors is None else anchors
         if len(pairs) * d > DENSE_LIMIT:  # many pairs (top-t over a large taxonomy): stay sparse
             masks[v] = PairMasks(len(names), pairs, dims, None, n_a, n_b, fb,
-                                 values=pair_values(classes[v], pairs, dims))
+                                 values=pair_values(base, pairs, dims), anchors=anchors)
         else:
-            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(classes[v], pairs, dims), n_a, n_b, fb)
+            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(base, pairs, dims), n_a, n_b, fb,
+                                 anchors=anchors)
     return FittedModel(names, classes, moments, masks, params)

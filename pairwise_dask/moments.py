@@ -162,10 +162,11 @@ def set_index(a: np.ndarray | int, b: np.ndarray | int, k: int, per_pair: bool) 
 
 
 def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, cos_min: float | np.ndarray,
-                     diff_min: float | np.ndarray, per_pair: bool) -> Moments:
+                     diff_min: float | np.ndarray, per_pair: bool, keep: np.ndarray | None = None) -> Moments:
     """The statistics step for one block: moments of every pair side's filtered set.
 
-    Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``.
+    Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``
+    (and ``keep_i``, when given: a further filter decided by the caller).
     ``cos_min`` and ``diff_min`` are scalars or per-class ``(k,)`` thresholds (quantile filters).
     Computed on blocks of :data:`MOMENT_ROWS` rows (bounded memory; exact, so the same numbers).
     """
@@ -175,14 +176,14 @@ def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, c
         for s in range(0, n, MOMENT_ROWS):
             sl = slice(s, s + MOMENT_ROWS)
             part = filtered_moments(x[sl], scores[sl], labels[sl], cos_min=cos_min, diff_min=diff_min,
-                                    per_pair=per_pair)
+                                    per_pair=per_pair, keep=None if keep is None else keep[sl])
             out = part if out is None else out + part
         return out
     rows = np.arange(n)
     top = scores[rows, labels] if n else np.zeros(0, np.float32)
     cos_min = np.asarray(cos_min, dtype=np.float64)
     diff_min = np.asarray(diff_min, dtype=np.float64)
-    keep = top >= (cos_min[labels] if cos_min.ndim else cos_min)
+    keep = (top >= (cos_min[labels] if cos_min.ndim else cos_min)) & (True if keep is None else keep)
     if not per_pair:
         return class_moments(x, labels, keep, k)
     member = np.zeros((n, k * k), dtype=np.float64)

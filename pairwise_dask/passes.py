@@ -21,9 +21,9 @@ from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
-from .moments import Moments, filtered_moments, score_histograms
-from .tourney import (gather_decisions, masked_margin, pair_decisions, play_bracket, play_bracket_gather,
-                      play_pairs, play_round_robin, top_classes)
+from .moments import Moments, class_moments, filtered_moments, score_histograms
+from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
+                      pair_margins, play_bracket_gather, play_pairs, top_classes)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Spec:
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
     thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
     # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
+    final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
+    fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
+    keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
 
     @property
     def k(self) -> int:
@@ -127,16 +130,40 @@ def _first_duplicate(sorted_hashes: np.ndarray) -> int | None:
 
 
 def statistics_partition(df: Any, spec: Spec) -> Statistics:
-    """Pass 1 on one partition."""
+    """Pass 1 on one partition.
+
+    Without masks in ``spec``: the sets of METHOD.md §2 from each view's base labels
+    (``fit_on = "view"``); from the views' fused base label, kept where its fused base margin is at
+    least ``spec.keep_margin`` (``"fused"``); or from the annotation where there is one
+    (``"annotation"``). With masks (a refine
+    round): the sets are the previous round's final labels, kept where its final margin is at
+    least ``spec.keep_margin``; every view uses the same (fused) labels, so the views teach
+    each other.
+    """
     b = read_block(df, spec)
     mom, pairs = {}, {}
-    for v, x in b.views.items():
-        base = base_labels(x, spec.classes[v])
-        cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
-        mom[v] = filtered_moments(x, base.scores, base.label, cos_min=cos_min,
-                                  diff_min=diff_min, per_pair=spec.per_pair)
-        if spec.top_t_active:
-            pairs[v] = play_pairs(top_classes(base.scores, spec.top_t), spec.k)
+    if spec.masks:
+        played = play_block(b, spec)
+        keep = played.final_margin >= spec.keep_margin
+        for v, x in b.views.items():
+            mom[v] = class_moments(x, played.final, keep, spec.k)
+            if spec.top_t_active:
+                pairs[v] = play_pairs(top_classes(played.base[v].scores, spec.top_t), spec.k)
+    else:
+        bases = {v: base_labels(x, spec.classes[v]) for v, x in b.views.items()}
+        keep = None
+        if spec.fit_on == "fused":
+            fused, margin = fused_base(bases)
+            keep = margin >= spec.keep_margin
+        for v, x in b.views.items():
+            labels = fused if spec.fit_on == "fused" else bases[v].label
+            if spec.fit_on == "annotation" and b.annotation_idx is not None:
+                labels = np.where(b.annotation_idx >= 0, b.annotation_idx, labels).astype(np.int32)
+            cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
+            mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=cos_min, diff_min=diff_min,
+                                      per_pair=spec.per_pair, keep=keep)
+            if spec.top_t_active:
+                pairs[v] = play_pairs(top_classes(bases[v].scores, spec.top_t), spec.k)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -164,6 +191,43 @@ def histogram_partition(df: Any, spec: Spec) -> Histograms:
         base = base_labels(x, spec.classes[v])
         out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
     return Histograms(out)
+
+
+def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The views' fused base label (argmax of the mean cosine) and its top-1 minus top-2 margin."""
+    s = sum(b.scores for b in bases.values()) / len(bases)
+    label = np.argmax(s, axis=1).astype(np.int32)
+    if s.shape[1] < 2 or not len(s):
+        return label, np.zeros(len(s), np.float32)
+    part = np.partition(s, s.shape[1] - 2, axis=1)
+    return label, (part[:, -1] - part[:, -2]).astype(np.float32)
+
+
+#: Bins of the final-margin histogram a refine round's keep threshold is read from: margins are
+#: cosine margins in [0, 2]; 4,096 bins resolve 0.0005, counts are integers (exact under merge).
+MARGIN_BINS = np.linspace(0.0, 2.0, 4097)
+
+
+def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
+    """Counts of a partition's margins in :data:`MARGIN_BINS`, for a keep quantile: the final
+    margins of the tourney with ``spec.masks`` (refine), or without masks the fused base margins
+    (``fit_on = "fused"``)."""
+    b = read_block(df, spec)
+    if spec.masks:
+        margin = play_block(b, spec).final_margin
+    else:
+        margin = fused_base({v: base_labels(x, spec.classes[v]) for v, x in b.views.items()})[1]
+    return np.histogram(np.clip(margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
+
+
+def margin_quantile(counts: np.ndarray, q: float) -> float:
+    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it."""
+    total = int(counts.sum())
+    if total == 0 or q <= 0:
+        return 0.0
+    above = np.cumsum(counts[::-1])[::-1]  # items in bin i or higher
+    ok = np.flatnonzero(above >= (1.0 - q) * total)
+    return float(MARGIN_BINS[ok[-1]]) if len(ok) else 0.0
 
 
 def merge(parts: list[Any]) -> Any:
@@ -210,48 +274,113 @@ def _names(spec: Spec, idx: np.ndarray) -> pa.Array:
     return pa.array(spec.names, pa.string()).take(pa.array(idx, pa.int32()))
 
 
+@dataclass
+class Played:
+    """The tourney's result for one block: per view and fused (see :func:`play_block`)."""
+
+    base: dict[str, Any]              # view -> BaseLabels
+    label: dict[str, np.ndarray]      # view -> tourney label (n,)
+    margin: dict[str, np.ndarray]     # view -> |margin| of the deciding match (n,)
+    margin_of: dict[str, Any]         # view -> f(rows, pair rows): masked cosine margins
+    fused: np.ndarray | None          # (n, P) mean over views of the pair margins (None: not fusable)
+    final: np.ndarray                 # (n,) final label
+    final_margin: np.ndarray          # (n,) |margin| that decided the final label
+    agree: np.ndarray                 # (n,) every view's tourney label equal
+
+
+def _players(spec: Spec, scores: np.ndarray) -> np.ndarray | None:
+    """top-t: each item's ``t`` best classes by (summed) base cosine; else every class plays."""
+    return top_classes(scores, spec.top_t) if spec.top_t_active else None
+
+
+def play_block(b: Block, spec: Spec) -> Played:
+    """Every view's tourney and the final label of one block (pure; used by pass 2 and refine).
+
+    Dense masks: every pair's cosine margin ``(n, P)`` per view (one more product than ``X Wᵀ``),
+    the mode played on them, and with ``final = "fused"`` the mode played again on the views' mean
+    margins. Sparse masks (many classes, top-t) gather each match's decision instead and, like
+    views fitted on different pair sets, cannot be fused: the final label is then the most
+    confident view's.
+    """
+    n, k = len(b.ids), spec.k
+    base, label, margin, margin_of, pm = {}, {}, {}, {}, {}
+    for v, x in b.views.items():
+        masks = spec.masks[v]
+        pidx = masks.pair_index()
+        base[v] = base_labels(x, spec.classes[v])
+        if masks.weights is None:  # sparse: gather each match's decision, no X Wᵀ over all pairs
+            res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
+                                      players=top_classes(base[v].scores, spec.top_t))
+            label[v] = res.label
+            margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
+                         else np.zeros(0, np.float32))
+            margin_of[v] = lambda r, p, x=x, masks=masks: masked_margin(
+                x[r], masks, p, gather_decisions(x[r], masks, p[:, None])[:, 0])
+            continue
+        m = pair_margins(x, masks, d := pair_decisions(x, masks), out=d)
+        label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+                                     players=_players(spec, base[v].scores))
+        margin_of[v] = lambda r, p, m=m: m[r, p]
+        pm[v] = m
+    views = list(b.views)
+    first = spec.masks[views[0]]
+    # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion
+    # (decided by the settings, not by the data, so the dense and the gathering paths agree)
+    fusable = (not spec.top_t_active and len(pm) == len(views)
+               and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
+    fused = fuse_margins([pm[v] for v in views]) if fusable else None
+    stack = np.stack([label[v] for v in views])        # (V, n)
+    agree = (stack == stack[0]).all(axis=0)
+    if spec.final == "fused" and fusable and len(views) > 1:
+        scores = sum(base[v].scores for v in views)
+        final, final_margin = decide(fused, first.pairs, first.pair_index(), b.id_hash, mode=spec.mode,
+                                     seed=spec.seed, players=_players(spec, scores))
+    else:  # the most confident view (also: fusion of one view is that view)
+        margins = np.stack([margin[v] for v in views])
+        best = np.argmax(margins, axis=0)
+        final, final_margin = stack[best, np.arange(n)], margins[best, np.arange(n)]
+    return Played(base, label, margin, margin_of, fused, final, final_margin, agree)
+
+
+#: Weight of the proposed label's own score in the review priority (see :func:`review_priority`).
+PROPOSED_WEIGHT = 0.5
+
+
+def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.ndarray,
+                    current: np.ndarray) -> np.ndarray:
+    """How strongly the evidence contradicts ``current`` in favour of ``proposed`` (rows of
+    ``fused``): ``−score(current) + ½·score(proposed)``, with :func:`class_scores` (a class's mean
+    margin against the other ``k − 1``). 0 where ``proposed`` equals ``current``.
+
+    Every pair decision about the current label counts, not only its match against the proposed
+    one: an annotation beaten by most classes is a surer error than one that only just lost its
+    final. The proposed label's score counts half: it is the tourney's winner, so its score is
+    high for most rows and adds noise as well as evidence. Measured with 10% flipped annotations
+    (precision@N; NumPy experiment, the job's statistics; weights 0, ¼, ½, 1 tried):
+    Debian 0.635 / 0.665 / 0.649 / 0.571, synthetic 0.940 / 0.966 / 0.978 / 0.983 — ½ is the
+    weight that is good on both (chosen on these two datasets; see ``benchmarks/ACCURACY.md``).
+    """
+    sc = class_scores(fused, pairs, k)
+    r = np.arange(len(current))
+    pr = PROPOSED_WEIGHT * sc[r, proposed] - sc[r, current]
+    return np.where(proposed != current, pr, 0.0).astype(np.float64)
+
+
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     """Pass 2 on one partition: the labels table (output contract) and its tally."""
     b = read_block(df, spec)
     n, k = len(b.ids), spec.k
+    played = play_block(b, spec)
     cols: dict[str, pa.Array] = {"id": b.ids}
-    base_l, tour_l, margin_l, decide, scores = {}, {}, {}, {}, {}
-    for v, x in b.views.items():
-        masks = spec.masks[v]
-        base = base_labels(x, spec.classes[v])
-        pidx = masks.pair_index()
-        scores[v] = base.scores
-        if masks.weights is None:
-            # sparse masks (many classes, top-t): gather each match's decision, no X Wᵀ over all pairs
-            players = top_classes(base.scores, spec.top_t)
-            res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed, players=players)
-            label = res.label
-            margin = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
-            decide[v] = lambda r, p, x=x, masks=masks: gather_decisions(x[r], masks, p[:, None])[:, 0]
-        elif spec.mode == "round-robin":
-            d = pair_decisions(x, masks)
-            decide[v] = lambda r, p, d=d: d[r, p]
-            all_norms = _all_masked_margins(x, masks, d)
-            label = play_round_robin(d, all_norms, masks.pairs, k)
-            other = _runner_up(d, pidx, label, all_norms)
-            p = pidx[label, other]
-            margin = np.abs(all_norms[np.arange(n), p])
-        else:
-            d = pair_decisions(x, masks)
-            decide[v] = lambda r, p, d=d: d[r, p]
-            players = top_classes(base.scores, spec.top_t) if spec.top_t_active else None
-            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=players)
-            label = res.label
-            margin = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
-        base_l[v], tour_l[v], margin_l[v] = base.label, label, margin
-        cols[f"base_{v}"] = _names(spec, base.label)
-        cols[f"label_{v}"] = _names(spec, label)
-        cols[f"margin_{v}"] = pa.array(margin.astype(np.float32))
+    for v in b.views:
+        cols[f"base_{v}"] = _names(spec, played.base[v].label)
+        cols[f"label_{v}"] = _names(spec, played.label[v])
+        cols[f"margin_{v}"] = pa.array(played.margin[v].astype(np.float32))
     views = list(b.views)
-    stack = np.stack([tour_l[v] for v in views])           # (V, n)
-    margins = np.stack([margin_l[v] for v in views])       # (V, n)
-    agree = (stack == stack[0]).all(axis=0)
-    final = stack[np.argmax(margins, axis=0), np.arange(n)]  # the most confident view
+    base_l = {v: played.base[v].label for v in views}
+    tour_l = played.label
+    stack = np.stack([tour_l[v] for v in views])
+    final, agree = played.final, played.agree
     cols["final_label"] = _names(spec, final)
     cols["agree"] = pa.array(agree)
     if b.annotation is not None:
@@ -262,14 +391,25 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     ann = b.annotation_idx
     ann_differs = (ann >= 0) & (ann != final) if ann is not None else np.zeros(n, bool)
     flagged = ann_differs | ~agree
-    current = np.where(ann_differs, ann if ann is not None else 0,
-                       np.where(stack[0] != final, stack[0], stack[-1]))
+    dissent = np.where(stack[0] != final, stack[0], stack[-1])  # a view's label ≠ final (if any)
+    # The current label is the annotation where there is one, else the dissenting view's label; the
+    # proposed one is the final label, or (annotation = final, views split) the dissenting view's.
+    # Priority = evidence for proposed over current: positive where the annotation is contradicted,
+    # negative where a view disagrees but the evidence backs the annotation, so every contradicted
+    # annotation ranks above every merely contested one (the review list is for the annotation).
+    has_ann = (ann >= 0) if ann is not None else np.zeros(n, bool)
+    current = np.where(has_ann, ann if ann is not None else 0, dissent)
+    proposed = np.where(has_ann & ~ann_differs, dissent, final)
     rows = np.flatnonzero(flagged)
-    priority = np.zeros(len(rows))
-    for v in views:
-        priority += _pair_margin(b.views[v], spec.masks[v], decide[v], scores[v], rows, final[rows],
-                                 current[rows])
-    priority /= len(views)
+    if played.fused is not None:
+        pairs = spec.masks[views[0]].pairs
+        priority = review_priority(played.fused[rows], pairs, k, proposed[rows], current[rows])
+    else:  # no common margin matrix (sparse or per-view top-t masks): mean pair margin over views
+        priority = np.zeros(len(rows))
+        for v in views:
+            priority += _pair_margin(played.margin_of[v], spec.masks[v], played.base[v].scores, rows,
+                                     proposed[rows], current[rows])
+        priority /= len(views)
     reason = np.where(ann_differs[rows] & ~agree[rows], "annotation+views",
                       np.where(ann_differs[rows], "annotation", "views"))
     dis = table.take(pa.array(rows, pa.int64())).append_column("reason", pa.array(reason.astype(str), pa.string()))
@@ -295,11 +435,11 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     return table, tally
 
 
-def _pair_margin(x: np.ndarray, masks: PairMasks, decide: Any, scores: np.ndarray, rows: np.ndarray,
+def _pair_margin(margin_of: Any, masks: PairMasks, scores: np.ndarray, rows: np.ndarray,
                  proposed: np.ndarray, current: np.ndarray) -> np.ndarray:
     """Cosine margin of ``proposed`` over ``current`` on their pair's mask (0 where they are equal).
 
-    ``decide(rows, pair_rows)`` gives ``x·w``. A pair without a mask (top-t fits only the pairs that
+    ``margin_of(rows, pair_rows)`` gives the masked cosine margins. A pair without a mask (top-t fits only the pairs that
     can play; an annotation or the other view may name a class outside the item's top t) is
     scored by its full-vector cosine difference ``S_i,proposed − S_i,current`` instead.
     """
@@ -314,24 +454,6 @@ def _pair_margin(x: np.ndarray, masks: PairMasks, decide: Any, scores: np.ndarra
     if fitted.any():
         rf, af, pf = r[fitted], a[fitted], p[fitted]
         sign = np.where(masks.pairs[pf, 0] == af, 1.0, -1.0)
-        res[fitted] = sign * masked_margin(x[rf], masks, pf, decide(rf, pf))
+        res[fitted] = sign * margin_of(rf, pf)
     out[ok] = res
     return out
-
-
-def _all_masked_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray) -> np.ndarray:
-    """Cosine margins of every pair (round-robin needs them all): ``D / ‖x|M‖`` via one product."""
-    mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
-    mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
-    norms = np.sqrt(np.maximum((x * x) @ mask.T, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norms > 0, d / norms, 0.0).astype(np.float32)
-
-
-def _runner_up(d: np.ndarray, pidx: np.ndarray, label: np.ndarray, margins: np.ndarray) -> np.ndarray:
-    """The class the winner beat by the least margin (its closest rival)."""
-    n, k = len(label), pidx.shape[0]
-    p = pidx[label[:, None], np.arange(k)[None, :]]  # (n, k), -1 on the winner itself
-    m = np.abs(np.take_along_axis(margins, np.maximum(p, 0), axis=1))
-    m[p < 0] = np.inf
-    return np.argmin(m, axis=1)

@@ -178,3 +178,82 @@ def play_round_robin(d: np.ndarray, margins: np.ndarray, pairs: np.ndarray, k: i
     # wins are integers ≤ k−1, so a scaled margin in (−0.5, 0.5) only breaks ties
     scale = np.abs(total).max(axis=1, keepdims=True) * 2.0 + 1e-300
     return np.argmax(wins + total / scale / 1.0000001, axis=1).astype(np.int32)
+
+
+# --- margins of every pair, view fusion, the mode dispatcher ------------------------------------
+
+def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Cosine margins of every pair: ``D / ‖x|M_p‖`` (one more product, ``(x∘x) Maskᵀ``).
+
+    Same signs as ``D`` (so any tourney played on them gives the same labels), but in cosine units,
+    comparable across pairs and views: what fusion, round-robin ties and the review priority need.
+    ``out=d`` overwrites ``d`` in place (pass 2 keeps only one ``(n, P)`` matrix per view).
+    """
+    mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
+    mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
+    norms = np.sqrt(np.maximum(chunked_matmul(x * x, np.ascontiguousarray(mask.T)), 0))
+    out = np.empty_like(d) if out is None else out
+    np.divide(d, norms, out=out, where=norms > 0)
+    out[norms <= 0] = 0.0
+    return out
+
+
+def fuse_margins(margins: list[np.ndarray]) -> np.ndarray:
+    """View fusion: the mean over views of their pair margins (same pair order in every view).
+
+    Each view's margin is a cosine margin on that view's own mask, so the mean is the evidence of
+    all views together; with one view it is that view's margins unchanged.
+    """
+    if len(margins) == 1:
+        return margins[0]
+    out = margins[0].astype(np.float32, copy=True)
+    for m in margins[1:]:
+        out += m
+    out /= len(margins)
+    return out
+
+
+def pair_signs(pairs: np.ndarray, k: int) -> np.ndarray:
+    """``(P, k)``: +1 for a pair's first class, −1 for its second (margins → per-class sums)."""
+    s = np.zeros((len(pairs), k), np.float32)
+    s[np.arange(len(pairs)), pairs[:, 0]] = 1.0
+    s[np.arange(len(pairs)), pairs[:, 1]] = -1.0
+    return s
+
+
+def class_scores(margins: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
+    """Per item and class: the mean signed margin of the class against each of the ``k − 1`` others.
+
+    A Borda count weighted by margins: it uses every pair decision, not only the matches one
+    bracket happened to play, so it ranks a proposed label against any other label (the review
+    priority) without depending on the bracket's draw.
+    """
+    return (margins @ pair_signs(pairs, k)) / max(k - 1, 1)
+
+
+def runner_up(margins: np.ndarray, pair_index: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The class the winner beat by the least margin (its closest rival)."""
+    k = pair_index.shape[0]
+    p = pair_index[label[:, None], np.arange(k)[None, :]]  # (n, k), -1 on the winner itself
+    m = np.abs(np.take_along_axis(margins, np.maximum(p, 0), axis=1))
+    m[p < 0] = np.inf
+    return np.argmin(m, axis=1)
+
+
+def decide(margins: np.ndarray, pairs: np.ndarray, pair_index: np.ndarray, id_hash: np.ndarray, *,
+           mode: str, seed: int, players: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One label per item from its pair margins, by ``mode``; and the margin that decided it.
+
+    ``bracket`` / ``top-t`` (``players`` restricts the bracket): the final match's |margin|.
+    ``round-robin``: every pair played, most wins (ties by summed margin); the |margin| against
+    the closest rival.
+    """
+    n, k = margins.shape[0], pair_index.shape[0]
+    if mode == "round-robin":
+        label = play_round_robin(margins, margins, pairs, k)
+        if n == 0:
+            return label, np.zeros(0, np.float32)
+        p = pair_index[label, runner_up(margins, pair_index, label)]
+        return label, np.abs(margins[np.arange(n), p]).astype(np.float32)
+    res = play_bracket(margins, pair_index, id_hash, seed=seed, players=players)
+    return res.label, np.abs(res.final_raw).astype(np.float32)

@@ -41,7 +41,7 @@ def previous_result(tmp_path_factory: pytest.TempPathFactory, client: Any) -> Pa
     folder = tmp_path_factory.mktemp("previous")
     cat = make_catalog(folder / "data", seed=42)
     out = folder / "out"
-    job.run(cat.settings(out), client=client)
+    job.run(cat.settings(out, refine=0), client=client)  # refine = 0: a model `update` can extend
     assert (out / "summary.json").exists()
     return out
 
@@ -394,7 +394,8 @@ def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
 
     cat = make_catalog(tmp_path / "data", row_group_size=20)
     with get_task_stream(client) as ts:
-        summary = job.run(cat.settings(tmp_path / "out"), client=client)
+        # refine = 0: refine rounds are method passes (2 each), not checks
+        summary = job.run(cat.settings(tmp_path / "out", refine=0), client=client)
     tasks = Counter(key_split(t["key"]) for t in ts.data)
     parts = summary["items"]["partitions"]
     assert parts == 3
@@ -412,7 +413,7 @@ def test_fit_and_update_refuse_bad_input_the_same_way(command: str, tmp_path: Pa
     for edit, what, row in [(_duplicate(3, 50, 10), "more than once", "it-00003"),
                             (_edit_view("emb_a", lambda x: _set(x, 44, 0, np.inf)), "infinite", "it-00044")]:
         cat = make_catalog(tmp_path / f"data-{what[:4]}", seed=3)
-        s = cat.settings(out, **(edit(cat) or {}), overwrite=True)
+        s = cat.settings(out, **(edit(cat) or {}), overwrite=True, refine=0)
         base = str(previous_result / "model") if command == "update" else None
         with pytest.raises(BadInputError, match=what) as info:
             job.fit(s, client=client, base_model=base)
