@@ -261,7 +261,10 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
     views = tuple((v, v) for v in _views(c))
     s = load_settings(None, {"items": _items_path(folder, c), "classes": str(folder / "classes.parquet"),
                              "out": str(out), "views": views, "label": "label", "overwrite": True,
-                             "mode": c.mode, "top_t": c.top_t, "workers": workers})
+                             "mode": c.mode, "top_t": c.top_t, "workers": workers,
+                             # the same math as the NumPy floor: the article's method, no refine rounds
+                             # (the job's default refine = 2 reads the items four more times)
+                             "refine": 0, "mix": 0.0, "final": "confident-view"})
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=c.memory_limit,
                       silence_logs=logging.ERROR, dashboard_address=":0") as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)

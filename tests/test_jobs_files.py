@@ -29,6 +29,9 @@ def test_nightly_fit_then_apply_then_update(client, tmp_path):
     summary = job.apply(tonight, str(model), client=client)
     assert summary["labelled_items"] == 3107 and summary["command"] == "apply"
     assert pq.read_table(tmp_path / "tonight" / "labels").num_rows == 3107
+    nxt = load_settings(str(JOBS / "nightly.toml"), {"out": str(tmp_path / "models" / "next"),
+                                                     "classes": str(model / "classes.parquet")})
+    assert job.fit(nxt, client=client, base_model=str(model))["model_items"] == 2 * 3107
 
 
 def test_qa_job_gives_a_ranked_review_list(client, tmp_path):
