@@ -186,7 +186,7 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
         return spec
     spec_f = shared(spec)
     root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
-    hist: Histograms = _compute(c, root, "pass 0: quantile filters", progress)
+    hist: Histograms = _compute(c, root, "quantile filters", progress)
     thresholds = {}
     for v, h in hist.counts.items():
         cos = np.maximum(s.cos_min, quantile_thresholds(h, s.cos_quantile, 0)) if s.cos_quantile else \
@@ -197,13 +197,14 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
     return replace(spec, thresholds=thresholds)
 
 
-def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Statistics:
+def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
+                    label: str = "statistics") -> Statistics:
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
     from dask import delayed
 
     spec_f = shared(spec)
     root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
-    stats: Statistics = _compute(c, root, "pass 1/2: statistics", progress)
+    stats: Statistics = _compute(c, root, label, progress)
     _check_duplicates(c, s, parts, spec_f, stats.duplicate_hash)
     return stats
 
@@ -251,7 +252,7 @@ def base_spec(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
     if model_params is not None and "base_keep_margin" in model_params:
         return replace(spec, keep_margin=float(model_params["base_keep_margin"]))
     return replace(spec, keep_margin=keep_threshold(c, s, spec, parts, progress=progress,
-                                                    label="pass 0: fused base margins"))
+                                                    label="fused base margins"))
 
 
 def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
@@ -267,7 +268,8 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
     for r in range(rounds):
         spec_r = replace(spec, masks=masks)
         thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
-        stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress)
+        stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
+                                label=f"refine {r + 1}/{s.refine}: statistics")
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False)
         thresholds.append(thr)
     return stats, masks, thresholds
@@ -287,7 +289,7 @@ def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Locatio
     spec_f = shared(spec)
     tasks = [delayed(_label_and_write, pure=True)(p, spec_f, labels_dir / f"part.{i:05d}.parquet")
              for i, p in enumerate(parts)]
-    tally: Tally = _compute(c, tree_reduce(tasks, merge), "pass 2/2: tourney", progress)
+    tally: Tally = _compute(c, tree_reduce(tasks, merge), "tourney and outputs", progress)
     if spec.check_ids:
         _check_duplicates(c, s, parts, spec_f, tally.duplicate_hash)
     return tally
