@@ -118,23 +118,21 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
 
 def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
     """L2-normalised float32 rows; NaN/inf and all-zero rows are bad input, never patched."""
-    finite = np.isfinite(x).all(axis=1)
+    # squares summed in float64 cannot overflow for float32 input, so a non-finite sum means a NaN
+    # or an infinity in that row: one pass checks and measures
+    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    finite = np.isfinite(sq)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
                             hint="Recompute or drop that embedding")
-    # float64 norm: float32 squares of large values could overflow, and the norm sets every label
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    zero = norms == 0
+    zero = sq == 0
     if zero.any():
         i = int(np.flatnonzero(zero)[0])
         raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
                             row=_row_id(ids, i), hint="Recompute or drop that embedding")
-    # divided in float64 as before, but by row blocks: no (n, d) float64 temporary
-    out = np.empty(x.shape, np.float32)
-    for s in range(0, len(x), 8192):
-        np.divide(x[s:s + 8192], norms[s:s + 8192, None], out=out[s:s + 8192], casting="same_kind")
-    return out
+    inv = (1.0 / np.sqrt(sq)).astype(np.float32)
+    return np.multiply(x, inv[:, None], dtype=np.float32)
 
 
 # --- stable 64-bit hashes of ids (the bracket's randomness must not depend on row position) -----

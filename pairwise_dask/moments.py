@@ -28,15 +28,33 @@ MOMENT_ROWS = 8192
 ONEHOT_MAX_K = 64
 
 
+_Q32 = np.float32(_Q)
+
+
+def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+    """``out[:, :d] = rint(x·2**QUANT_BITS)`` and ``out[:, d:] = rint(x²·2**QUANT_BITS)``.
+
+    Both are computed in float32 and stored as float64: ``x·2**26`` is an exponent shift (exact) and
+    a float32 of magnitude ≥ 2**23 is already whole, so the first is the exact quantum of ``x``; the
+    second quantises float32's ``x²`` (relative error 2**-24), a deterministic function of ``x``
+    alone, which is all the order-free sums need. Half the memory traffic of doing it in float64.
+    """
+    d = x.shape[1]
+    np.multiply(x, _Q32, out=tmp)
+    np.rint(tmp, out=tmp)
+    out[:, :d] = tmp
+    np.multiply(x, x, out=tmp)
+    tmp *= _Q32
+    np.rint(tmp, out=tmp)
+    out[:, d:] = tmp
+
+
 def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer-valued float64 quanta of ``x`` and of ``x²`` (both in units of 2**-QUANT_BITS)."""
-    # in place: each step rewrites one float64 buffer instead of allocating a temporary
-    xq = np.multiply(x, _Q, dtype=np.float64)
-    np.rint(xq, out=xq)
-    xq2 = np.multiply(xq, xq)
-    xq2 *= 1.0 / _Q  # a power of two: exact
-    np.rint(xq2, out=xq2)
-    return xq, xq2
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty((x.shape[0], 2 * x.shape[1]))
+    quantize_into(x, out, np.empty(x.shape, np.float32))
+    return out[:, :x.shape[1]], out[:, x.shape[1]:]
 
 
 @dataclass(frozen=True)
@@ -91,15 +109,11 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
         return Moments(counts, ind_t @ quantized[0], ind_t @ quantized[1])
     acc = np.zeros((ind_t.shape[0], 2 * d))
     buf = np.empty((QUANT_ROWS, 2 * d))
+    tmp = np.empty((QUANT_ROWS, d), np.float32)
+    x = np.asarray(x, dtype=np.float32)
     for s in range(0, n, QUANT_ROWS):
         r = min(QUANT_ROWS, n - s)
-        xq, xq2 = buf[:r, :d], buf[:r, d:]
-        np.copyto(xq, x[s:s + r])  # float32 → float64, then scale in place (faster than a casting ufunc)
-        xq *= _Q
-        np.rint(xq, out=xq)
-        np.multiply(xq, xq, out=xq2)
-        xq2 *= 1.0 / _Q
-        np.rint(xq2, out=xq2)
+        quantize_into(x[s:s + r], buf[:r], tmp[:r])
         acc += ind_t[:, s:s + r] @ buf[:r]
     return Moments(counts, acc[:, :d].copy(), acc[:, d:].copy())
 
