@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .errors import BadInputError
 from .io import write_table
 from .storage import Location
 from .masks import PairMasks, pair_values, pair_weights
@@ -88,6 +89,11 @@ def _read(loc: Location) -> pa.Table:
 def load(folder: "str | Path | Location", storage_options: dict | None = None) -> FittedModel:
     """Read a ``model/`` folder written by :func:`save` (a local path or an fsspec URL)."""
     folder = Location.of(folder, storage_options)
+    missing = [f for f in ("params.json", "classes.parquet", "moments.parquet", "masks.parquet")
+               if not (folder / f).exists()]
+    if missing:
+        raise BadInputError(f"is not a saved model (no {', '.join(missing)})", file=str(folder),
+                            hint="Point at the model/ folder a run, fit or update wrote")
     params = json.loads((folder / "params.json").read_text())
     cls = _read(folder / "classes.parquet")
     names = tuple(cls.column("name").to_pylist())

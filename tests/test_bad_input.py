@@ -419,3 +419,11 @@ def test_fit_and_update_refuse_bad_input_the_same_way(command: str, tmp_path: Pa
             job.fit(s, client=client, base_model=base)
         assert info.value.row == row and info.value.file == str(cat.items_path)
         assert snapshot(out) == before
+
+
+def test_apply_with_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    r = run_cli("apply", str(tmp_path / "m"), "--items", str(tmp_path / "none.parquet"), "--views", "a=emb_a",
+                "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "is not a saved model (no params.json" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
