@@ -94,12 +94,18 @@ class PairMasks:
         return np.take_along_axis(self.weights, self.dims.astype(np.int64), axis=1)
 
     def pair_index(self) -> np.ndarray:
-        """``(k, k)`` lookup: pair row of ``(a, b)`` (either order), ``-1`` on the diagonal."""
-        idx = np.full((self.k, self.k), -1, dtype=np.int64)
-        p = np.arange(len(self.pairs))
-        idx[self.pairs[:, 0], self.pairs[:, 1]] = p
-        idx[self.pairs[:, 1], self.pairs[:, 0]] = p
-        return idx
+        """``(k, k)`` lookup: pair row of ``(a, b)`` (either order), ``-1`` elsewhere."""
+        return pair_lookup(self.pairs, self.k)
+
+
+def pair_lookup(pairs: np.ndarray, k: int) -> np.ndarray:
+    """``(k, k)`` int64 lookup: the row of ``(a, b)`` in ``pairs`` (either order); ``-1`` on the
+    diagonal and for pairs not listed."""
+    idx = np.full((k, k), -1, dtype=np.int64)
+    p = np.arange(len(pairs))
+    idx[pairs[:, 0], pairs[:, 1]] = p
+    idx[pairs[:, 1], pairs[:, 0]] = p
+    return idx
 
 
 def pair_values(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.ndarray:

@@ -130,13 +130,10 @@ def _labels(out: Path) -> dict:
     return dict(zip(t.column("id").to_pylist(), zip(*(t.column(c).to_pylist() for c in t.column_names[1:]))))
 
 
-@pytest.mark.cluster
-def test_worker_killed_during_tourney(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path) -> None:
-    addr = dask_procs.start_scheduler()
-    dask_procs.start_worker()
-    dask_procs.start_worker()
-    dask_procs.wait_for_workers(2)
-
+def _kill_during_tourney(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path, addr: str,
+                         after_kill: Any = None) -> None:
+    """A clean run, then the same job with ``workers[0]`` SIGKILLed once pass 2 has written some
+    parts (``after_kill`` runs next); the job must finish with byte-identical labels and model."""
     clean = tmp_path / "clean"
     rc, err = _finish(_start_run(_job(big, clean), "--scheduler", addr))
     assert rc == 0, err
@@ -148,6 +145,8 @@ def test_worker_killed_during_tourney(big: Catalog, dask_procs: DaskProcesses, t
         at_kill = _staged_parts(out)
         kill_tree(dask_procs.workers[0])  # SIGKILL, mid-tourney
         assert not (out / "summary.json").exists() and at_kill < PARTS, "the job ended before the kill"
+        if after_kill is not None:
+            after_kill()
     finally:
         rc, err = _finish(run)
     assert rc == 0, err
@@ -156,28 +155,21 @@ def test_worker_killed_during_tourney(big: Catalog, dask_procs: DaskProcesses, t
 
 
 @pytest.mark.cluster
+def test_worker_killed_during_tourney(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path) -> None:
+    addr = dask_procs.start_scheduler()
+    dask_procs.start_worker()
+    dask_procs.start_worker()
+    dask_procs.wait_for_workers(2)
+    _kill_during_tourney(big, dask_procs, tmp_path, addr)
+
+
+@pytest.mark.cluster
 def test_only_worker_dies_and_a_replacement_joins(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path) -> None:
     addr = dask_procs.start_scheduler()
     dask_procs.start_worker()
     dask_procs.wait_for_workers(1)
-
-    clean = tmp_path / "clean"
-    rc, err = _finish(_start_run(_job(big, clean), "--scheduler", addr))
-    assert rc == 0, err
-
-    out = tmp_path / "faulty"
-    run = _start_run(_job(big, out), "--scheduler", addr)
-    try:
-        _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
-        at_kill = _staged_parts(out)
-        kill_tree(dask_procs.workers[0])  # the only worker: everything it held is gone
-        assert not (out / "summary.json").exists() and at_kill < PARTS, "the job ended before the kill"
-        dask_procs.start_worker()  # a replacement joins
-    finally:
-        rc, err = _finish(run)
-    assert rc == 0, err
-    assert _labels(out) == _labels(clean)
-    assert tree_bytes(out, "labels", "model") == tree_bytes(clean, "labels", "model")
+    # the only worker: everything it held is gone until a replacement joins
+    _kill_during_tourney(big, dask_procs, tmp_path, addr, after_kill=dask_procs.start_worker)
 
 
 # --- atomic commit: a job killed at any moment leaves the previous complete result or none ---

@@ -11,7 +11,7 @@ from pairwise_dask import job
 from pairwise_dask.arrays import hash_ids
 from pairwise_dask.config import load_settings
 from pairwise_dask.model import load
-from pairwise_dask.masks import all_pairs, class_means, fit_masks, prototypes
+from pairwise_dask.masks import all_pairs, class_means, fit_masks, pair_lookup, prototypes
 from pairwise_dask.moments import class_moments
 from pairwise_dask.passes import MARGIN_BINS, margin_quantile, review_priority
 from pairwise_dask.tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins
@@ -21,10 +21,7 @@ from catalogs import make_catalog
 
 def _index(k: int) -> tuple[np.ndarray, np.ndarray]:
     pairs = all_pairs(k)
-    idx = np.full((k, k), -1)
-    idx[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-    idx[pairs[:, 1], pairs[:, 0]] = np.arange(len(pairs))
-    return pairs, idx
+    return pairs, pair_lookup(pairs, k)
 
 
 def test_round_robin_picks_the_class_that_wins_every_pair():

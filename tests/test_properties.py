@@ -20,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 from fixtures import fsl, make_catalog
 from pairwise_dask import job
 from pairwise_dask.errors import BadInputError
-from pairwise_dask.masks import all_pairs
+from pairwise_dask.masks import all_pairs, pair_lookup
 from pairwise_dask.moments import QUANT_BITS, Moments, class_moments, filtered_moments, quantize
 from pairwise_dask.tourney import play_bracket, play_round_robin
 
@@ -134,18 +134,11 @@ def decisions(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]
     return d, pairs, hashes, k
 
 
-def _pair_index(pairs: np.ndarray, k: int) -> np.ndarray:
-    idx = np.full((k, k), -1, np.int64)
-    idx[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-    idx[pairs[:, 1], pairs[:, 0]] = np.arange(len(pairs))
-    return idx
-
-
 @PROPS
 @given(decisions(), st.integers(0, 2 ** 63 - 1))
 def test_bracket_gives_every_item_exactly_one_class(dec: Any, seed: int) -> None:
     d, pairs, hashes, k = dec
-    res = play_bracket(d, _pair_index(pairs, k), hashes, seed=seed)
+    res = play_bracket(d, pair_lookup(pairs, k), hashes, seed=seed)
     assert res.label.shape == (len(d),)
     assert ((res.label >= 0) & (res.label < k)).all()
     # the final match was played by the winner (k ≥ 2: there always is one)
@@ -161,7 +154,7 @@ def test_a_class_winning_every_pair_wins_the_bracket(dec: Any, seed: int, data: 
     for i, c in enumerate(champ):  # c beats everyone: > 0 when c is the pair's first class, < 0 else
         d[i, pairs[:, 0] == c] = 1.0
         d[i, pairs[:, 1] == c] = -1.0
-    pidx = _pair_index(pairs, k)
+    pidx = pair_lookup(pairs, k)
     assert np.array_equal(play_bracket(d, pidx, hashes, seed=seed).label, champ)
     margins = np.where(d == 0, 0.0, d).astype(np.float32)
     assert np.array_equal(play_round_robin(d, margins, pairs, k), champ)
@@ -178,7 +171,7 @@ def test_bracket_does_not_depend_on_row_order(dec: Any, seed: int, rnd: Any) -> 
     d, pairs, hashes, k = dec
     perm = list(range(len(d)))
     rnd.shuffle(perm)
-    pidx = _pair_index(pairs, k)
+    pidx = pair_lookup(pairs, k)
     a = play_bracket(d, pidx, hashes, seed=seed).label
     b = play_bracket(d[perm], pidx, hashes[perm], seed=seed).label
     assert np.array_equal(a[perm], b)

@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from pairwise_dask.arrays import hash_ids
 from pairwise_dask.base import base_labels, chunked_matmul, CHUNK_ROWS
-from pairwise_dask.masks import all_pairs, fit_masks, pair_weights, top_dims
+from pairwise_dask.masks import all_pairs, fit_masks, pair_lookup, pair_weights, top_dims
 from pairwise_dask.moments import class_moments
 from pairwise_dask.tourney import masked_margin, pair_decisions, play_bracket, play_round_robin
 
@@ -15,10 +15,7 @@ def _decisions_for_ranking(rank: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     """D where class a beats b iff rank[a] > rank[b], for every item."""
     pairs = all_pairs(k)
     d = (rank[:, pairs[:, 0]] - rank[:, pairs[:, 1]]).astype(np.float32)
-    idx = np.full((k, k), -1)
-    idx[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-    idx[pairs[:, 1], pairs[:, 0]] = np.arange(len(pairs))
-    return d, idx
+    return d, pair_lookup(pairs, k)
 
 
 def test_bracket_winner_of_a_total_order_is_its_top():
