@@ -196,6 +196,68 @@ def numpy_floor(folder: Path, c: Case, m: int = 100, seed: int = 0) -> dict:
     return out
 
 
+def straightforward_script(folder: Path, c: Case, m: int = 100, seed: int = 0) -> dict:
+    """The issue's reference point: a straightforward single-process NumPy script of the same math.
+
+    Read the table with pyarrow; per view: normalise, cosine argmax, then *per pair* float64 means
+    and variances of both sides (each class's rows are copied and converted once per pair it is
+    in), the cross-deviation ratio, the top-m mask, prompt-difference weights, and a vectorised
+    knockout bracket with a seeded random order. No blocking, no quantisation, no reuse of per-class
+    moments: what one would write first. Timed as read and compute.
+    """
+    gc.collect()
+    t = time.perf_counter()
+    table = pa.concat_tables([pq.read_table(f, columns=["id"] + _views(c)) for f in _files(folder, c)])
+    classes_t = pq.read_table(folder / "classes.parquet")
+    mats = {}
+    for v in _views(c):
+        col = table.column(v).combine_chunks()
+        if pa.types.is_fixed_size_binary(col.type):
+            mats[v] = np.frombuffer(col.buffers()[1], dtype=np.float32).reshape(len(col), -1)
+        else:
+            mats[v] = col.flatten().to_numpy().astype(np.float32).reshape(len(col), -1)
+    read = time.perf_counter() - t
+    t = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    for v in _views(c):
+        x = mats[v] / np.linalg.norm(mats[v], axis=1, keepdims=True)
+        cls = np.stack(classes_t.column(v).to_numpy(zero_copy_only=False)).astype(np.float32)
+        cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+        k, d = cls.shape
+        lab = np.argmax(x @ cls.T, axis=1)
+        pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
+        w = np.zeros((len(pairs), d), np.float32)
+        for p, (a, b) in enumerate(pairs):
+            xa, xb = x[lab == a].astype(np.float64), x[lab == b].astype(np.float64)
+            if len(xa) < 5 or len(xb) < 5:
+                mask = np.argsort(-np.abs(cls[a] - cls[b]))[:m]
+            else:
+                ma, va, mb, vb = xa.mean(0), xa.var(0), xb.mean(0), xb.var(0)
+                r = np.sqrt(((ma - mb) ** 2 + va + vb) / 2 / np.sqrt(va * vb))
+                mask = np.argsort(-r)[:m]
+            ca, cb = cls[a, mask], cls[b, mask]
+            w[p, mask] = ca / np.linalg.norm(ca) - cb / np.linalg.norm(cb)
+        dec = x @ w.T
+        index = np.full((k, k), -1)
+        for p, (a, b) in enumerate(pairs):
+            index[a, b] = p
+        n = len(x)
+        alive = np.tile(np.arange(k), (n, 1))
+        rows = np.arange(n)[:, None]
+        while alive.shape[1] > 1:
+            alive = np.take_along_axis(alive, np.argsort(rng.random(alive.shape), axis=1), axis=1)
+            h = alive.shape[1] // 2
+            lo = np.minimum(alive[:, 0:2 * h:2], alive[:, 1:2 * h:2])
+            hi = np.maximum(alive[:, 0:2 * h:2], alive[:, 1:2 * h:2])
+            win = np.where(dec[rows, index[lo, hi]] >= 0, lo, hi)
+            alive = np.concatenate([win, alive[:, 2 * h:]], axis=1)
+        del x, dec, alive
+    compute = time.perf_counter() - t
+    del table, mats
+    gc.collect()
+    return {"script_read": read, "script_compute": compute, "script_total": read + compute}
+
+
 def gemm_reference(c: Case) -> dict:
     """GFLOP/s of a plain ``np.dot`` of the statistics step's shapes: ``(k × r) @ (r × d)`` float64."""
     if c.classes > _moments.ONEHOT_MAX_K:
@@ -274,7 +336,7 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
             total = time.perf_counter() - t
     tm = summary["timings_s"]
     shutil.rmtree(out, ignore_errors=True)
-    res = {"total": total, "statistics": tm["statistics"], "masks": tm["masks"], "tourney": tm["tourney"],
+    res = {"total": total, "read": tm.get("read", 0.0), "statistics": tm["statistics"], "masks": tm["masks"], "tourney": tm["tourney"],
            "write": tm["write"], "rss_peak": max(rss.peak.values()) if rss.peak else float("nan"),
            "pairs": sum(v["pairs"] for v in summary["per_view"].values())}
     pv = summary["per_view"]
@@ -288,10 +350,11 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
 COLUMNS = [
     ("case", "case"), ("N", "N"), ("k", "k"), ("V", "V"), ("in", "input"), ("GB", "Parquet GB"),
     ("io_read", "IO read s"), ("io_stream", "IO stream s"),
-    ("np_total", "NumPy s"), ("np_stats", "NumPy stats s"), ("np_tourney", "NumPy tourney s"),
-    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("j2_statistics", "2w stats s"),
+    ("script_total", "script s"), ("np_total", "NumPy s"), ("np_stats", "NumPy stats s"),
+    ("np_tourney", "NumPy tourney s"),
+    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("j2_read", "2w read s"), ("j2_statistics", "2w stats s"),
     ("j2_masks", "2w masks s"), ("j2_tourney", "2w tourney s"), ("j2_write", "2w write s"),
-    ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("speedup", "1→2w"),
+    ("r_script", "job/script"), ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("speedup", "1→2w"),
     ("rss1", "peak RSS 1w GB"), ("rss2", "peak RSS/worker 2w GB"), ("pairs", "pairs fitted"),
     ("stats_gflops", "stats GFLOP/s"), ("gemm_gflops", "np.dot GFLOP/s"),
 ]
@@ -345,6 +408,10 @@ def run_case(c: Case, root: Path) -> dict:
     if c.numpy_floor:
         row.update(numpy_floor(folder, c))
         print(f"[{c.name}] numpy {row['np_total']:.2f} s", flush=True)
+        if c.classes <= _moments.ONEHOT_MAX_K:
+            row.update(straightforward_script(folder, c))
+            print(f"[{c.name}] straightforward script {row['script_total']:.2f} s "
+                  f"({row['script_read']:.2f} read + {row['script_compute']:.2f} compute)", flush=True)
     row.update(gemm_reference(c))
     for w in c.workers:
         j = run_job(folder, c, w, root / f"out-{c.name}-{w}w")
@@ -357,6 +424,7 @@ def run_case(c: Case, root: Path) -> dict:
     jw = max(c.workers)
     jt = row[f"j{jw}_total"]
     row["r_np"] = jt / row["np_total"] if c.numpy_floor else float("nan")
+    row["r_script"] = jt / row["script_total"] if "script_total" in row else float("nan")
     row["r_io"] = jt / (row["io_read"] if c.numpy_floor else row["io_stream"])
     if 1 in c.workers and 2 in c.workers:
         row["speedup"] = row["j1_total"] / row["j2_total"]

@@ -118,9 +118,12 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
 
 def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
     """L2-normalised float32 rows; NaN/inf and all-zero rows are bad input, never patched."""
-    # squares summed in float64 cannot overflow for float32 input, so a non-finite sum means a NaN
-    # or an infinity in that row: one pass checks and measures
-    sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    # one float32 pass checks and measures: a NaN or an infinity makes the sum of squares
+    # non-finite. So can a huge finite value (squares above 3e38) or underflow make it 0 for a
+    # tiny one: those rare blocks are measured again in float64, which holds both exactly.
+    sq = np.einsum("ij,ij->i", x, x)
+    if not (np.isfinite(sq).all() and (sq > 0).all()):
+        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     finite = np.isfinite(sq)
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
@@ -131,7 +134,7 @@ def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -
         i = int(np.flatnonzero(zero)[0])
         raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
                             row=_row_id(ids, i), hint="Recompute or drop that embedding")
-    inv = (1.0 / np.sqrt(sq)).astype(np.float32)
+    inv = (1.0 / np.sqrt(sq.astype(np.float64))).astype(np.float32)
     return np.multiply(x, inv[:, None], dtype=np.float32)
 
 

@@ -11,19 +11,23 @@ import numpy as np
 CHUNK_ROWS = 2048
 
 
-def chunked_matmul(x: np.ndarray, w: np.ndarray, *, out_dtype: type = np.float32) -> np.ndarray:
-    """``x @ w`` computed on fixed-size, zero-padded row blocks (partition-invariant rounding)."""
+def chunked_matmul(x: np.ndarray, w: np.ndarray, *, out_dtype: type = np.float32,
+                   square: bool = False) -> np.ndarray:
+    """``x @ w`` (``(x∘x) @ w`` with ``square``) computed on fixed-size, zero-padded row blocks
+    (partition-invariant rounding). Squaring block by block never materialises ``x∘x``."""
     n = x.shape[0]
     out = np.empty((n, w.shape[1]), dtype=out_dtype)
-    buf = None
+    buf = np.zeros((CHUNK_ROWS, x.shape[1]), dtype=x.dtype) if (square or n % CHUNK_ROWS) else None
     for s in range(0, n, CHUNK_ROWS):
         blk = x[s:s + CHUNK_ROWS]
-        if blk.shape[0] < CHUNK_ROWS:
-            if buf is None:
-                buf = np.zeros((CHUNK_ROWS, x.shape[1]), dtype=x.dtype)
-            buf[:blk.shape[0]] = blk
-            buf[blk.shape[0]:] = 0
-            out[s:] = (buf @ w)[:blk.shape[0]]
+        r = blk.shape[0]
+        if r < CHUNK_ROWS or square:
+            if square:
+                np.multiply(blk, blk, out=buf[:r])
+            else:
+                buf[:r] = blk
+            buf[r:] = 0
+            out[s:s + r] = (buf @ w)[:r]
         else:
             out[s:s + CHUNK_ROWS] = blk @ w
     return out

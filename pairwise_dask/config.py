@@ -21,6 +21,7 @@ from .errors import COMMAND_LINE, BadInputError
 MODES = ("bracket", "round-robin", "top-t")
 FINALS = ("fused", "confident-view")
 FIT_ON = ("fused", "view", "annotation")
+CACHE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
     Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
     Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB)"),
+    Option("cache", "cluster", str, "auto", "keep the decoded items in the workers' memory between passes "
+           "(read once instead of once per pass): auto (when they fit in a third of the workers' memory "
+           "limits), on, off", _one_of(CACHE)),
     Option("partition_rows", "cluster", int, 0, "rows per partition (0: one partition per Parquet row "
            "group)", _range(0, None)),
 )
@@ -150,6 +154,7 @@ class Settings:
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "auto"
+    cache: str = "auto"
     partition_rows: int = 0
     job_file: str = ""
     #: fsspec options for URL inputs/outputs (``[storage_options]``); never written to outputs
@@ -171,7 +176,7 @@ class Settings:
         """Identity of the job (what it reads and how it labels), not of where or how it runs."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
-                             "memory_limit", "partition_rows", "job_file", "storage_options"}}
+                             "memory_limit", "cache", "partition_rows", "job_file", "storage_options"}}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -35,7 +35,7 @@ from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
-                     margin_histogram_partition, margin_quantile, merge, statistics_partition)
+                     margin_histogram_partition, margin_quantile, merge, read_block, statistics_partition)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -306,8 +306,58 @@ def write_disagreements(tally: Tally, folder: Location) -> None:
 Body = Callable[[Any, list, Location, dict], dict]
 
 
-def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
-    """The frame every command shares: output check, cluster, partitions, staging, commit."""
+#: ``cache = auto`` keeps the decoded items in worker memory when they take at most this share of
+#: the workers' summed memory limits (the rest is each pass's working memory and Dask's headroom).
+CACHE_SHARE = 1 / 3
+
+
+def decoded_bytes(info: ItemsInfo, spec: Spec) -> int:
+    """Worker memory the decoded items take: float32 views, base scores, ids and hashes."""
+    per_row = sum(c.shape[1] * 4 + spec.k * 4 + 12 for c in spec.classes.values()) + 64
+    return int(info.rows) * per_row
+
+
+def cache_blocks(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: int, progress: bool,
+                 echo: Echo, timings: dict) -> list:
+    """The partitions every pass reads: decoded once and kept in worker memory when that pays
+    (``passes`` > 1) and fits (``s.cache``); else the partitions themselves, read again per pass.
+
+    The kept blocks are Dask futures with their lineage, so a lost worker's blocks are read again
+    by whichever worker needs them. Large catalogs (over :data:`CACHE_SHARE` of the workers' memory
+    limits) stream, as before: memory stays bounded by a few partitions per worker.
+    """
+    from dask import delayed
+    from dask.base import tokenize
+
+    if s.cache == "off" or passes < 2:
+        return parts
+    need = decoded_bytes(prep.info, prep.spec)
+    limits = [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
+    room = sum(limits) if limits and all(limits) else 0
+    if s.cache == "auto" and need > room * CACHE_SHARE:
+        echo(f"Streaming the items in each of {passes} passes ({need / 2**30:.1f} GiB decoded; cache = auto keeps "
+             f"them only within a third of the workers' {room / 2**30:.1f} GiB)")
+        return parts
+    t = time.perf_counter()
+    spec_f = shared(prep.spec)
+    blocks = c.persist([delayed(read_block, pure=True)(p, spec_f, dask_key_name=f"decode-{tokenize(p.key, prep.spec)}")
+                        for p in parts])
+    echo(f"Keeping the decoded items in worker memory ({need / 2**30:.1f} GiB): read once for {passes} passes")
+    if progress:
+        from distributed import progress as show
+
+        print("  read and check", flush=True)
+        show(blocks)
+        print(flush=True)
+    timings["read"] = time.perf_counter() - t
+    return blocks
+
+
+def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float,
+             passes: int = 2, progress: bool = False) -> dict:
+    """The frame every command shares: output check, cluster, partitions, staging, commit.
+
+    ``passes``: how many times the command reads the items (decides whether to cache them)."""
     timings: dict[str, float] = {}
     commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options)
     commit.check_target()
@@ -320,6 +370,7 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo
             echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
                  f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
                  f"{workers} workers")
+            parts = cache_blocks(c, s, prep, parts, passes=passes, progress=progress, echo=echo, timings=timings)
             staging = commit.begin()
             try:
                 summary = body(c, parts, staging, timings)
@@ -391,7 +442,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
                 | ({"refine_thresholds": thresholds} if thresholds else {}))
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start, passes=_passes(s, True),
+                    progress=progress)
 
 
 def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent,
@@ -439,7 +491,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start, passes=_passes(s, False),
+                    progress=progress)
 
 
 def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = False,
@@ -461,7 +514,14 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
         return {"command": "apply", "model": str(model_dir)} | _label_summary(s, prep.classes.names, tally,
                                                                                spec.masks)
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start, passes=1, progress=progress)
+
+
+def _passes(s: Settings, label: bool) -> int:
+    """How many times ``run`` (``label``) or ``fit`` reads the items with these settings."""
+    refine = 0 if s.fit_on == "annotation" else s.refine
+    return (int(s.cos_quantile > 0 or s.diff_quantile > 0) + int(s.fit_on == "fused") + 1 + 2 * refine
+            + int(label))
 
 
 def _model_classes(model: FittedModel) -> ClassSet:

@@ -61,13 +61,38 @@ class Spec:
 
 @dataclass
 class Block:
-    """One partition as NumPy: ids (Arrow), id hashes, normalised views, annotation indices."""
+    """One partition as NumPy: ids (Arrow), id hashes, normalised views, annotation indices.
+
+    When the job keeps blocks in worker memory between passes (``cache``), each view's base labels
+    are computed once and remembered in ``bases`` (a pure function of the block and the prompts,
+    which no pass changes).
+    """
 
     ids: pa.Array
     id_hash: np.ndarray
     views: dict[str, np.ndarray]
     annotation: pa.Array | None
     annotation_idx: np.ndarray | None  # int64, -1 where the annotation is null
+    bases: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __sizeof__(self) -> int:
+        # what Dask's memory accounting sees (its sizeof falls back to sys.getsizeof)
+        arrays = [self.id_hash, self.annotation_idx, *self.views.values(),
+                  *(a for b in self.bases.values() for a in b)]
+        return (sum(a.nbytes for a in arrays if a is not None) + self.ids.nbytes
+                + (self.annotation.nbytes if self.annotation is not None else 0) + 256)
+
+
+def block_of(part: Any, spec: Spec) -> Block:
+    """A partition as a :class:`Block`: read and checked now, or already (a cached block)."""
+    return part if isinstance(part, Block) else read_block(part, spec)
+
+
+def base_of(b: Block, spec: Spec, view: str) -> Any:
+    """The view's base labels of a block (computed once per block)."""
+    if view not in b.bases:
+        b.bases[view] = base_labels(b.views[view], spec.classes[view])
+    return b.bases[view]
 
 
 def read_block(df: Any, spec: Spec) -> Block:
@@ -140,7 +165,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     least ``spec.keep_margin``; every view uses the same (fused) labels, so the views teach
     each other.
     """
-    b = read_block(df, spec)
+    b = block_of(df, spec)
     mom, pairs = {}, {}
     if spec.masks:
         played = play_block(b, spec)
@@ -150,7 +175,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
             if spec.top_t_active:
                 pairs[v] = play_pairs(top_classes(played.base[v].scores, spec.top_t), spec.k)
     else:
-        bases = {v: base_labels(x, spec.classes[v]) for v, x in b.views.items()}
+        bases = {v: base_of(b, spec, v) for v in b.views}
         keep = None
         if spec.fit_on == "fused":
             fused, margin = fused_base(bases)
@@ -185,10 +210,10 @@ class Histograms:
 
 def histogram_partition(df: Any, spec: Spec) -> Histograms:
     """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
-    b = read_block(df, spec)
+    b = block_of(df, spec)
     out = {}
-    for v, x in b.views.items():
-        base = base_labels(x, spec.classes[v])
+    for v in b.views:
+        base = base_of(b, spec, v)
         out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
     return Histograms(out)
 
@@ -212,11 +237,11 @@ def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
     """Counts of a partition's margins in :data:`MARGIN_BINS`, for a keep quantile: the final
     margins of the tourney with ``spec.masks`` (refine), or without masks the fused base margins
     (``fit_on = "fused"``)."""
-    b = read_block(df, spec)
+    b = block_of(df, spec)
     if spec.masks:
         margin = play_block(b, spec).final_margin
     else:
-        margin = fused_base({v: base_labels(x, spec.classes[v]) for v, x in b.views.items()})[1]
+        margin = fused_base({v: base_of(b, spec, v) for v in b.views})[1]
     return np.histogram(np.clip(margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
 
 
@@ -240,8 +265,12 @@ def merge(parts: list[Any]) -> Any:
 
 def ids_with_hash(df: Any, spec: Spec, h: int) -> list:
     """Ids of a partition whose hash is ``h`` (to name a duplicate found across partitions)."""
-    ids = to_arrow(df[spec.id_col])
-    hit = np.flatnonzero(hash_ids(ids) == np.uint64(h))
+    if isinstance(df, Block):
+        ids, hashes = df.ids, df.id_hash
+    else:
+        ids = to_arrow(df[spec.id_col])
+        hashes = hash_ids(ids)
+    hit = np.flatnonzero(hashes == np.uint64(h))
     return [ids[int(i)].as_py() for i in hit]
 
 
@@ -307,7 +336,7 @@ def play_block(b: Block, spec: Spec) -> Played:
     for v, x in b.views.items():
         masks = spec.masks[v]
         pidx = masks.pair_index()
-        base[v] = base_labels(x, spec.classes[v])
+        base[v] = base_of(b, spec, v)
         if masks.weights is None:  # sparse: gather each match's decision, no X Wᵀ over all pairs
             res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
                                       players=top_classes(base[v].scores, spec.top_t))
@@ -368,7 +397,7 @@ def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.n
 
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     """Pass 2 on one partition: the labels table (output contract) and its tally."""
-    b = read_block(df, spec)
+    b = block_of(df, spec)
     n, k = len(b.ids), spec.k
     played = play_block(b, spec)
     cols: dict[str, pa.Array] = {"id": b.ids}

@@ -191,7 +191,7 @@ def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndar
     """
     mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
     mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
-    norms = np.sqrt(np.maximum(chunked_matmul(x * x, np.ascontiguousarray(mask.T)), 0))
+    norms = np.sqrt(np.maximum(chunked_matmul(x, np.ascontiguousarray(mask.T), square=True), 0))
     out = np.empty_like(d) if out is None else out
     np.divide(d, norms, out=out, where=norms > 0)
     out[norms <= 0] = 0.0

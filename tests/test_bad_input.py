@@ -383,10 +383,12 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     assert snapshot(out) == before
 
 
-def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
-    """NaN, zero vectors and duplicate ids are checked inside the two passes the job makes anyway:
-    a clean run reads every partition exactly twice and never runs the duplicate lookup (that
-    only runs, on the id column alone, once a duplicate hash has been seen)."""
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_checks_need_no_extra_pass(cache: str, tmp_path: Path, client: Any) -> None:
+    """NaN, zero vectors and duplicate ids are checked inside the passes the job makes anyway:
+    a clean run reads every partition exactly twice (once with the decoded items kept in worker
+    memory) and never runs the duplicate lookup (that only runs, on the id column alone, once a
+    duplicate hash has been seen)."""
     from collections import Counter
 
     from dask.utils import key_split
@@ -395,11 +397,12 @@ def test_checks_need_no_extra_pass(tmp_path: Path, client: Any) -> None:
     cat = make_catalog(tmp_path / "data", row_group_size=20)
     with get_task_stream(client) as ts:
         # refine = 0: refine rounds are method passes (2 each), not checks
-        summary = job.run(cat.settings(tmp_path / "out", refine=0), client=client)
+        summary = job.run(cat.settings(tmp_path / "out", refine=0, cache=cache), client=client)
     tasks = Counter(key_split(t["key"]) for t in ts.data)
     parts = summary["items"]["partitions"]
     assert parts == 3
-    assert tasks["read_parquet"] == 2 * parts
+    assert tasks["read_parquet"] == (2 if cache == "off" else 1) * parts
+    assert tasks["decode"] == (0 if cache == "off" else parts)
     assert tasks["statistics_partition"] == parts and tasks["label_and_write"] == parts
     assert "ids_with_hash" not in tasks
 

@@ -69,6 +69,26 @@ def test_labels_identical_for_any_partitioning(client, tmp_path):
         assert t.equals(tables[0])
 
 
+def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
+    """Keeping the decoded items in worker memory between passes changes no output byte, and
+    ``cache = auto`` keeps them only when they fit."""
+    cat = make_catalog(tmp_path / "data", n=900, row_group=128)
+    for cache in ("on", "off"):
+        summary = job.run(_settings(cat, tmp_path / cache, cache=cache), client=client)
+        assert ("read" in summary["timings_s"]) == (cache == "on")
+    assert _labels(tmp_path / "on").equals(_labels(tmp_path / "off"))
+    for f in ("moments.parquet", "masks.parquet"):
+        assert (tmp_path / "on" / "model" / f).read_bytes() == (tmp_path / "off" / "model" / f).read_bytes()
+    said: list[str] = []
+    job.run(_settings(cat, tmp_path / "auto", cache="auto"), client=client, echo=said.append)
+    assert any(m.startswith("Keeping the decoded items in worker memory") for m in said)
+    monkeypatch.setattr(job, "CACHE_SHARE", 1e-9)  # as if the catalog were far larger than the cluster
+    said.clear()
+    job.run(_settings(cat, tmp_path / "auto2", cache="auto"), client=client, echo=said.append)
+    assert any(m.startswith("Streaming the items in each of 6 passes") for m in said)
+    assert _labels(tmp_path / "auto2").equals(_labels(tmp_path / "off"))
+
+
 @pytest.mark.cluster
 def test_labels_identical_for_one_and_two_workers(client, catalog, tmp_path):
     job.run(_settings(catalog, tmp_path / "two", partition_rows=50), client=client)
