@@ -116,8 +116,13 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
     return flat.astype(np.float32, copy=False).reshape(n, d)
 
 
-def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
-    """L2-normalised float32 rows; NaN/inf and all-zero rows are bad input, never patched."""
+def inverse_norms(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """``1 / ‖x_i‖`` per row (float32); NaN/inf and all-zero rows are bad input, never patched.
+
+    The passes keep the rows as read and carry these factors: cosines scale by them, the pair
+    decisions and masked margins do not need them at all (both sides share the row's norm), and
+    the moments apply them while quantising, so no normalised copy of a block is ever made.
+    """
     # one float32 pass checks and measures: a NaN or an infinity makes the sum of squares
     # non-finite. So can a huge finite value (squares above 3e38) or underflow make it 0 for a
     # tiny one: those rare blocks are measured again in float64, which holds both exactly.
@@ -134,8 +139,12 @@ def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -
         i = int(np.flatnonzero(zero)[0])
         raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
                             row=_row_id(ids, i), hint="Recompute or drop that embedding")
-    inv = (1.0 / np.sqrt(sq.astype(np.float64))).astype(np.float32)
-    return np.multiply(x, inv[:, None], dtype=np.float32)
+    return (1.0 / np.sqrt(sq.astype(np.float64))).astype(np.float32)
+
+
+def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
+    """L2-normalised float32 rows (checked as in :func:`inverse_norms`)."""
+    return np.multiply(x, inverse_norms(x, name=name, ids=ids)[:, None], dtype=np.float32)
 
 
 # --- stable 64-bit hashes of ids (the bracket's randomness must not depend on row position) -----

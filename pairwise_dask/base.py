@@ -42,9 +42,15 @@ class BaseLabels(NamedTuple):
     margin: np.ndarray  # (n,) float32
 
 
-def base_labels(x: np.ndarray, classes: np.ndarray) -> BaseLabels:
-    """Cosine scores ``S = X Cᵀ`` of normalised rows and their argmax (ties: lower class index)."""
+def base_labels(x: np.ndarray, classes: np.ndarray, scale: np.ndarray | None = None) -> BaseLabels:
+    """Cosine scores ``S = X Cᵀ`` and their argmax (ties: lower class index).
+
+    ``x`` holds normalised rows, or raw rows with ``scale`` their inverse norms (then
+    ``S = (X Cᵀ) · scale``: the same cosines without a normalised copy of ``x``).
+    """
     s = chunked_matmul(x, np.ascontiguousarray(classes.T))
+    if scale is not None:
+        s *= scale[:, None]
     k = s.shape[1]
     label = np.argmax(s, axis=1).astype(np.int32)
     rows = np.arange(len(s))

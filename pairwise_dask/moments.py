@@ -31,8 +31,12 @@ ONEHOT_MAX_K = 64
 _Q32 = np.float32(_Q)
 
 
-def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
+def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray, scale: np.ndarray | None = None,
+                  rows: np.ndarray | None = None) -> None:
     """``out[:, :d] = rint(x·2**QUANT_BITS)`` and ``out[:, d:] = rint(x²·2**QUANT_BITS)``.
+
+    With ``scale`` (per-row inverse norms) ``x`` is first normalised into ``rows`` (a float32
+    buffer of its shape): the quanta are those of the normalised rows, never stored whole.
 
     Both are computed in float32 and stored as float64: ``x·2**26`` is an exponent shift (exact) and
     a float32 of magnitude ≥ 2**23 is already whole, so the first is the exact quantum of ``x``; the
@@ -40,6 +44,9 @@ def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
     alone, which is all the order-free sums need. Half the memory traffic of doing it in float64.
     """
     d = x.shape[1]
+    if scale is not None:
+        np.multiply(x, scale[:, None], out=rows)
+        x = rows
     np.multiply(x, _Q32, out=tmp)
     np.rint(tmp, out=tmp)
     out[:, :d] = tmp
@@ -49,11 +56,13 @@ def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
     out[:, d:] = tmp
 
 
-def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer-valued float64 quanta of ``x`` and of ``x²`` (both in units of 2**-QUANT_BITS)."""
+def quantize(x: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Integer-valued float64 quanta of ``x`` and of ``x²`` (both in units of 2**-QUANT_BITS);
+    of the rows ``x · scale`` when ``scale`` is given."""
     x = np.asarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], 2 * x.shape[1]))
-    quantize_into(x, out, np.empty(x.shape, np.float32))
+    quantize_into(x, out, np.empty(x.shape, np.float32), scale,
+                  np.empty(x.shape, np.float32) if scale is not None else None)
     return out[:, :x.shape[1]], out[:, x.shape[1]:]
 
 
@@ -94,12 +103,14 @@ class Moments:
 QUANT_ROWS = 256
 
 
-def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.ndarray, np.ndarray] | None = None) -> Moments:
+def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.ndarray, np.ndarray] | None = None,
+                scale: np.ndarray | None = None) -> Moments:
     """Moments of the item sets given by a ``(n, g)`` 0/1 membership matrix, as GEMMs.
 
     ``indicatorᵀ @ [Xq | Xq²]`` in float64: exact (see module docstring). ``x`` is quantised
     :data:`QUANT_ROWS` rows at a time into one reused ``(rows, 2d)`` buffer, each block's product
-    added to the sums (exact integers, so the blocking changes no bit).
+    added to the sums (exact integers, so the blocking changes no bit). ``scale``: per-row inverse
+    norms of raw rows ``x`` (see :func:`quantize_into`).
     """
     n, d = x.shape
     # a contiguous (g, n) indicator: BLAS on the transposed view was 10× slower here (k = 13)
@@ -110,16 +121,19 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
     acc = np.zeros((ind_t.shape[0], 2 * d))
     buf = np.empty((QUANT_ROWS, 2 * d))
     tmp = np.empty((QUANT_ROWS, d), np.float32)
+    rows = np.empty((QUANT_ROWS, d), np.float32) if scale is not None else None
     x = np.asarray(x, dtype=np.float32)
     for s in range(0, n, QUANT_ROWS):
         r = min(QUANT_ROWS, n - s)
-        quantize_into(x[s:s + r], buf[:r], tmp[:r])
+        quantize_into(x[s:s + r], buf[:r], tmp[:r], None if scale is None else scale[s:s + r],
+                      None if rows is None else rows[:r])
         acc += ind_t[:, s:s + r] @ buf[:r]
     return Moments(counts, acc[:, :d].copy(), acc[:, d:].copy())
 
 
 def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
-                  *, quantized: tuple[np.ndarray, np.ndarray] | None = None) -> Moments:
+                  *, quantized: tuple[np.ndarray, np.ndarray] | None = None,
+                  scale: np.ndarray | None = None) -> Moments:
     """Moments of the k per-class sets ``{i : labels_i = c, keep_i}``.
 
     A one-hot GEMM for few classes; segment sums of label-sorted rows for many (the same numbers
@@ -129,9 +143,9 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
     if k <= ONEHOT_MAX_K:
         onehot = np.zeros((len(labels), k), dtype=np.float64)
         onehot[rows, labels[rows]] = 1.0
-        return set_moments(x, onehot, quantized=quantized)
+        return set_moments(x, onehot, quantized=quantized, scale=scale)
     # many classes: quantise the block once, then sum each class's (label-sorted) rows
-    xq, xq2 = quantized if quantized is not None else quantize(x)
+    xq, xq2 = quantized if quantized is not None else quantize(x, scale)
     lab = labels[rows]
     order = np.argsort(lab, kind="stable")
     rows, lab = rows[order], lab[order]
@@ -176,7 +190,8 @@ def set_index(a: np.ndarray | int, b: np.ndarray | int, k: int, per_pair: bool) 
 
 
 def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, cos_min: float | np.ndarray,
-                     diff_min: float | np.ndarray, per_pair: bool, keep: np.ndarray | None = None) -> Moments:
+                     diff_min: float | np.ndarray, per_pair: bool, keep: np.ndarray | None = None,
+                     scale: np.ndarray | None = None) -> Moments:
     """The statistics step for one block: moments of every pair side's filtered set.
 
     Side ``a`` of pair ``(a, b)`` is ``{i : labels_i = a, S_ia ≥ cos_min, S_ia − S_ib ≥ diff_min}``
@@ -190,7 +205,8 @@ def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, c
         for s in range(0, n, MOMENT_ROWS):
             sl = slice(s, s + MOMENT_ROWS)
             part = filtered_moments(x[sl], scores[sl], labels[sl], cos_min=cos_min, diff_min=diff_min,
-                                    per_pair=per_pair, keep=None if keep is None else keep[sl])
+                                    per_pair=per_pair, keep=None if keep is None else keep[sl],
+                                    scale=None if scale is None else scale[sl])
             out = part if out is None else out + part
         return out
     rows = np.arange(n)
@@ -199,14 +215,14 @@ def filtered_moments(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, c
     diff_min = np.asarray(diff_min, dtype=np.float64)
     keep = (top >= (cos_min[labels] if cos_min.ndim else cos_min)) & (True if keep is None else keep)
     if not per_pair:
-        return class_moments(x, labels, keep, k)
+        return class_moments(x, labels, keep, k, scale=scale)
     member = np.zeros((n, k * k), dtype=np.float64)
     diff = top[:, None] - scores  # (n, k): S_ia − S_ib for the item's own a
     ok = keep[:, None] & (diff >= (diff_min[labels][:, None] if diff_min.ndim else diff_min))
     ok[rows, labels] = False  # no pair (a, a)
     r, b = np.nonzero(ok)
     member[r, labels[r] * k + b] = 1.0
-    return set_moments(x, member)
+    return set_moments(x, member, scale=scale)
 
 
 #: Histogram bins of the quantile filters: top-1 cosine on [-1, 1], top-1 − top-2 margin on [0, 2].

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import embedding_matrix, hash_ids, normalize_rows, to_arrow
+from .arrays import embedding_matrix, hash_ids, inverse_norms, to_arrow
 from .base import base_labels
 from .errors import BadInputError
 from .masks import PairMasks
@@ -61,7 +61,11 @@ class Spec:
 
 @dataclass
 class Block:
-    """One partition as NumPy: ids (Arrow), id hashes, normalised views, annotation indices.
+    """One partition as NumPy: ids (Arrow), id hashes, views, annotation indices.
+
+    ``views`` hold the rows as read (float32, often a zero-copy view of the Arrow buffer) and
+    ``scale`` their checked inverse norms: every use either scales its result (cosines), applies
+    the scale while quantising (moments) or does not need it (pair decisions and margins).
 
     When the job keeps blocks in worker memory between passes (``cache``), each view's base labels
     are computed once and remembered in ``bases`` (a pure function of the block and the prompts,
@@ -73,11 +77,12 @@ class Block:
     views: dict[str, np.ndarray]
     annotation: pa.Array | None
     annotation_idx: np.ndarray | None  # int64, -1 where the annotation is null
+    scale: dict[str, np.ndarray] = field(default_factory=dict)
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __sizeof__(self) -> int:
         # what Dask's memory accounting sees (its sizeof falls back to sys.getsizeof)
-        arrays = [self.id_hash, self.annotation_idx, *self.views.values(),
+        arrays = [self.id_hash, self.annotation_idx, *self.views.values(), *self.scale.values(),
                   *(a for b in self.bases.values() for a in b)]
         return (sum(a.nbytes for a in arrays if a is not None) + self.ids.nbytes
                 + (self.annotation.nbytes if self.annotation is not None else 0) + 256)
@@ -91,7 +96,7 @@ def block_of(part: Any, spec: Spec) -> Block:
 def base_of(b: Block, spec: Spec, view: str) -> Any:
     """The view's base labels of a block (computed once per block)."""
     if view not in b.bases:
-        b.bases[view] = base_labels(b.views[view], spec.classes[view])
+        b.bases[view] = base_labels(b.views[view], spec.classes[view], b.scale[view])
     return b.bases[view]
 
 
@@ -106,11 +111,11 @@ def read_block(df: Any, spec: Spec) -> Block:
         raise BadInputError("holds a null id" + after, column=spec.id_col,
                             hint="Every item needs a unique, non-null id")
     id_np = ids.to_numpy(zero_copy_only=False)
-    views = {}
+    views, scale = {}, {}
     for v, col in spec.views:
         c = spec.classes[v]
-        x = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
-        views[v] = normalize_rows(x, name=col, ids=id_np)
+        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
+        scale[v] = inverse_norms(views[v], name=col, ids=id_np)
     annotation = idx = None
     if spec.label_col:
         annotation = to_arrow(df[spec.label_col]).cast(pa.string())
@@ -122,7 +127,7 @@ def read_block(df: Any, spec: Spec) -> Block:
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Block(ids, hash_ids(ids), views, annotation, idx)
+    return Block(ids, hash_ids(ids), views, annotation, idx, scale)
 
 
 # --- pass 1 --------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
         played = play_block(b, spec)
         keep = played.final_margin >= spec.keep_margin
         for v, x in b.views.items():
-            mom[v] = class_moments(x, played.final, keep, spec.k)
+            mom[v] = class_moments(x, played.final, keep, spec.k, scale=b.scale[v])
             if spec.top_t_active:
                 pairs[v] = play_pairs(top_classes(played.base[v].scores, spec.top_t), spec.k)
     else:
@@ -186,7 +191,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
                 labels = np.where(b.annotation_idx >= 0, b.annotation_idx, labels).astype(np.int32)
             cos_min, diff_min = spec.thresholds.get(v, (spec.cos_min, spec.diff_min))
             mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=cos_min, diff_min=diff_min,
-                                      per_pair=spec.per_pair, keep=keep)
+                                      per_pair=spec.per_pair, keep=keep, scale=b.scale[v])
             if spec.top_t_active:
                 pairs[v] = play_pairs(top_classes(bases[v].scores, spec.top_t), spec.k)
     hashes = np.sort(b.id_hash)
