@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from .errors import BadInputError
 from .io import write_table
 from .storage import Location
-from .masks import PairMasks, pair_values, pair_weights
+from .masks import PairMasks, discriminant_values, pair_values
 
 #: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
 DENSE_LIMIT = 1 << 26
@@ -119,10 +119,19 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
         if at is not None and v in at.column_names:
             anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
         base = classes[v] if anchors is None else anchors
-        if len(pairs) * d > DENSE_LIMIT:  # many pairs (top-t over a large taxonomy): stay sparse
-            masks[v] = PairMasks(len(names), pairs, dims, None, n_a, n_b, fb,
-                                 values=pair_values(base, pairs, dims), anchors=anchors)
+        decision, bias = params.get("decision", "cosine"), None
+        if decision == "discriminant":  # rebuilt from the saved moments: the same function, the same bits
+            k = len(names)
+            values, bias = discriminant_values(moments[v], classes[v], pairs, dims,
+                                               per_pair=len(moments[v].n) == k * k and k > 1,
+                                               min_items=int(params.get("min_items", 1)),
+                                               prior=float(params.get("prior", 0.0)))
         else:
-            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(base, pairs, dims), n_a, n_b, fb,
-                                 anchors=anchors)
+            values = pair_values(base, pairs, dims)
+        weights = None
+        if len(pairs) * d <= DENSE_LIMIT:  # else many pairs (top-t over a large taxonomy): stay sparse
+            weights = np.zeros((len(pairs), d), dtype=np.float32)
+            np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+        masks[v] = PairMasks(len(names), pairs, dims, weights, n_a, n_b, fb, values=values, anchors=anchors,
+                             bias=bias, decision=decision)
     return FittedModel(names, classes, moments, masks, params)

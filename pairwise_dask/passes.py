@@ -206,6 +206,14 @@ def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 #: Bins of the final-margin histogram a refine round's keep threshold is read from: margins are
 #: cosine margins in [0, 2]; 4,096 bins resolve 0.0005, counts are integers (exact under merge).
 MARGIN_BINS = np.linspace(0.0, 2.0, 4097)
+#: The same for discriminant margins (standard-deviation units): [0, 32], resolution 0.008.
+DISC_MARGIN_BINS = np.linspace(0.0, 32.0, 4097)
+
+
+def margin_bins(spec: "Spec") -> np.ndarray:
+    """The bins of :func:`margin_histogram_partition` for this spec (by its masks' decision)."""
+    disc = any(m.decision == "discriminant" for m in spec.masks.values())
+    return DISC_MARGIN_BINS if disc else MARGIN_BINS
 
 
 def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
@@ -217,17 +225,19 @@ def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
         margin = play_block(b, spec).final_margin
     else:
         margin = fused_base({v: base_labels(x, spec.classes[v]) for v, x in b.views.items()})[1]
-    return np.histogram(np.clip(margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
+    bins = margin_bins(spec)
+    return np.histogram(np.clip(margin, 0.0, bins[-1]), bins=bins)[0].astype(np.int64)
 
 
-def margin_quantile(counts: np.ndarray, q: float) -> float:
-    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it."""
+def margin_quantile(counts: np.ndarray, q: float, bins: np.ndarray = MARGIN_BINS) -> float:
+    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it
+    (``bins``: the histogram's, :func:`margin_bins`)."""
     total = int(counts.sum())
     if total == 0 or q <= 0:
         return 0.0
     above = np.cumsum(counts[::-1])[::-1]  # items in bin i or higher
     ok = np.flatnonzero(above >= (1.0 - q) * total)
-    return float(MARGIN_BINS[ok[-1]]) if len(ok) else 0.0
+    return float(bins[ok[-1]]) if len(ok) else 0.0
 
 
 def merge(parts: list[Any]) -> Any:

@@ -25,8 +25,12 @@ _CLASS = np.uint64(0x8CB92BA72F3D8DD7)
 
 
 def pair_decisions(x: np.ndarray, masks: PairMasks) -> np.ndarray:
-    """``D = X Wᵀ``: ``D[i, p] > 0`` means the first class of pair ``p`` beats the second."""
-    return chunked_matmul(x, np.ascontiguousarray(masks.weights.T))
+    """``D = X Wᵀ`` (+ the pairs' bias, if any): ``D[i, p] > 0`` means the first class of pair ``p``
+    beats the second."""
+    d = chunked_matmul(x, np.ascontiguousarray(masks.weights.T))
+    if masks.bias is not None:
+        d += masks.bias
+    return d
 
 
 def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray) -> np.ndarray:
@@ -47,6 +51,8 @@ def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray) -> np.nd
         xs = x[s:s + CHUNK_ROWS]
         sub = xs[np.arange(len(p))[:, None, None], dims[p]]  # (rows, h, m)
         out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64), vals[p].astype(np.float64))
+    if masks.bias is not None and out.size:
+        out += masks.bias[pair]
     return out
 
 
@@ -94,7 +100,12 @@ def play_pairs(players: np.ndarray, k: int) -> np.ndarray:
 
 
 def masked_margin(x: np.ndarray, masks: PairMasks, pair: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Cosine margin ``x·w_p / ‖x|M_p‖`` of each item's pair ``pair[i]`` (``raw`` = ``x·w_p``)."""
+    """Cosine margin ``x·w_p / ‖x|M_p‖`` of each item's pair ``pair[i]`` (``raw`` = ``x·w_p``).
+
+    A discriminant's decision is its margin already (standard-deviation units): ``raw`` unchanged.
+    """
+    if masks.decision == "discriminant":
+        return np.asarray(raw, dtype=np.float32)
     sub = np.take_along_axis(x, masks.dims[pair], axis=1).astype(np.float64)
     norm = np.sqrt(np.einsum("ij,ij->i", sub, sub))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -188,7 +199,14 @@ def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndar
     Same signs as ``D`` (so any tourney played on them gives the same labels), but in cosine units,
     comparable across pairs and views: what fusion, round-robin ties and the review priority need.
     ``out=d`` overwrites ``d`` in place (pass 2 keeps only one ``(n, P)`` matrix per view).
+    A discriminant's decisions are margins already (standard-deviation units): returned as they are.
     """
+    if masks.decision == "discriminant":
+        if out is None:
+            return d.copy()
+        if out is not d:
+            out[...] = d
+        return out
     mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
     mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
     norms = np.sqrt(np.maximum(chunked_matmul(x * x, np.ascontiguousarray(mask.T)), 0))
