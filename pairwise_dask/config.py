@@ -22,6 +22,7 @@ MODES = ("bracket", "round-robin", "top-t")
 FINALS = ("fused", "confident-view")
 FIT_ON = ("fused", "view", "annotation")
 DECISIONS = ("cosine", "discriminant")
+ROTATIONS = ("none", "pca")
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ OPTIONS: tuple[Option, ...] = (
            "refine > 0 the first round stays cosine)", _one_of(DECISIONS)),
     Option("prior", "method", float, 0.0, "decision = discriminant: weight of log(n_a / n_b), the two "
            "sets' item counts, in each pair's bias (0: equal priors)", _range(0.0, 10.0)),
+    Option("rotate", "method", str, "none", "basis of the statistics: none (the embedding's own dimensions) "
+           "or pca (the principal axes of the items, from one more label-free pass: cosines unchanged, "
+           "per-dimension masks and moments on uncorrelated coordinates)", _one_of(ROTATIONS)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -155,6 +159,7 @@ class Settings:
     fit_on: str = "view"
     decision: str = "cosine"
     prior: float = 0.0
+    rotate: str = "none"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -182,7 +187,7 @@ class Settings:
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
                              "memory_limit", "partition_rows", "job_file", "storage_options"}}
         # options added later: left out at their defaults, so older jobs keep their fingerprint
-        for name, default in (("decision", "cosine"), ("prior", 0.0)):
+        for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
             if keep.get(name) == default:
                 keep.pop(name)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]

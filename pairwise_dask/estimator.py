@@ -78,11 +78,14 @@ class PairwiseLabeler:
         return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
 
     def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
-        return Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
+        from .job import with_rotation
+
+        rotation = self.model_.rotation if self.model_ is not None else {}  # a loaded rotate = pca model
+        return with_rotation(Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
                     top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
-                    keep_margin=self.keep_margin_)
+                    keep_margin=self.keep_margin_), rotation)
 
     def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
         """The margin above which the ``keep`` most confident items lie (exact histogram counts)."""
@@ -130,7 +133,9 @@ class PairwiseLabeler:
                   "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
                   "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior,
                   "base_keep_margin": self.keep_margin_}
-        self.model_ = FittedModel(classes.names, spec.classes, dict(moments), masks, params)
+        rotation = self.model_.rotation if self.model_ is not None else {}
+        self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
+                                  params, rotation)
         return self
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":

@@ -34,7 +34,8 @@ from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
-from .passes import (Histograms, Spec, Statistics, Tally, histogram_partition, ids_with_hash, label_partition,
+from .rotation import rotate_classes, rotation_from_gram
+from .passes import (Histograms, Spec, Statistics, Tally, gram_partition, histogram_partition, ids_with_hash, label_partition,
                      margin_bins, margin_histogram_partition, margin_quantile, merge, statistics_partition)
 from .tourney import use_gather
 
@@ -195,6 +196,26 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
             np.full(spec.k, s.diff_min)
         thresholds[v] = (cos, diff)
     return replace(spec, thresholds=thresholds)
+
+
+def with_rotation(spec: Spec, rotation: dict[str, np.ndarray]) -> Spec:
+    """``spec`` reading items as ``x·R`` and holding the prompts in the same basis."""
+    if not rotation:
+        return spec
+    return replace(spec, rotation=dict(rotation),
+                   classes={v: rotate_classes(c, rotation[v]) for v, c in spec.classes.items()})
+
+
+def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
+    """``rotate = pca``: one label-free pass of exact Grams, then every view's principal axes."""
+    if s.rotate != "pca":
+        return spec
+    from dask import delayed
+
+    spec_f = shared(spec)
+    gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f) for p in parts], merge),
+                    "rotation", progress)
+    return with_rotation(spec, {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n})
 
 
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
@@ -375,7 +396,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
-        spec = quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress)
+        spec = rotation_pass(c, s, prep.spec, parts, progress=progress)
+        spec = quantile_thresholds_pass(c, s, spec, parts, progress=progress)
         spec0 = base_spec(c, s, spec, parts, progress=progress)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
@@ -391,8 +413,9 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
-        save(FittedModel(prep.classes.names, spec.classes, stats.moments, masks,
-                         _params(s, masks, stats.rows, spec, spec0.keep_margin, thresholds)), staging / "model")
+        save(FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
+                         _params(s, masks, stats.rows, spec, spec0.keep_margin, thresholds), spec.rotation),
+             staging / "model")
         timings["write"] = time.perf_counter() - t
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
                 | ({"refine_thresholds": thresholds} if thresholds else {}))
@@ -416,13 +439,20 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
                                 "which new items' base-label moments do not add to",
                                 hint="Fit again on all items, or use refine = 0 for models you update")
+        if bool(old.rotation) != (s.rotate == "pca"):
+            raise BadInputError(f"rotate = {s.rotate} differs from the model's "
+                                f"({'pca' if old.rotation else 'none'})",
+                                hint="Moments only add up in the same basis: use the model's rotate")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
         # an update keeps the model's filter thresholds: moments only add up under the same sets
-        spec = (replace(prep.spec, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
-                else quantile_thresholds_pass(c, s, prep.spec, parts, progress=progress))
+        # an update keeps the model's basis too: moments only add up in the same coordinates
+        spec_r = (with_rotation(prep.spec, old.rotation) if old is not None
+                  else rotation_pass(c, s, prep.spec, parts, progress=progress))
+        spec = (replace(spec_r, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+                else quantile_thresholds_pass(c, s, spec_r, parts, progress=progress))
         spec0 = base_spec(c, s, spec, parts, progress=progress,
                           model_params=old.params if old is not None else None)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
@@ -439,8 +469,9 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
             moments = stats.moments
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, spec.classes, moments, masks,
-                         _params(s, masks, items, spec, spec0.keep_margin, thresholds)), staging / "model")
+        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
+                         _params(s, masks, items, spec, spec0.keep_margin, thresholds), spec.rotation),
+             staging / "model")
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
@@ -455,7 +486,8 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
     model = load(model_dir, s.storage_options)
     _check_compatible(s, model)
     prep = prepare(s, _model_classes(model))
-    spec = replace(prep.spec, masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
+    spec = replace(with_rotation(prep.spec, {v: model.rotation[v] for v in s.view_names if v in model.rotation}),
+                   masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         t = time.perf_counter()
@@ -499,7 +531,7 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
-            "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
+            "rotate": s.rotate, "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
@@ -560,7 +592,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
                    "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
                    "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
-                   "prior": s.prior},
+                   "prior": s.prior, "rotate": s.rotate},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

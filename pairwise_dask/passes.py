@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrays import embedding_matrix, hash_ids, normalize_rows, to_arrow
-from .base import base_labels
+from .base import base_labels, chunked_matmul
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
@@ -48,6 +48,8 @@ class Spec:
     final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
+    rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, d): items are read
+    # as x·R (rotate = pca); ``classes`` then holds the rotated prompts
 
     @property
     def k(self) -> int:
@@ -86,6 +88,8 @@ def read_block(df: Any, spec: Spec) -> Block:
         c = spec.classes[v]
         x = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
         views[v] = normalize_rows(x, name=col, ids=id_np)
+        if v in spec.rotation:  # fixed row blocks: a row's rotated bits do not depend on its partition
+            views[v] = chunked_matmul(views[v], spec.rotation[v])
     annotation = idx = None
     if spec.label_col:
         annotation = to_arrow(df[spec.label_col]).cast(pa.string())
@@ -191,6 +195,16 @@ def histogram_partition(df: Any, spec: Spec) -> Histograms:
         base = base_labels(x, spec.classes[v])
         out[v] = score_histograms(base.top1, base.margin, base.label, spec.k)
     return Histograms(out)
+
+
+def gram_partition(df: Any, spec: Spec) -> "Gram":
+    """The rotation pass on one partition: per view the exact Gram of its items (label-free)."""
+    from .rotation import Gram, block_gram
+
+    b = read_block(df, spec)
+    parts = {v: block_gram(x) for v, x in b.views.items()}
+    return Gram({v: p[0] for v, p in parts.items()}, {v: p[1] for v, p in parts.items()},
+                {v: p[2] for v, p in parts.items()})
 
 
 def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

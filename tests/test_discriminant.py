@@ -137,3 +137,58 @@ def test_discriminant_job_runs_applies_and_is_partition_invariant(client, tmp_pa
     # the review list is ranked by the fused discriminant margins (finite, sorted)
     dis = pq.read_table(tmp_path / "r0" / "disagreements").column("priority").to_numpy()
     assert np.isfinite(dis).all() and (np.diff(dis) <= 0).all()
+
+
+# --- rotate = pca ---------------------------------------------------------------------------
+
+def test_rotation_is_orthogonal_exact_under_merge_and_keeps_cosines():
+    from pairwise_dask.rotation import block_gram, rotate_classes, rotation_from_gram
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 10)) * np.linspace(0.1, 2.0, 10) @ rng.normal(size=(10, 10))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    whole = block_gram(x)
+    parts = [block_gram(x[s:s + 77]) for s in range(0, 500, 77)]
+    n = sum(p[0] for p in parts)
+    s1 = sum(p[1] for p in parts[::-1])
+    g = sum(p[2] for p in parts[::-1])
+    assert n == whole[0] and np.array_equal(s1, whole[1]) and np.array_equal(g, whole[2])  # bit for bit
+    r = rotation_from_gram(n, s1, g)
+    assert np.allclose(r.T @ r, np.eye(10), atol=1e-5)
+    xr = x @ r
+    var = xr.var(axis=0)
+    assert (np.diff(var) <= 1e-6).all()                  # largest variance first
+    cov = np.cov(xr.T)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-4  # uncorrelated coordinates
+    c = rng.normal(size=(3, 10)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    assert np.allclose(xr @ rotate_classes(c, r).T, x @ c.T, atol=1e-5)  # cosines unchanged
+
+
+def test_rotated_job_is_partition_invariant_applies_and_updates_only_with_its_basis(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=700, row_group=128)
+    opts = {"decision": "discriminant", "rotate": "pca", "refine": 1}
+    tables = []
+    for i, rows in enumerate([0, 97]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"r{i}"), "partition_rows": rows, **opts})
+        summary = job.run(s, client=client)
+        tables.append(pq.read_table(tmp_path / f"r{i}" / "labels"))
+        assert summary["final"]["accuracy"] > summary["per_view"]["a"]["accuracy_base"]
+    assert tables[0].equals(tables[1])
+    model = load(tmp_path / "r0" / "model")
+    assert set(model.rotation) == {"a", "b"} and (tmp_path / "r0" / "model" / "rotation.parquet").exists()
+    # the model's classes are the prompts as given, not rotated
+    given = pq.read_table(cat["classes"]).column("emb_a").combine_chunks().flatten().to_numpy().reshape(4, -1)
+    assert np.allclose(model.classes["a"], given / np.linalg.norm(given, axis=1, keepdims=True), atol=1e-6)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "applied"), **opts})
+    job.apply(s, str(tmp_path / "r0" / "model"), client=client)
+    assert pq.read_table(tmp_path / "applied" / "labels").equals(tables[0])
+    # update: refine = 0 models only (as before), and in the model's basis
+    s0 = load_settings(None, {**cat, "out": str(tmp_path / "f0"), **opts, "refine": 0})
+    job.fit(s0, client=client)
+    plain = load_settings(None, {**cat, "out": str(tmp_path / "u"), "refine": 0})
+    with pytest.raises(BadInputError, match="rotate"):
+        job.fit(plain, client=client, base_model=str(tmp_path / "f0" / "model"))
+    job.fit(s0.replace(out=str(tmp_path / "u2")), client=client, base_model=str(tmp_path / "f0" / "model"))
+    upd = load(tmp_path / "u2" / "model")
+    assert all(np.array_equal(upd.rotation[v], load(tmp_path / "f0" / "model").rotation[v]) for v in "ab")

@@ -33,7 +33,7 @@ from pairwise_dask.arrays import hash_ids  # noqa: E402
 from pairwise_dask.base import base_labels, chunked_matmul  # noqa: E402
 from pairwise_dask.masks import all_pairs, fit_masks, pair_lookup, resolve_dims, top_dims  # noqa: E402
 from pairwise_dask.metrics import accuracy, confusion, weighted_f1  # noqa: E402
-from pairwise_dask.moments import QUANT_BITS, Moments, class_moments, cross_deviation_ratio  # noqa: E402
+from pairwise_dask.moments import QUANT_BITS, Moments, class_moments, cross_deviation_ratio, set_moments  # noqa: E402
 from pairwise_dask.passes import MARGIN_BINS, margin_quantile, review_priority  # noqa: E402
 from pairwise_dask.tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins  # noqa: E402
 
@@ -149,6 +149,17 @@ def keep_mask(margin: np.ndarray, keep: float) -> np.ndarray:
     return margin >= margin_quantile(hist, 1.0 - keep)
 
 
+def decide_any(margins, pairs, pidx, h, *, mode, seed):
+    """The package's modes, plus "score": argmax of the mean signed margin (class_scores)."""
+    if mode != "score":
+        return decide(margins, pairs, pidx, h, mode=mode, seed=seed)
+    k = pidx.shape[0]
+    sc = class_scores(margins, pairs, k)
+    lab = sc.argmax(1).astype(np.int32)
+    part = np.partition(sc, k - 2, axis=1)
+    return lab, (part[:, -1] - part[:, -2]).astype(np.float32)
+
+
 def keep_per_class(margin: np.ndarray, label: np.ndarray, k: int, keep: float) -> np.ndarray:
     """Class-balanced selection: within each label, its ``keep`` most confident items."""
     out = np.zeros(len(margin), bool)
@@ -167,8 +178,15 @@ def soft_moments(x: np.ndarray, p: np.ndarray) -> Moments:
 
 def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, prior="none",
         shrink=0.0, scale=True, mode="round-robin", fit_on="view", first="cosine", mask_by="xv",
-        temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1) -> dict:
+        temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
+        pairkeep_and_keep=False, rot="") -> dict:
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
+    if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
+        xs, cs = dict(xs), dict(cs)
+        for v in list(xs):
+            _, vec = np.linalg.eigh(np.cov(xs[v].T.astype(np.float64)))
+            xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
+            cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
     views = list(xs)
     d = next(iter(xs.values())).shape[1]
     m = resolve_dims(dims, d)
@@ -184,6 +202,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         kp = keep_mask(marg, keep[0] if isinstance(keep, list) else keep)
         moms = {v: class_moments(xs[v], lab, kp, k) for v in views}
     logprior = None
+    per_pair_sets = False
     grams = {v: xs[v].astype(np.float64).T @ xs[v] for v in views}  # round 0 (cosine) does not use them
     res = {}
     for r in range(refine + 1):
@@ -194,22 +213,33 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                 margins[v], pairs = cosine_margins(xs[v], cs[v], moms[v], m=m, mix=mix)
             elif dec == "lda":
                 margins[v], pairs = lda_margins(xs[v], moms[v], grams[v], lam=lam, scale=scale, prior=logprior)
+            elif per_pair_sets:
+                mk = fit_masks(moms[v], cs[v], m=m, min_items=2, per_pair=True, decision="discriminant",
+                               prior=1.0 if prior != "none" else 0.0)
+                margins[v], pairs = pair_decisions(xs[v], mk), mk.pairs
             else:
                 margins[v], pairs = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
                                                  prior=logprior, mix=0.0, mask_by=mask_by)
         pidx = pair_lookup(pairs, k)
-        labels = {}
+        labels, vmargin = {}, {}
         for v in views:
-            labels[v], _ = decide(margins[v], pairs, pidx, h, mode=mode, seed=0)
+            labels[v], vmargin[v] = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
         fused = fuse_margins([margins[v] for v in views])
+        if joint and dec == "disc":  # one discriminant on the views side by side (2m of 2d dims)
+            xj = np.concatenate([xs[v] for v in views], axis=1)
+            cj = np.concatenate([cs[v] for v in views], axis=1) / np.sqrt(len(views))
+            mj = Moments(moms[views[0]].n, np.concatenate([moms[v].s1 for v in views], axis=1),
+                         np.concatenate([moms[v].s2 for v in views], axis=1))
+            fused, _ = disc_margins(xj, cj, mj, m=min(m * len(views), xj.shape[1]), shrink=shrink, scale=scale,
+                                    prior=logprior, mask_by=mask_by)
         if anchor > 0 and dec != "cosine":  # the zero-shot cosine difference as one more piece of evidence
             zs = sum(bases[v].scores for v in views) / len(views)
             fused = fused + anchor * (zs[:, pairs[:, 0]] - zs[:, pairs[:, 1]])
             for v in views:
                 margins[v] = margins[v] + anchor * (bases[v].scores[:, pairs[:, 0]] - bases[v].scores[:, pairs[:, 1]])
             for v in views:
-                labels[v], _ = decide(margins[v], pairs, pidx, h, mode=mode, seed=0)
-        final, fmargin = decide(fused, pairs, pidx, h, mode=mode, seed=0)
+                labels[v], _ = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
+        final, fmargin = decide_any(fused, pairs, pidx, h, mode=mode, seed=0)
         res = {"labels": labels, "final": final, "fused": fused, "pairs": pairs, "margin": fmargin}
         if r == refine:
             break
@@ -223,7 +253,36 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             kp = keep_mask(fmargin, kr) if keep_by == "all" else keep_per_class(fmargin, final, k, kr)
             if truth_moments:
                 final = ds["y"]
+            if rot == "within":  # rotate onto the eigenvectors of the kept items' pooled within-class covariance
+                xs, cs = dict(xs), dict(cs)
+                for v in views:
+                    xk = xs[v][kp].astype(np.float64)
+                    mu_c = np.zeros((k, xk.shape[1]))
+                    cnt = np.bincount(final[kp], minlength=k)
+                    np.add.at(mu_c, final[kp], xk)
+                    gram = xk.T @ xk - (mu_c.T / np.maximum(cnt, 1)) @ mu_c
+                    _, vec = np.linalg.eigh(gram)
+                    xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
+                    cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
             moms = {v: class_moments(xs[v], final, kp, k) for v in views}
+            if pairkeep > 0:  # per-pair sets: side a of (a, b) = final a, kept, and a-vs-b fused margin ≥ pairkeep
+                member = np.zeros((len(final), k * k))
+                kk = kp if pairkeep_and_keep else np.ones(len(final), bool)
+                for p_, (pa_, pb_) in enumerate(pairs):
+                    member[(final == pa_) & kk & (fused[:, p_] >= pairkeep), pa_ * k + pb_] = 1.0
+                    member[(final == pb_) & kk & (-fused[:, p_] >= pairkeep), pb_ * k + pa_] = 1.0
+                moms = {v: set_moments(xs[v], member) for v in views}
+                per_pair_sets = True
+            if cotrain:  # each view's moments from the OTHER view's labels, kept by that view's margin
+                other = {v: views[(i + 1) % len(views)] for i, v in enumerate(views)}
+                moms = {}
+                for v in views:
+                    o = other[v]
+                    lab_o = labels[o] if cotrain == "label" else final
+                    kp_o = keep_mask(vmargin[o], kr)
+                    if cotrain == "agree":
+                        kp_o = kp & (labels[o] == final)
+                    moms[v] = class_moments(xs[v], lab_o, kp_o, k)
             grams = {v: xs[v][kp].astype(np.float64).T @ xs[v][kp] for v in views}
         if prior != "none":  # "labels": counts of every item's final label; "kept": the moments' n
             cnt = (np.bincount(final, minlength=k) if prior == "labels" else moms[views[0]].n) + 1.0

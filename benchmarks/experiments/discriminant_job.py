@@ -23,6 +23,10 @@ ROWS = [
     ("decision = discriminant (m = 100, refine = 2)", {"decision": "discriminant"}),
     ("decision = discriminant, prior = 1, dims = 0.5, fit_on = fused (chosen on half A)",
      {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused"}),
+    ("the same + rotate = pca (chosen on half A)",
+     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
+    ("decision = discriminant, rotate = pca, dims = 0.5, fit_on = fused, refine = 3 (no prior)",
+     {"decision": "discriminant", "dims": 0.5, "fit_on": "fused", "rotate": "pca", "refine": 3}),
 ]
 
 
@@ -30,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data/debian")
     ap.add_argument("--work", default="/tmp/acc2-job")
+    ap.add_argument("--rows", default="", help="comma-separated row numbers (0-based) to run; default all")
     a = ap.parse_args()
     from distributed import Client, LocalCluster
 
@@ -44,7 +49,8 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        for name, opts in ROWS:
+        chosen = [ROWS[int(i)] for i in a.rows.split(",")] if a.rows else ROWS
+        for name, opts in chosen:
             for tag, ds, qa in sets:
                 r = job_row(run_job(client, ds, work / "run", **opts), ["a", "b"])
                 items, flip, _ = corrupt(ds, work)
