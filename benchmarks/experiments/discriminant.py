@@ -38,6 +38,7 @@ from pairwise_dask.passes import MARGIN_BINS, margin_quantile, review_priority  
 from pairwise_dask.tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins  # noqa: E402
 
 DATA = Path("/work/shared/data/debian")
+MAN_DIR = ["/tmp/acc2-man"]
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -50,6 +51,10 @@ def datasets(which: list[str], work: Path) -> dict:
         for tag, sel in (("all", np.ones(len(ds.y), bool)), ("A", ~half), ("B", half)):
             if tag in which:
                 out[tag] = _subset(ds, sel)
+    if "man" in which:  # benchmarks/experiments/make_manpages.py's catalog (this machine's man pages)
+        man = Path(MAN_DIR[0])
+        ds = load_dataset("man", str(man / "items.parquet"), str(man / "classes.parquet"))
+        out["man"] = _subset(ds, np.ones(len(ds.y), bool))
     if "syn" in which:
         syn = synthetic_small.write(work / "synthetic")
         ds = load_dataset("syn", syn["items"], syn["classes"])
@@ -345,7 +350,9 @@ def main() -> None:
     ap.add_argument("--grid", default="main")
     ap.add_argument("--work", default="/tmp/acc2-exp")
     ap.add_argument("--opts", default="", help="JSON list of [name, options] rows instead of --grid")
+    ap.add_argument("--man", default=MAN_DIR[0], help="folder of make_manpages.py's catalog (set: man)")
     a = ap.parse_args()
+    MAN_DIR[0] = a.man
     data = datasets(a.sets.split(","), Path(a.work))
     import json
     grid = json.loads(a.opts) if a.opts else GRIDS[a.grid]
