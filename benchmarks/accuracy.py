@@ -65,6 +65,8 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("defaults with decision = discriminant", {"decision": "discriminant"}),
     ("decision = discriminant, prior = 1, dims = 0.5, fit_on = fused",
      {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused"}),
+    ("the same + rotate = pca",
+     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means; refine is skipped with fit_on = annotation anyway.
