@@ -62,6 +62,11 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("defaults with dims = 0.5 (half of d)", {"dims": 0.5}),
     ("defaults with fit_on = fused", {"fit_on": "fused"}),
     ("defaults with mix = 3, refine = 3, keep = 0.3", {"mix": 3.0, "refine": 3, "keep": 0.3}),
+    ("defaults with decision = discriminant", {"decision": "discriminant"}),
+    ("decision = discriminant, prior = 1, dims = 0.5, fit_on = fused",
+     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused"}),
+    ("the same + rotate = pca",
+     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means; refine is skipped with fit_on = annotation anyway.

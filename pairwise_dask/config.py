@@ -22,6 +22,8 @@ MODES = ("bracket", "round-robin", "top-t")
 FINALS = ("fused", "confident-view")
 FIT_ON = ("fused", "view", "annotation")
 CACHE = ("auto", "on", "off")
+DECISIONS = ("cosine", "discriminant")
+ROTATIONS = ("none", "pca")
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,15 @@ OPTIONS: tuple[Option, ...] = (
            "the `keep` most confident items), view (each view's own base labels, all items: the "
            "article), annotation (the --label column where present; for reviewing an annotation)",
            _one_of(FIT_ON)),
+    Option("decision", "method", str, "cosine", "pair decisions: cosine (the prompts, or prompt + mix × "
+           "class mean, on the pair's mask: the article) or discriminant (a diagonal Gaussian discriminant "
+           "of the pair's two item sets on its mask, from the moments, in standard-deviation units; with "
+           "refine > 0 the first round stays cosine)", _one_of(DECISIONS)),
+    Option("prior", "method", float, 0.0, "decision = discriminant: weight of log(n_a / n_b), the two "
+           "sets' item counts, in each pair's bias (0: equal priors)", _range(0.0, 10.0)),
+    Option("rotate", "method", str, "none", "basis of the statistics: none (the embedding's own dimensions) "
+           "or pca (the principal axes of the items, from one more label-free pass: cosines unchanged, "
+           "per-dimension masks and moments on uncorrelated coordinates)", _one_of(ROTATIONS)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -150,6 +161,9 @@ class Settings:
     refine: int = 2
     keep: float = 0.5
     fit_on: str = "view"
+    decision: str = "cosine"
+    prior: float = 0.0
+    rotate: str = "none"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -177,6 +191,10 @@ class Settings:
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
                              "memory_limit", "cache", "partition_rows", "job_file", "storage_options"}}
+        # options added later: left out at their defaults, so older jobs keep their fingerprint
+        for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
+            if keep.get(name) == default:
+                keep.pop(name)
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

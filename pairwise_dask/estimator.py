@@ -29,8 +29,8 @@ from .masks import PairMasks, fit_masks, resolve_dims
 from .model import FittedModel, load, save
 from .moments import Moments
 from .config import Settings
-from .passes import (Spec, Statistics, label_partition, margin_histogram_partition, margin_quantile, merge,
-                     statistics_partition)
+from .passes import (Spec, Statistics, label_partition, margin_bins, margin_histogram_partition, margin_quantile,
+                     merge, statistics_partition)
 
 #: The job's defaults (one source of truth: the settings object).
 _D = Settings(items="", classes="", out="", views=())
@@ -47,7 +47,8 @@ class PairwiseLabeler:
         ``name`` and one embedding column per view (or one shared ``embedding``).
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
-    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on : as in
+    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on, decision,
+    prior : as in
     the job file's ``[method]`` (same defaults, same meaning).
     """
 
@@ -55,13 +56,15 @@ class PairwiseLabeler:
                  id: str = "id", label: str = "", dims: float | None = _D.dims, seed: int = 0,
                  cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
                  top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
-                 keep: float = _D.keep, fit_on: str = _D.fit_on) -> None:
+                 keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
+                 prior: float = _D.prior) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
         self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
+        self.decision, self.prior = decision, prior
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
 
@@ -75,11 +78,14 @@ class PairwiseLabeler:
         return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
 
     def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
-        return Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
+        from .job import with_rotation
+
+        rotation = self.model_.rotation if self.model_ is not None else {}  # a loaded rotate = pca model
+        return with_rotation(Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
                     top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
-                    keep_margin=self.keep_margin_)
+                    keep_margin=self.keep_margin_), rotation)
 
     def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
         """The margin above which the ``keep`` most confident items lie (exact histogram counts)."""
@@ -90,7 +96,7 @@ class PairwiseLabeler:
         spec_d = delayed(spec, pure=True)
         parts = ddf.to_delayed()
         hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d) for p in parts], merge).compute()
-        return margin_quantile(hist, 1.0 - self.keep)
+        return margin_quantile(hist, 1.0 - self.keep, margin_bins(spec))
 
     def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
         from dask import delayed
@@ -110,9 +116,14 @@ class PairwiseLabeler:
         masks = self._masks(spec, moments, spec.per_pair)
         return self._store(classes, spec, moments, masks, items)
 
-    def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool) -> dict[str, PairMasks]:
+    def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool,
+               refined: bool = False) -> dict[str, PairMasks]:
+        # as job.fit_pair_masks: the first round of a refined fit stays cosine
+        decision = (self.decision if (refined or self.refine == 0 or self.fit_on == "annotation")
+                    else "cosine")
         return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
-                             min_items=self.min_items, per_pair=per_pair, mix=self.mix) for v in self.views}
+                             min_items=self.min_items, per_pair=per_pair, mix=self.mix, decision=decision,
+                             prior=self.prior) for v in self.views}
 
     def _store(self, classes: ClassSet, spec: Spec, moments: Mapping[str, Moments], masks: dict[str, PairMasks],
                items: int) -> "PairwiseLabeler":
@@ -120,8 +131,11 @@ class PairwiseLabeler:
                   "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
                   "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
                   "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
-                  "fit_on": self.fit_on, "base_keep_margin": self.keep_margin_}
-        self.model_ = FittedModel(classes.names, spec.classes, dict(moments), masks, params)
+                  "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior,
+                  "base_keep_margin": self.keep_margin_}
+        rotation = self.model_.rotation if self.model_ is not None else {}
+        self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
+                                  params, rotation)
         return self
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
@@ -135,7 +149,7 @@ class PairwiseLabeler:
             spec = replace(self._spec(classes), masks=self.model_.masks)
             spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec))
             moments = self._statistics(ddf, spec).moments
-            self._store(classes, spec, moments, self._masks(spec, moments, False), stats.rows)
+            self._store(classes, spec, moments, self._masks(spec, moments, False, refined=True), stats.rows)
         return self
 
     def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
@@ -188,7 +202,8 @@ class PairwiseLabeler:
                 "mode": p.get("mode", "bracket"), "top_t": p.get("top_t", 16),
                 # models written before these options existed were the article's method
                 "final": p.get("final", "confident-view"), "mix": p.get("mix", 0.0),
-                "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view")} | kw
+                "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
+                "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0)} | kw
         self = cls(str(folder), views=views, **args)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model

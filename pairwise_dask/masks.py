@@ -75,6 +75,10 @@ class PairMasks:
     ``n_a``/``n_b`` the set sizes; ``fallback`` where a side had fewer than ``min_items`` items;
     ``anchors`` ``(k, d)`` the class vectors the weights were built from (the prompts, or the
     prompts mixed with the class means: :func:`prototypes`); ``None`` means the prompts.
+    ``decision``: ``"cosine"`` (the above; margins are masked cosines) or ``"discriminant"``
+    (:func:`discriminant_values`: ``w_ab`` and ``bias`` are a diagonal discriminant already in
+    standard-deviation units, so ``x·w + bias`` is the margin itself); ``bias`` ``(P,)`` float32
+    is added to every decision (``None``: 0).
     """
 
     k: int
@@ -86,6 +90,8 @@ class PairMasks:
     fallback: np.ndarray
     values: np.ndarray | None = None
     anchors: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    decision: str = "cosine"
 
     def sparse_values(self) -> np.ndarray:
         """``w_p`` on ``dims[p]``: ``(P, m)`` float32 (taken from ``weights`` when not stored)."""
@@ -162,16 +168,71 @@ def prototypes(classes: np.ndarray, moments: Moments, *, mix: float, per_pair: b
     return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
+#: Variance floor of the discriminant: each pair's pooled variance plus this share of its mean over
+#: the dimensions (regularises near-constant dimensions and tiny sets; chosen on Debian half A among
+#: 0, 0.1, 0.5, 1: differences ≤ 0.003, see benchmarks/experiments/discriminant.md).
+DISC_SHRINK = 0.5
+
+
+def discriminant_values(moments: Moments, classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray, *,
+                        per_pair: bool, min_items: int, prior: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, a diagonal (shared-variance) Gaussian discriminant on its mask: ``(P, m)`` weights
+    on ``dims`` and a ``(P,)`` bias, both float32, scaled to standard-deviation units.
+
+    ``w = (μa − μb)/σ²`` on ``M_ab`` (``σ²`` the two sides' pooled variance + :data:`DISC_SHRINK` × its
+    mean over the dimensions), ``bias = −w·(μa + μb)/2 + prior · log(n_a/n_b)``, both divided by
+    the pair's discriminant scale ``Δ = sqrt(Σ_M (μa − μb)²/σ²)``: ``x·w + bias`` is the item's
+    signed distance from the midpoint along the discriminant in within-class standard deviations,
+    comparable across pairs and views (what round-robin, fusion and the review priority add up).
+    A side with fewer than ``min_items`` items is its prompt scaled to the median norm of the
+    other sets' means, with their mean variance.
+    """
+    k, d = classes.shape
+    a, b = pairs[:, 0], pairs[:, 1]
+    ia, ib = set_index(a, b, k, per_pair), set_index(b, a, k, per_pair)
+    mu, var = moments.mean_var()
+    n = moments.n.astype(np.float64)
+    ok = n >= max(min_items, 1)
+    if not ok.all():
+        typical = float(np.median(np.linalg.norm(mu[ok], axis=1))) if ok.any() else 1.0
+        mean_var = var[ok].mean(axis=0) if ok.any() else np.full(d, 1.0 / d)
+        cls = np.arange(len(n)) // k if per_pair else np.arange(len(n))  # the class of each set
+        mu = np.where(ok[:, None], mu, classes[cls].astype(np.float64) * typical)
+        var = np.where(ok[:, None], var, mean_var)
+        n = np.where(ok, n, max(min_items, 1))
+    ma, mb = mu[ia[:, None], dims], mu[ib[:, None], dims]          # (P, m) gathered, never (P, d)
+    na, nb = n[ia][:, None], n[ib][:, None]
+    pooled = (na * var[ia[:, None], dims] + nb * var[ib[:, None], dims]) / (na + nb)
+    vm = var.mean(axis=1)  # per set: its mean variance over all d dimensions
+    pooled = pooled + DISC_SHRINK * ((na[:, 0] * vm[ia] + nb[:, 0] * vm[ib]) / (na + nb)[:, 0])[:, None] + 1e-12
+    diff = ma - mb
+    w = diff / pooled
+    bias = -(w * (ma + mb)).sum(axis=1) / 2.0
+    if prior:
+        bias = bias + prior * np.log(n[ia] / n[ib])
+    delta = np.sqrt((w * diff).sum(axis=1))
+    delta = np.where(delta > 0, delta, 1.0)
+    return (w / delta[:, None]).astype(np.float32), (bias / delta).astype(np.float32)
+
+
+DECISIONS = ("cosine", "discriminant")
+
+
 def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, per_pair: bool,
-              pairs: np.ndarray | None = None, dense: bool = True, mix: float = 0.0) -> PairMasks:
+              pairs: np.ndarray | None = None, dense: bool = True, mix: float = 0.0,
+              decision: str = "cosine", prior: float = 0.0) -> PairMasks:
     """Score every dimension of every pair and keep the ``m`` most discriminative.
 
     ``pairs`` (default: all ``k(k−1)/2``) limits the fit to the pairs that can play (the top-t
     bracket); ``dense=False`` keeps only the ``(P, m)`` weight values, not ``(P, d)`` weights.
     A pair with fewer than ``min_items`` items on either side falls back to the ``m`` dimensions
     where the two (normalised) class prompts differ most: the only evidence left without data.
-    The pair weights come from :func:`prototypes` (``mix = 0``: the prompts themselves).
+    The pair weights come from :func:`prototypes` (``mix = 0``: the prompts themselves), or with
+    ``decision = "discriminant"`` from :func:`discriminant_values` (``mix`` unused, ``prior`` the
+    weight of the log count ratio in its bias).
     """
+    if decision not in DECISIONS:
+        raise ValueError(f"decision = {decision!r} is not one of {', '.join(DECISIONS)}")
     k, d = classes.shape
     pairs = all_pairs(k) if pairs is None else np.asarray(pairs, dtype=np.int32).reshape(-1, 2)
     a, b = pairs[:, 0], pairs[:, 1]
@@ -187,10 +248,17 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
         if fb.any():
             score[fb] = np.abs(classes[a[sl][fb]] - classes[b[sl][fb]])
         dims[sl] = top_dims(np.nan_to_num(score, nan=0.0), m)
-    anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
-    values = pair_values(anchors, pairs, dims)
+    bias = None
+    if decision == "discriminant":
+        anchors = None
+        values, bias = discriminant_values(moments, classes, pairs, dims, per_pair=per_pair,
+                                           min_items=min_items, prior=prior)
+    else:
+        anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
+        values = pair_values(anchors, pairs, dims)
+        anchors = None if mix <= 0 else anchors
     weights = None
     if dense:
         weights = np.zeros((len(pairs), d), dtype=np.float32)
         np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
-    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, None if mix <= 0 else anchors)
+    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, anchors, bias, decision)

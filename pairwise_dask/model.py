@@ -6,7 +6,7 @@ moments be added to the old ones exactly (moments add; see :mod:`pairwise_dask.m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 from .errors import BadInputError
 from .io import write_table
 from .storage import Location
-from .masks import PairMasks, pair_values, pair_weights
+from .masks import PairMasks, discriminant_values, pair_values
 
 #: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
 DENSE_LIMIT = 1 << 26
 from .moments import QUANT_BITS, Moments
+from .rotation import rotate_classes
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class FittedModel:
     moments: dict[str, Moments]
     masks: dict[str, PairMasks]
     params: dict
+    #: view -> (d, d) basis the moments and masks live in (rotate = pca); ``classes`` stay the prompts
+    rotation: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _fsl(m: np.ndarray, t: pa.DataType) -> pa.Array:
@@ -77,6 +80,11 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
     anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in model.masks.items() if m.anchors is not None}
     if anchors:
         write_table(pa.table({"name": pa.array(model.names, pa.string()), **anchors}), folder / "anchors.parquet")
+    if model.rotation:  # one row per basis vector (column of R) and view
+        write_table(pa.concat_tables([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
+                                                "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),
+                                                "vector": _fsl(np.ascontiguousarray(r.T), pa.float32())})
+                                      for v, r in model.rotation.items()]), folder / "rotation.parquet")
     params = dict(model.params, quant_bits=QUANT_BITS, views=list(model.classes))
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
@@ -103,6 +111,14 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
     mk = _read(folder / "masks.parquet")
     at = _read(folder / "anchors.parquet") if (folder / "anchors.parquet").exists() else None
     index = {n: i for i, n in enumerate(names)}
+    rotation = {}
+    if (folder / "rotation.parquet").exists():
+        rt = _read(folder / "rotation.parquet")
+        for v in views:
+            sub = rt.filter(pc.equal(rt.column("view"), v))
+            d = classes[v].shape[1]
+            rotation[v] = np.ascontiguousarray(
+                np.asarray(sub.column("vector").combine_chunks().flatten()).reshape(-1, d).T, dtype=np.float32)
     moments, masks = {}, {}
     for v in views:
         sub = mt.filter(pc.equal(mt.column("view"), v))
@@ -118,11 +134,21 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
         anchors = None  # the class vectors the weights were built from, when not the prompts (mix > 0)
         if at is not None and v in at.column_names:
             anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
-        base = classes[v] if anchors is None else anchors
-        if len(pairs) * d > DENSE_LIMIT:  # many pairs (top-t over a large taxonomy): stay sparse
-            masks[v] = PairMasks(len(names), pairs, dims, None, n_a, n_b, fb,
-                                 values=pair_values(base, pairs, dims), anchors=anchors)
+        prompts = rotate_classes(classes[v], rotation[v]) if v in rotation else classes[v]
+        base = prompts if anchors is None else anchors
+        decision, bias = params.get("decision", "cosine"), None
+        if decision == "discriminant":  # rebuilt from the saved moments: the same function, the same bits
+            k = len(names)
+            values, bias = discriminant_values(moments[v], prompts, pairs, dims,
+                                               per_pair=len(moments[v].n) == k * k and k > 1,
+                                               min_items=int(params.get("min_items", 1)),
+                                               prior=float(params.get("prior", 0.0)))
         else:
-            masks[v] = PairMasks(len(names), pairs, dims, pair_weights(base, pairs, dims), n_a, n_b, fb,
-                                 anchors=anchors)
-    return FittedModel(names, classes, moments, masks, params)
+            values = pair_values(base, pairs, dims)
+        weights = None
+        if len(pairs) * d <= DENSE_LIMIT:  # else many pairs (top-t over a large taxonomy): stay sparse
+            weights = np.zeros((len(pairs), d), dtype=np.float32)
+            np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+        masks[v] = PairMasks(len(names), pairs, dims, weights, n_a, n_b, fb, values=values, anchors=anchors,
+                             bias=bias, decision=decision)
+    return FittedModel(names, classes, moments, masks, params, rotation)

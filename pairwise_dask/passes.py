@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrays import embedding_matrix, hash_ids, inverse_norms, to_arrow
-from .base import base_labels
+from .base import base_labels, chunked_matmul
 from .errors import BadInputError
 from .masks import PairMasks
 from .metrics import confusion
@@ -48,6 +48,8 @@ class Spec:
     final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
+    rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, d): items are read
+    # as x·R (rotate = pca); ``classes`` then holds the rotated prompts
 
     @property
     def k(self) -> int:
@@ -78,6 +80,7 @@ class Block:
     annotation: pa.Array | None
     annotation_idx: np.ndarray | None  # int64, -1 where the annotation is null
     scale: dict[str, np.ndarray] = field(default_factory=dict)
+    rotated: bool = False  # views read as x·R (rotate = pca)
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __sizeof__(self) -> int:
@@ -90,7 +93,11 @@ class Block:
 
 def block_of(part: Any, spec: Spec) -> Block:
     """A partition as a :class:`Block`: read and checked now, or already (a cached block)."""
-    return part if isinstance(part, Block) else read_block(part, spec)
+    if not isinstance(part, Block):
+        return read_block(part, spec)
+    if part.rotated != bool(spec.rotation):  # a cached block decoded for another basis: a bug
+        raise ValueError("a cached block's basis differs from the pass's (rotate)")
+    return part
 
 
 def base_of(b: Block, spec: Spec, view: str) -> Any:
@@ -114,8 +121,11 @@ def read_block(df: Any, spec: Spec) -> Block:
     views, scale = {}, {}
     for v, col in spec.views:
         c = spec.classes[v]
-        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
-        scale[v] = inverse_norms(views[v], name=col, ids=id_np)
+        x = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
+        scale[v] = inverse_norms(x, name=col, ids=id_np)
+        if v in spec.rotation:  # fixed row blocks: a row's rotated bits do not depend on its partition
+            x = chunked_matmul(x, spec.rotation[v])  # orthogonal: the norms (scale) are kept
+        views[v] = x
     annotation = idx = None
     if spec.label_col:
         annotation = to_arrow(df[spec.label_col]).cast(pa.string())
@@ -127,7 +137,7 @@ def read_block(df: Any, spec: Spec) -> Block:
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Block(ids, hash_ids(ids), views, annotation, idx, scale)
+    return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation))
 
 
 # --- pass 1 --------------------------------------------------------------------------------
@@ -223,6 +233,16 @@ def histogram_partition(df: Any, spec: Spec) -> Histograms:
     return Histograms(out)
 
 
+def gram_partition(df: Any, spec: Spec) -> "Gram":
+    """The rotation pass on one partition: per view the exact Gram of its items (label-free)."""
+    from .rotation import Gram, block_gram
+
+    b = block_of(df, spec)
+    parts = {v: block_gram(x * b.scale[v][:, None]) for v, x in b.views.items()}
+    return Gram({v: p[0] for v, p in parts.items()}, {v: p[1] for v, p in parts.items()},
+                {v: p[2] for v, p in parts.items()})
+
+
 def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """The views' fused base label (argmax of the mean cosine) and its top-1 minus top-2 margin."""
     s = sum(b.scores for b in bases.values()) / len(bases)
@@ -236,6 +256,14 @@ def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 #: Bins of the final-margin histogram a refine round's keep threshold is read from: margins are
 #: cosine margins in [0, 2]; 4,096 bins resolve 0.0005, counts are integers (exact under merge).
 MARGIN_BINS = np.linspace(0.0, 2.0, 4097)
+#: The same for discriminant margins (standard-deviation units): [0, 32], resolution 0.008.
+DISC_MARGIN_BINS = np.linspace(0.0, 32.0, 4097)
+
+
+def margin_bins(spec: "Spec") -> np.ndarray:
+    """The bins of :func:`margin_histogram_partition` for this spec (by its masks' decision)."""
+    disc = any(m.decision == "discriminant" for m in spec.masks.values())
+    return DISC_MARGIN_BINS if disc else MARGIN_BINS
 
 
 def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
@@ -247,17 +275,19 @@ def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
         margin = play_block(b, spec).final_margin
     else:
         margin = fused_base({v: base_of(b, spec, v) for v in b.views})[1]
-    return np.histogram(np.clip(margin, 0.0, 2.0), bins=MARGIN_BINS)[0].astype(np.int64)
+    bins = margin_bins(spec)
+    return np.histogram(np.clip(margin, 0.0, bins[-1]), bins=bins)[0].astype(np.int64)
 
 
-def margin_quantile(counts: np.ndarray, q: float) -> float:
-    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it."""
+def margin_quantile(counts: np.ndarray, q: float, bins: np.ndarray = MARGIN_BINS) -> float:
+    """The lower bin edge at which at least a share ``1 − q`` of the items lie at or above it
+    (``bins``: the histogram's, :func:`margin_bins`)."""
     total = int(counts.sum())
     if total == 0 or q <= 0:
         return 0.0
     above = np.cumsum(counts[::-1])[::-1]  # items in bin i or higher
     ok = np.flatnonzero(above >= (1.0 - q) * total)
-    return float(MARGIN_BINS[ok[-1]]) if len(ok) else 0.0
+    return float(bins[ok[-1]]) if len(ok) else 0.0
 
 
 def merge(parts: list[Any]) -> Any:
@@ -344,14 +374,14 @@ def play_block(b: Block, spec: Spec) -> Played:
         base[v] = base_of(b, spec, v)
         if masks.weights is None:  # sparse: gather each match's decision, no X Wᵀ over all pairs
             res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
-                                      players=top_classes(base[v].scores, spec.top_t))
+                                      players=top_classes(base[v].scores, spec.top_t), scale=b.scale[v])
             label[v] = res.label
             margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
                          else np.zeros(0, np.float32))
-            margin_of[v] = lambda r, p, x=x, masks=masks: masked_margin(
-                x[r], masks, p, gather_decisions(x[r], masks, p[:, None])[:, 0])
+            margin_of[v] = lambda r, p, x=x, masks=masks, sc=b.scale[v]: masked_margin(
+                x[r], masks, p, gather_decisions(x[r], masks, p[:, None], sc[r])[:, 0])
             continue
-        m = pair_margins(x, masks, d := pair_decisions(x, masks), out=d)
+        m = pair_margins(x, masks, d := pair_decisions(x, masks, b.scale[v]), out=d)
         label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
                                      players=_players(spec, base[v].scores))
         margin_of[v] = lambda r, p, m=m: m[r, p]

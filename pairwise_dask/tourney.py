@@ -24,13 +24,31 @@ _ROUND = np.uint64(0xD1B54A32D192ED03)
 _CLASS = np.uint64(0x8CB92BA72F3D8DD7)
 
 
-def pair_decisions(x: np.ndarray, masks: PairMasks) -> np.ndarray:
-    """``D = X Wᵀ``: ``D[i, p] > 0`` means the first class of pair ``p`` beats the second."""
-    return chunked_matmul(x, np.ascontiguousarray(masks.weights.T))
+def _affine(masks: PairMasks) -> bool:
+    """Decisions with a bias (the discriminant) depend on the rows' scale; cosine ones do not."""
+    return masks.bias is not None
 
 
-def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray) -> np.ndarray:
-    """``x_i · w_{pair[i, j]}`` for a ``(n, h)`` array of pair rows, from the sparse ``(P, m)`` weights.
+def pair_decisions(x: np.ndarray, masks: PairMasks, scale: np.ndarray | None = None) -> np.ndarray:
+    """``D = X Wᵀ`` (+ the pairs' bias, if any): ``D[i, p] > 0`` means the first class of pair ``p``
+    beats the second.
+
+    ``x`` holds normalised rows, or raw rows with ``scale`` their inverse norms. A cosine decision
+    (no bias) is scale-free, its sign and masked margin alike, so ``scale`` is only applied to a
+    discriminant's ``x·w``, before its bias.
+    """
+    d = chunked_matmul(x, np.ascontiguousarray(masks.weights.T))
+    if _affine(masks):
+        if scale is not None:
+            d *= scale[:, None]
+        d += masks.bias
+    return d
+
+
+def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray,
+                     scale: np.ndarray | None = None) -> np.ndarray:
+    """``x_i · w_{pair[i, j]}`` for a ``(n, h)`` array of pair rows, from the sparse ``(P, m)`` weights
+    (``scale`` and the bias as in :func:`pair_decisions`).
 
     Equals the matching entries of :func:`pair_decisions` up to rounding (accumulated here in
     float64 over the ``m`` mask dimensions only). Row blocks of :data:`CHUNK_ROWS` bound the
@@ -47,6 +65,10 @@ def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray) -> np.nd
         xs = x[s:s + CHUNK_ROWS]
         sub = xs[np.arange(len(p))[:, None, None], dims[p]]  # (rows, h, m)
         out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64), vals[p].astype(np.float64))
+    if _affine(masks) and out.size:
+        if scale is not None:
+            out *= scale.reshape((-1,) + (1,) * (out.ndim - 1))
+        out += masks.bias[pair]
     return out
 
 
@@ -94,7 +116,12 @@ def play_pairs(players: np.ndarray, k: int) -> np.ndarray:
 
 
 def masked_margin(x: np.ndarray, masks: PairMasks, pair: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """Cosine margin ``x·w_p / ‖x|M_p‖`` of each item's pair ``pair[i]`` (``raw`` = ``x·w_p``)."""
+    """Cosine margin ``x·w_p / ‖x|M_p‖`` of each item's pair ``pair[i]`` (``raw`` = ``x·w_p``).
+
+    A discriminant's decision is its margin already (standard-deviation units): ``raw`` unchanged.
+    """
+    if masks.decision == "discriminant":
+        return np.asarray(raw, dtype=np.float32)
     sub = np.take_along_axis(x, masks.dims[pair], axis=1).astype(np.float64)
     norm = np.sqrt(np.einsum("ij,ij->i", sub, sub))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -133,10 +160,10 @@ def play_bracket(d: np.ndarray, pair_index: np.ndarray, id_hash: np.ndarray, *, 
 
 
 def play_bracket_gather(x: np.ndarray, masks: PairMasks, pair_index: np.ndarray, id_hash: np.ndarray, *,
-                        seed: int, players: np.ndarray) -> Result:
+                        seed: int, players: np.ndarray, scale: np.ndarray | None = None) -> Result:
     """The same bracket as :func:`play_bracket`, each round's decisions gathered per match
     (:func:`gather_decisions`): no ``k²`` product, cost ``O(n · t · m)``."""
-    return _play(lambda p: gather_decisions(x, masks, p), x.shape[0], pair_index, id_hash, seed=seed,
+    return _play(lambda p: gather_decisions(x, masks, p, scale), x.shape[0], pair_index, id_hash, seed=seed,
                  players=players)
 
 
@@ -188,7 +215,14 @@ def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndar
     Same signs as ``D`` (so any tourney played on them gives the same labels), but in cosine units,
     comparable across pairs and views: what fusion, round-robin ties and the review priority need.
     ``out=d`` overwrites ``d`` in place (pass 2 keeps only one ``(n, P)`` matrix per view).
+    A discriminant's decisions are margins already (standard-deviation units): returned as they are.
     """
+    if masks.decision == "discriminant":
+        if out is None:
+            return d.copy()
+        if out is not d:
+            out[...] = d
+        return out
     mask = np.zeros((len(masks.pairs), x.shape[1]), np.float32)
     mask[np.arange(len(masks.pairs))[:, None], masks.dims] = 1.0
     norms = np.sqrt(np.maximum(chunked_matmul(x, np.ascontiguousarray(mask.T), square=True), 0))

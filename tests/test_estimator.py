@@ -37,3 +37,14 @@ def test_estimator_matches_the_job_and_round_trips(client, tmp_path):
     rest = dd.from_pandas(items.compute().iloc[300:], npartitions=3)
     inc = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0).fit(first).partial_fit(rest)
     assert inc.masks_table().equals(lab.masks_table())
+
+
+def test_estimator_loads_a_discriminant_rotated_model(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=400)
+    opts = {"decision": "discriminant", "rotate": "pca", "refine": 1, "prior": 1.0}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    got = PairwiseLabeler.load(tmp_path / "out" / "model", views=dict(cat["views"])).predict(items).compute()
+    for col in ("label_a", "label_b", "final_label", "base_a"):
+        assert got[col].astype(str).tolist() == ref[col].astype(str).tolist()

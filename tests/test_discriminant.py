@@ -1,0 +1,194 @@
+"""decision = discriminant: per-pair diagonal discriminant weights and bias from the moments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pairwise_dask import job
+from pairwise_dask.config import load_settings
+from pairwise_dask.errors import BadInputError
+from pairwise_dask.masks import DISC_SHRINK, all_pairs, discriminant_values, fit_masks
+from pairwise_dask.model import load
+from pairwise_dask.moments import Moments, class_moments
+from pairwise_dask.tourney import gather_decisions, masked_margin, pair_decisions, pair_margins
+
+from catalogs import make_catalog
+
+
+def _two_blobs(n: int = 4000, d: int = 6, seed: int = 0, share_a: float = 0.5):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) >= share_a).astype(np.int32)  # 0 = class a, 1 = class b
+    mu = np.zeros((2, d))
+    mu[0, :2] = [0.3, -0.2]
+    mu[1, :2] = [-0.1, 0.2]
+    sd = np.linspace(0.05, 0.2, d)
+    x = (mu[y] + rng.normal(size=(n, d)) * sd).astype(np.float32)
+    return x, y, mu, sd
+
+
+def test_discriminant_is_the_diagonal_lda_in_std_units():
+    x, y, mu, sd = _two_blobs()
+    mom = class_moments(x, y, np.ones(len(y), bool), 2)
+    classes = np.eye(2, 6, dtype=np.float32)
+    pairs = all_pairs(2)
+    dims = np.arange(6, dtype=np.int32)[None, :]
+    w, b = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
+    # by hand from the sample moments
+    m, v = mom.mean_var()
+    n = mom.n.astype(float)
+    pooled = (n[0] * v[0] + n[1] * v[1]) / n.sum()
+    pooled = pooled + DISC_SHRINK * pooled.mean() + 1e-12
+    ww = (m[0] - m[1]) / pooled
+    delta = np.sqrt(ww @ (m[0] - m[1]))
+    assert np.allclose(w[0], ww / delta, rtol=1e-5)
+    assert np.isclose(b[0], -(ww @ (m[0] + m[1])) / 2 / delta, rtol=1e-5)
+    margin = x @ w[0] + b[0]
+    assert ((margin >= 0) == (y == 0)).mean() > 0.95   # it separates the two blobs
+    # the midpoint between the class means is the decision boundary
+    assert abs(((m[0] + m[1]) / 2) @ w[0] + b[0]) < 1e-5
+
+
+def test_prior_shifts_the_bias_by_the_log_count_ratio():
+    x, y, _, _ = _two_blobs(share_a=0.8)
+    mom = class_moments(x, y, np.ones(len(y), bool), 2)
+    classes = np.eye(2, 6, dtype=np.float32)
+    pairs, dims = all_pairs(2), np.arange(6, dtype=np.int32)[None, :]
+    w0, b0 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
+    w1, b1 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1, prior=1.0)
+    assert np.array_equal(w0, w1)
+    m, _ = mom.mean_var()
+    n = mom.n.astype(float)
+    # Δ is recovered from the weights: w·(μa − μb) = Δ
+    delta = float(w0[0] @ (m[0] - m[1]))
+    assert np.isclose(b1[0] - b0[0], np.log(n[0] / n[1]) / delta, rtol=1e-4)
+
+
+def test_discriminant_masks_in_the_tourney_functions():
+    rng = np.random.default_rng(1)
+    k, d, n = 4, 12, 300
+    c = rng.normal(size=(k, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = (c[rng.integers(0, k, n)] + rng.normal(scale=0.5, size=(n, d))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = (x @ c.T).argmax(1)
+    lab[0] = 3  # keep every class present
+    mom = class_moments(x, lab, np.ones(n, bool), k)
+    masks = fit_masks(mom, c, m=5, min_items=1, per_pair=False, decision="discriminant", prior=1.0)
+    assert masks.decision == "discriminant" and masks.bias is not None and masks.anchors is None
+    dec = pair_decisions(x, masks)
+    want = x @ masks.weights.T + masks.bias
+    assert np.allclose(dec, want, atol=1e-5)
+    # margins are the decisions themselves (std units), in place or not
+    assert np.array_equal(pair_margins(x, masks, dec), dec)
+    # gathered per match (the top-t path) equals the product, bias included
+    pair = rng.integers(0, len(masks.pairs), size=(n, 3))
+    g = gather_decisions(x, masks, pair)
+    assert np.allclose(g, np.take_along_axis(dec, pair, axis=1), atol=1e-5)
+    assert np.array_equal(masked_margin(x, masks, pair[:, 0], g[:, 0]), g[:, 0])
+
+
+def test_a_class_without_items_falls_back_to_its_prompt():
+    rng = np.random.default_rng(2)
+    k, d, n = 3, 8, 200
+    c = np.eye(k, d, dtype=np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    lab = rng.integers(0, 2, n)  # class 2 is never used
+    mom = class_moments(x, lab, np.ones(n, bool), k)
+    masks = fit_masks(mom, c, m=4, min_items=5, per_pair=False, decision="discriminant")
+    assert masks.fallback.sum() == 2
+    assert np.isfinite(masks.weights).all() and np.isfinite(masks.bias).all()
+    with pytest.raises(ValueError):
+        fit_masks(mom, c, m=4, min_items=5, per_pair=False, decision="nope")
+
+
+def test_bad_decision_is_bad_input(tmp_path):
+    cat = make_catalog(tmp_path / "data", n=50)
+    with pytest.raises(BadInputError):
+        load_settings(None, {**cat, "out": str(tmp_path / "o"), "decision": "lda"})
+
+
+def test_default_fingerprint_does_not_name_the_new_options(tmp_path):
+    cat = make_catalog(tmp_path / "data", n=50)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "o")})
+    assert s.fingerprint() == s.replace(decision="cosine", prior=0.0).fingerprint()
+    assert s.fingerprint() != s.replace(decision="discriminant").fingerprint()
+
+
+def test_discriminant_job_runs_applies_and_is_partition_invariant(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=700, row_group=128)
+    opts = {"decision": "discriminant", "prior": 1.0, "refine": 2, "fit_on": "fused"}
+    tables = []
+    for i, rows in enumerate([0, 97]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"r{i}"), "partition_rows": rows, **opts})
+        summary = job.run(s, client=client)
+        assert summary["final"]["accuracy"] > summary["per_view"]["a"]["accuracy_base"]
+        tables.append(pq.read_table(tmp_path / f"r{i}" / "labels"))
+    assert tables[0].equals(tables[1])
+    # the saved model rebuilds the same discriminant: apply gives the run's labels
+    model = load(tmp_path / "r0" / "model")
+    assert all(m.decision == "discriminant" and m.bias is not None for m in model.masks.values())
+    s = load_settings(None, {**cat, "out": str(tmp_path / "applied"), **opts})
+    job.apply(s, str(tmp_path / "r0" / "model"), client=client)
+    assert pq.read_table(tmp_path / "applied" / "labels").equals(tables[0])
+    # the review list is ranked by the fused discriminant margins (finite, sorted)
+    dis = pq.read_table(tmp_path / "r0" / "disagreements").column("priority").to_numpy()
+    assert np.isfinite(dis).all() and (np.diff(dis) <= 0).all()
+
+
+# --- rotate = pca ---------------------------------------------------------------------------
+
+def test_rotation_is_orthogonal_exact_under_merge_and_keeps_cosines():
+    from pairwise_dask.rotation import block_gram, rotate_classes, rotation_from_gram
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(500, 10)) * np.linspace(0.1, 2.0, 10) @ rng.normal(size=(10, 10))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    whole = block_gram(x)
+    parts = [block_gram(x[s:s + 77]) for s in range(0, 500, 77)]
+    n = sum(p[0] for p in parts)
+    s1 = sum(p[1] for p in parts[::-1])
+    g = sum(p[2] for p in parts[::-1])
+    assert n == whole[0] and np.array_equal(s1, whole[1]) and np.array_equal(g, whole[2])  # bit for bit
+    r = rotation_from_gram(n, s1, g)
+    assert np.allclose(r.T @ r, np.eye(10), atol=1e-5)
+    xr = x @ r
+    var = xr.var(axis=0)
+    assert (np.diff(var) <= 1e-6).all()                  # largest variance first
+    cov = np.cov(xr.T)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-4  # uncorrelated coordinates
+    c = rng.normal(size=(3, 10)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    assert np.allclose(xr @ rotate_classes(c, r).T, x @ c.T, atol=1e-5)  # cosines unchanged
+
+
+def test_rotated_job_is_partition_invariant_applies_and_updates_only_with_its_basis(client, tmp_path):
+    cat = make_catalog(tmp_path / "data", n=700, row_group=128)
+    opts = {"decision": "discriminant", "rotate": "pca", "refine": 1}
+    tables = []
+    for i, rows in enumerate([0, 97]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"r{i}"), "partition_rows": rows, **opts})
+        summary = job.run(s, client=client)
+        tables.append(pq.read_table(tmp_path / f"r{i}" / "labels"))
+        assert summary["final"]["accuracy"] > summary["per_view"]["a"]["accuracy_base"]
+    assert tables[0].equals(tables[1])
+    model = load(tmp_path / "r0" / "model")
+    assert set(model.rotation) == {"a", "b"} and (tmp_path / "r0" / "model" / "rotation.parquet").exists()
+    # the model's classes are the prompts as given, not rotated
+    given = pq.read_table(cat["classes"]).column("emb_a").combine_chunks().flatten().to_numpy().reshape(4, -1)
+    assert np.allclose(model.classes["a"], given / np.linalg.norm(given, axis=1, keepdims=True), atol=1e-6)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "applied"), **opts})
+    job.apply(s, str(tmp_path / "r0" / "model"), client=client)
+    assert pq.read_table(tmp_path / "applied" / "labels").equals(tables[0])
+    # update: refine = 0 models only (as before), and in the model's basis
+    s0 = load_settings(None, {**cat, "out": str(tmp_path / "f0"), **opts, "refine": 0})
+    job.fit(s0, client=client)
+    plain = load_settings(None, {**cat, "out": str(tmp_path / "u"), "refine": 0})
+    with pytest.raises(BadInputError, match="rotate"):
+        job.fit(plain, client=client, base_model=str(tmp_path / "f0" / "model"))
+    job.fit(s0.replace(out=str(tmp_path / "u2")), client=client, base_model=str(tmp_path / "f0" / "model"))
+    upd = load(tmp_path / "u2" / "model")
+    assert all(np.array_equal(upd.rotation[v], load(tmp_path / "f0" / "model").rotation[v]) for v in "ab")
