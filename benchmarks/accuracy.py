@@ -48,9 +48,12 @@ from pairwise_dask.config import load_settings  # noqa: E402
 from pairwise_dask.metrics import accuracy, confusion, macro_f1, weighted_f1  # noqa: E402
 
 #: The job's modes as measured: (row name, job options). The first row is the article as written
-#: (METHOD.md: bracket, final label = most confident view); the last rows are the defaults.
+#: (METHOD.md: bracket, final label = most confident view); the last row is the defaults.
 ARTICLE: dict[str, Any] = {"dims": 100, "mode": "bracket", "final": "confident-view", "mix": 0.0, "refine": 0,
-                          "fit_on": "view"}
+                          "fit_on": "view", "decision": "cosine", "rotate": "none"}
+#: The first session's defaults: cosine decisions, prompt + class mean, two refine rounds.
+COSINE: dict[str, Any] = {"dims": 100, "mode": "round-robin", "final": "fused", "mix": 1.0, "refine": 2,
+                          "keep": 0.5, "fit_on": "view", "decision": "cosine", "rotate": "none"}
 MODES: list[tuple[str, dict[str, Any]]] = [
     ("article: m = 100, bracket, final = most confident view", ARTICLE),
     ("article + final = fused", ARTICLE | {"final": "fused"}),
@@ -58,20 +61,21 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("article + top-t (t = 5)", ARTICLE | {"mode": "top-t", "top_t": 5}),
     ("article + fused + mix = 1", ARTICLE | {"final": "fused", "mix": 1.0}),
     ("article + fused + refine = 2", ARTICLE | {"final": "fused", "refine": 2}),
-    ("article + fused + mix = 1 + refine = 2", ARTICLE | {"final": "fused", "mix": 1.0, "refine": 2}),
-    ("defaults with dims = 0.5 (half of d)", {"dims": 0.5}),
-    ("defaults with fit_on = fused", {"fit_on": "fused"}),
-    ("defaults with mix = 3, refine = 3, keep = 0.3", {"mix": 3.0, "refine": 3, "keep": 0.3}),
-    ("defaults with decision = discriminant", {"decision": "discriminant"}),
-    ("decision = discriminant, prior = 1, dims = 0.5, fit_on = fused",
-     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused"}),
-    ("the same + rotate = pca",
-     {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
+    ("cosine: article + round-robin, fused, mix = 1, refine = 2 (the old defaults)", COSINE),
+    ("cosine + dims = 0.5 (half of d)", COSINE | {"dims": 0.5}),
+    ("cosine + fit_on = fused", COSINE | {"fit_on": "fused"}),
+    ("cosine + mix = 3, refine = 3, keep = 0.3", COSINE | {"mix": 3.0, "refine": 3, "keep": 0.3}),
+    ("cosine + rotate = pca", COSINE | {"rotate": "pca"}),
+    ("discriminant (cosine row with decision = discriminant)", COSINE | {"decision": "discriminant"}),
+    ("discriminant, dims = 0.5, fit_on = fused (no rotation)", {"rotate": "none"}),
+    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, prior = 1", {"prior": 1.0}),
+    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, refine = 3", {"refine": 3}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
-#: pulled hard towards its class means; refine is skipped with fit_on = annotation anyway.
-QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0}
-DEFAULT_ROW = "job defaults (m = 100, round-robin, fused, mix = 1, refine = 2, keep = 0.5)"
+#: pulled hard towards its class means (cosine decisions); refine is skipped with fit_on = annotation.
+QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0, "decision": "cosine", "rotate": "none"}
+DEFAULT_ROW = ("job defaults (decision = discriminant, rotate = pca, m = d/2, fit_on = fused, round-robin, "
+               "final = fused, refine = 2, keep = 0.5)")
 FLIP_SHARE, FLIP_SEED = 0.10, 0
 
 
@@ -302,8 +306,11 @@ def main() -> None:
             if not ds.name.split(":")[-1].startswith("half"):
                 items, flip, noisy = corrupt(ds, work)
                 qa["job: defaults (statistics from the zero-shot labels)"] = job_qa(client, ds, work, items, flip)
-                qa["job: fit_on = annotation, mix = 10 (the QA recipe)"] = job_qa(client, ds, work, items, flip,
-                                                                                **QA_RECIPE)
+                qa["job: fit_on = annotation, mix = 10, cosine (the QA recipe)"] = job_qa(
+                    client, ds, work, items, flip, **QA_RECIPE)
+                qa["job: defaults with fit_on = annotation"] = job_qa(client, ds, work, items, flip,
+                                                                      fit_on="annotation")
+                qa["job: the old cosine defaults"] = job_qa(client, ds, work, items, flip, **COSINE)
                 qa["job: article (statistics from the zero-shot labels)"] = job_qa(client, ds, work, items, flip,
                                                                                  **ARTICLE)
                 qa |= cleanlab_qa(ds, noisy, flip)

@@ -68,6 +68,8 @@ class Case:
     numpy_floor: bool = True
     files: int = 1
     packed: bool = False
+    defaults: bool = False  # the job's default method (not the article's, which the floors compute)
+    catalog: str = ""  # another case's catalog folder (same data, another way of running it)
 
     def catalog_key(self) -> dict:
         return {"items": self.items, "dim": self.dim, "views": self.views, "classes": self.classes,
@@ -84,6 +86,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("1m", 1_000_000),
     Case("1m-packed", 1_000_000, packed=True),
     Case("1m-f16-packed", 1_000_000, dtype="float16", packed=True),
+    # the default method (rotate = pca, discriminant, refine = 2): what its accuracy costs
+    Case("1m-packed-defaults", 1_000_000, packed=True, numpy_floor=False, defaults=True, catalog="1m-packed"),
     Case("k13-200k", 200_000, row_group=32768, packed=True),
     Case("k1000", 200_000, classes=1000, group_size=25, mode="top-t", top_t=16, row_group=32768, packed=True),
     # larger than memory (1.5× this machine's 23.6 GiB): one view, 2 workers only, a memory limit;
@@ -101,7 +105,7 @@ def _views(c: Case) -> list[str]:
 
 def ensure_catalog(c: Case, root: Path) -> tuple[Path, dict]:
     """The case's catalog under ``root``, generated unless an identical one is there."""
-    folder = root / c.name
+    folder = root / (c.catalog or c.name)
     meta = folder / "catalog.json"
     key = c.catalog_key()
     if meta.exists():
@@ -321,12 +325,13 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
     from pairwise_dask.config import load_settings
 
     views = tuple((v, v) for v in _views(c))
+    # the same math as the NumPy floor: the article's method (no refine rounds, no rotation,
+    # cosine decisions on m = 100 dimensions); or the job's defaults
+    article = {"mode": c.mode, "top_t": c.top_t, "refine": 0, "mix": 0.0, "final": "confident-view", "dims": 100,
+               "fit_on": "view", "decision": "cosine", "rotate": "none"}
     s = load_settings(None, {"items": _items_path(folder, c), "classes": str(folder / "classes.parquet"),
                              "out": str(out), "views": views, "label": "label", "overwrite": True,
-                             "mode": c.mode, "top_t": c.top_t, "workers": workers,
-                             # the same math as the NumPy floor: the article's method, no refine rounds
-                             # (the job's default refine = 2 reads the items four more times)
-                             "refine": 0, "mix": 0.0, "final": "confident-view"})
+                             "workers": workers} | ({} if c.defaults else article))
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=c.memory_limit,
                       silence_logs=logging.ERROR, dashboard_address=":0") as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)

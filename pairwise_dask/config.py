@@ -80,8 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("id", None, str, "id", "items' id column (unique, non-null)"),
     Option("label", None, str, "", "items' existing annotation column, for accuracy and QA (optional)"),
     Option("overwrite", None, bool, False, "replace an output folder that holds a different job's run"),
-    Option("dims", "method", float, None, "m: dimensions per pair mask, a whole number ≤ d or a fraction "
-           "of d below 1 (default: 100, or d when d is smaller)", _dims_check),
+    Option("dims", "method", float, 0.5, "m: dimensions per pair mask, a whole number ≤ d or a fraction "
+           "of d below 1 (the article: 100)", _dims_check),
     Option("seed", "method", int, 0, "seed of the bracket's random order", _range(0, 2 ** 63 - 1)),
     Option("cos_min", "method", float, -1.0, "statistics only use items whose top cosine is at least this",
            _range(-1.0, 1.0)),
@@ -106,17 +106,17 @@ OPTIONS: tuple[Option, ...] = (
            "fit_on = annotation; a refined model cannot be updated)", _range(0, 20)),
     Option("keep", "method", float, 0.5, "fit_on = fused and refine: share of items, most confident "
            "first, whose labels feed the statistics", _range(0.01, 1.0)),
-    Option("fit_on", "method", str, "view", "statistics from: fused (the views' summed base cosines, "
+    Option("fit_on", "method", str, "fused", "statistics from: fused (the views' summed base cosines, "
            "the `keep` most confident items), view (each view's own base labels, all items: the "
            "article), annotation (the --label column where present; for reviewing an annotation)",
            _one_of(FIT_ON)),
-    Option("decision", "method", str, "cosine", "pair decisions: cosine (the prompts, or prompt + mix × "
+    Option("decision", "method", str, "discriminant", "pair decisions: cosine (the prompts, or prompt + mix × "
            "class mean, on the pair's mask: the article) or discriminant (a diagonal Gaussian discriminant "
            "of the pair's two item sets on its mask, from the moments, in standard-deviation units; with "
            "refine > 0 the first round stays cosine)", _one_of(DECISIONS)),
     Option("prior", "method", float, 0.0, "decision = discriminant: weight of log(n_a / n_b), the two "
            "sets' item counts, in each pair's bias (0: equal priors)", _range(0.0, 10.0)),
-    Option("rotate", "method", str, "none", "basis of the statistics: none (the embedding's own dimensions) "
+    Option("rotate", "method", str, "pca", "basis of the statistics: none (the embedding's own dimensions) "
            "or pca (the principal axes of the items, from one more label-free pass: cosines unchanged, "
            "per-dimension masks and moments on uncorrelated coordinates)", _one_of(ROTATIONS)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
@@ -147,7 +147,7 @@ class Settings:
     id: str = "id"
     label: str = ""
     overwrite: bool = False
-    dims: float | None = None  # None: masks.DEFAULT_DIMS, or d when smaller
+    dims: float | None = 0.5  # None: masks.DEFAULT_DIMS, or d when smaller
     seed: int = 0
     cos_min: float = -1.0
     diff_min: float = 0.0
@@ -160,10 +160,10 @@ class Settings:
     mix: float = 1.0
     refine: int = 2
     keep: float = 0.5
-    fit_on: str = "view"
-    decision: str = "cosine"
+    fit_on: str = "fused"
+    decision: str = "discriminant"
     prior: float = 0.0
-    rotate: str = "none"
+    rotate: str = "pca"
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1

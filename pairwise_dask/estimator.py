@@ -29,8 +29,8 @@ from .masks import PairMasks, fit_masks, resolve_dims
 from .model import FittedModel, load, save
 from .moments import Moments
 from .config import Settings
-from .passes import (Spec, Statistics, label_partition, margin_bins, margin_histogram_partition, margin_quantile,
-                     merge, statistics_partition)
+from .passes import (Spec, Statistics, gram_partition, label_partition, margin_bins, margin_histogram_partition,
+                     margin_quantile, merge, statistics_partition)
 
 #: The job's defaults (one source of truth: the settings object).
 _D = Settings(items="", classes="", out="", views=())
@@ -48,8 +48,7 @@ class PairwiseLabeler:
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
     dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on, decision,
-    prior : as in
-    the job file's ``[method]`` (same defaults, same meaning).
+    prior, rotate : as in the job file's ``[method]`` (same defaults, same meaning).
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
@@ -57,14 +56,15 @@ class PairwiseLabeler:
                  cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
                  top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
                  keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
-                 prior: float = _D.prior) -> None:
+                 prior: float = _D.prior, rotate: str = _D.rotate) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
         self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
-        self.decision, self.prior = decision, prior
+        self.decision, self.prior, self.rotate = decision, prior, rotate
+        self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
 
@@ -80,12 +80,11 @@ class PairwiseLabeler:
     def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
         from .job import with_rotation
 
-        rotation = self.model_.rotation if self.model_ is not None else {}  # a loaded rotate = pca model
         return with_rotation(Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
                     top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
-                    keep_margin=self.keep_margin_), rotation)
+                    keep_margin=self.keep_margin_), self.rotation_)
 
     def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
         """The margin above which the ``keep`` most confident items lie (exact histogram counts)."""
@@ -97,6 +96,18 @@ class PairwiseLabeler:
         parts = ddf.to_delayed()
         hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d) for p in parts], merge).compute()
         return margin_quantile(hist, 1.0 - self.keep, margin_bins(spec))
+
+    def _rotation(self, ddf: Any, classes: ClassSet) -> dict[str, np.ndarray]:
+        """``rotate = pca``: every view's principal axes, from one pass of exact Grams (as the job)."""
+        from dask import delayed
+
+        from .job import tree_reduce
+        from .rotation import rotation_from_gram
+
+        self.rotation_ = {}
+        spec_d = delayed(self._spec(classes), pure=True)
+        gram = tree_reduce([delayed(gram_partition)(p, spec_d) for p in ddf.to_delayed()], merge).compute()
+        return {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n}
 
     def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
         from dask import delayed
@@ -131,17 +142,17 @@ class PairwiseLabeler:
                   "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
                   "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
                   "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
-                  "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior,
+                  "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
                   "base_keep_margin": self.keep_margin_}
-        rotation = self.model_.rotation if self.model_ is not None else {}
         self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
-                                  params, rotation)
+                                  params, dict(self.rotation_))
         return self
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
         self.model_ = None
         classes = self._class_set()
+        self.rotation_ = self._rotation(ddf, classes) if self.rotate == "pca" else {}
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes)) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
         self._refit(classes, stats.moments, stats.rows)
@@ -203,8 +214,10 @@ class PairwiseLabeler:
                 # models written before these options existed were the article's method
                 "final": p.get("final", "confident-view"), "mix": p.get("mix", 0.0),
                 "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
-                "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0)} | kw
+                "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0),
+                "rotate": "pca" if model.rotation else "none"} | kw
         self = cls(str(folder), views=views, **args)
+        self.rotation_ = dict(model.rotation)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model
         return self

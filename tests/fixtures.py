@@ -62,7 +62,7 @@ class Catalog:
         base = {"items": str(self.items_path), "classes": str(self.classes_path), "out": str(out),
                 "views": self.views, "label": "label" if "label" in self.items.column_names else ""}
         if "dims" not in kw and pa.types.is_fixed_size_list(d):
-            base["dims"] = max(1, min(4, d.list_size))  # small d: the default 100 would be > d
+            base["dims"] = max(1, min(4, d.list_size))  # small d: a few dimensions per mask
         return base | kw
 
     def settings(self, out: Path | str, **kw: Any):

@@ -396,8 +396,10 @@ def test_checks_need_no_extra_pass(cache: str, tmp_path: Path, client: Any) -> N
 
     cat = make_catalog(tmp_path / "data", row_group_size=20)
     with get_task_stream(client) as ts:
-        # refine = 0: refine rounds are method passes (2 each), not checks
-        summary = job.run(cat.settings(tmp_path / "out", refine=0, cache=cache), client=client)
+        # the article's two passes: refine rounds (2 each), the fused keep share and the rotation
+        # are method passes, not checks
+        summary = job.run(cat.settings(tmp_path / "out", refine=0, fit_on="view", rotate="none", cache=cache),
+                          client=client)
     tasks = Counter(key_split(t["key"]) for t in ts.data)
     parts = summary["items"]["partitions"]
     assert parts == 3

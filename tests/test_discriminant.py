@@ -111,11 +111,22 @@ def test_bad_decision_is_bad_input(tmp_path):
         load_settings(None, {**cat, "out": str(tmp_path / "o"), "decision": "lda"})
 
 
-def test_default_fingerprint_does_not_name_the_new_options(tmp_path):
+def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
+    """A job that spells out the old method (cosine, no prior, no rotation) keeps the fingerprint it
+    had before these options existed, so its earlier outputs are still recognised as its own."""
+    import dataclasses
+    import hashlib
+    import json
+
     cat = make_catalog(tmp_path / "data", n=50)
     s = load_settings(None, {**cat, "out": str(tmp_path / "o")})
-    assert s.fingerprint() == s.replace(decision="cosine", prior=0.0).fingerprint()
-    assert s.fingerprint() != s.replace(decision="discriminant").fingerprint()
+    old = s.replace(decision="cosine", prior=0.0, rotate="none")
+    # the fingerprint as computed before the options existed (same fields minus the new ones)
+    fields = {k: v for k, v in dataclasses.asdict(old).items()
+              if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
+                           "cache", "partition_rows", "job_file", "storage_options", "decision", "prior", "rotate"}}
+    assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
 
 def test_discriminant_job_runs_applies_and_is_partition_invariant(client, tmp_path):
@@ -186,7 +197,7 @@ def test_rotated_job_is_partition_invariant_applies_and_updates_only_with_its_ba
     # update: refine = 0 models only (as before), and in the model's basis
     s0 = load_settings(None, {**cat, "out": str(tmp_path / "f0"), **opts, "refine": 0})
     job.fit(s0, client=client)
-    plain = load_settings(None, {**cat, "out": str(tmp_path / "u"), "refine": 0})
+    plain = load_settings(None, {**cat, "out": str(tmp_path / "u"), "refine": 0, "rotate": "none"})
     with pytest.raises(BadInputError, match="rotate"):
         job.fit(plain, client=client, base_model=str(tmp_path / "f0" / "model"))
     job.fit(s0.replace(out=str(tmp_path / "u2")), client=client, base_model=str(tmp_path / "f0" / "model"))

@@ -32,11 +32,14 @@ def test_estimator_matches_the_job_and_round_trips(client, tmp_path):
     from_run = PairwiseLabeler.load(tmp_path / "out" / "model", views=dict(cat["views"]))
     assert from_run.predict(items).compute()["label_a"].tolist() == got["label_a"].tolist()
 
-    # partial_fit: moments add exactly
+    # partial_fit: moments add exactly (as `update`: sets from each view's own base labels, in the
+    # embedding's own basis; a fused keep share or a PCA basis would be the first batch's)
     first = dd.from_pandas(items.compute().iloc[:300], npartitions=2)
     rest = dd.from_pandas(items.compute().iloc[300:], npartitions=3)
-    inc = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0).fit(first).partial_fit(rest)
-    assert inc.masks_table().equals(lab.masks_table())
+    plain = {"refine": 0, "fit_on": "view", "rotate": "none"}
+    inc = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), **plain).fit(first).partial_fit(rest)
+    whole = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), **plain).fit(items)
+    assert inc.masks_table().equals(whole.masks_table())
 
 
 def test_estimator_loads_a_discriminant_rotated_model(client, tmp_path):

@@ -135,9 +135,11 @@ def _run(client, cat: dict, out: Path, **kw) -> dict:
 
 def test_refine_zero_is_plain_and_refine_is_partition_invariant(client, tmp_path):
     cat = make_catalog(tmp_path / "data", n=700, row_group=128)
-    # refine = 0 is the plain two-pass job: identical to computing its pieces by hand
-    _run(client, cat, tmp_path / "r0", refine=0)
-    s = load_settings(None, {**cat, "out": str(tmp_path / "x"), "refine": 0})
+    # refine = 0 (the article's statistics) is the plain two-pass job: identical to computing its
+    # pieces by hand
+    plain = {"refine": 0, "fit_on": "view", "rotate": "none", "decision": "cosine"}
+    _run(client, cat, tmp_path / "r0", **plain)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "x"), **plain})
     masks = job.fit_pair_masks(s, job.prepare(s).spec, _moments(cat, s))
     model = load(tmp_path / "r0" / "model")
     for v in masks:
@@ -154,8 +156,10 @@ def test_refine_zero_is_plain_and_refine_is_partition_invariant(client, tmp_path
 
 def test_mix_model_applies_like_the_run(client, tmp_path):
     cat = make_catalog(tmp_path / "data", n=500)
-    _run(client, cat, tmp_path / "run", mix=2.0, mode="round-robin")
-    s = load_settings(None, {**cat, "out": str(tmp_path / "applied"), "mix": 2.0, "mode": "round-robin"})
+    # mix shapes the cosine decision's class vectors (a discriminant has its own)
+    _run(client, cat, tmp_path / "run", mix=2.0, mode="round-robin", decision="cosine")
+    s = load_settings(None, {**cat, "out": str(tmp_path / "applied"), "mix": 2.0, "mode": "round-robin",
+                             "decision": "cosine"})
     job.apply(s, str(tmp_path / "run" / "model"), client=client)
     assert pq.read_table(tmp_path / "applied" / "labels").equals(pq.read_table(tmp_path / "run" / "labels"))
     assert (tmp_path / "run" / "model" / "anchors.parquet").exists()

@@ -203,7 +203,7 @@ SHAPES = {
     # name: (make_catalog arguments, settings overrides, expect fallback pairs)
     "k=2": (dict(n=40, k=2), {}, False),
     "k=200": (dict(n=600, k=200, d=16), {"dims": 8}, True),
-    "d=2": (dict(n=60, d=2), {"dims": None}, False),
+    "d=2": (dict(n=60, d=2), {"dims": 0.5}, False),
     "d=4096": (dict(n=24, d=4096, k=3), {"dims": None, "min_items": 2, "refine": 0}, False),  # refine halves 8-item sets
     "one item": (dict(n=1), {}, True),
 }
@@ -219,8 +219,8 @@ def test_degenerate_shapes_complete(name: str, tmp_path: Path, client: Any) -> N
     k = kw.get("k", 3)
     assert summary["per_view"]["a"]["pairs"] == k * (k - 1) // 2
     assert (summary["fallback_pairs"] > 0) == fallback
-    if name == "d=2":  # the default m (100) is capped at d = 2 when not given
-        assert pq.read_table(out / "model" / "masks.parquet").column("dims").to_pylist()[0] == [0, 1]
+    if name == "d=2":  # the default m is half of d: one of the two dimensions
+        assert len(pq.read_table(out / "model" / "masks.parquet").column("dims").to_pylist()[0]) == 1
 
 
 def test_partition_with_zero_rows(tmp_path: Path, client: Any) -> None:
@@ -253,7 +253,8 @@ def test_class_no_item_is_labelled_with(tmp_path: Path, client: Any) -> None:
         c[3] = -c[:3].sum(axis=0)
         cat.write_classes(cat.classes.set_column(cat.classes.column_names.index(col), col, fsl(c)))
     out = tmp_path / "out"
-    summary = job.run(cat.settings(out, refine=0), client=client)  # refine would halve the sets again
+    # each view's own base labels, all of them: refine and fit_on = fused keep only a share
+    summary = job.run(cat.settings(out, refine=0, fit_on="view"), client=client)
     _check_complete(out, summary, 60, names)
     for v in ("a", "b"):
         assert summary["per_view"][v]["base_counts"]["class3"] == 0

@@ -27,6 +27,8 @@ ROWS = [
      {"decision": "discriminant", "prior": 1.0, "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
     ("decision = discriminant, rotate = pca, dims = 0.5, fit_on = fused, refine = 3 (no prior)",
      {"decision": "discriminant", "dims": 0.5, "fit_on": "fused", "rotate": "pca", "refine": 3}),
+    ("decision = discriminant, rotate = pca, dims = 0.5, fit_on = fused, refine = 2 (no prior)",
+     {"decision": "discriminant", "dims": 0.5, "fit_on": "fused", "rotate": "pca"}),
 ]
 
 
