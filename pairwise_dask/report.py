@@ -37,6 +37,7 @@ BATCH_ROWS = 1 << 16    # rows per streamed batch: bounds memory, whatever the c
 MAP_CLASSES = 40        # heat maps and bars show at most this many classes (the most frequent)
 MARGIN_BINS = 40        # margin histogram bins on [0, MARGIN_MAX]; larger margins go in the last
 MARGIN_MAX = 1.0
+DISC_MARGIN_MAX = 8.0   # decision = discriminant: margins in within-class standard deviations
 NAME_CHARS = 30         # class names longer than this are cut in figures (full name in the tooltip)
 CHAR_W = 6.6            # rough width of one character of 11 px text, to size the label margins
 
@@ -78,6 +79,8 @@ class ReportData:
     margins: dict[str, np.ndarray]  # view -> (2, MARGIN_BINS) counts: [views agree, views disagree]
     top: pa.Table                   # the first rows of the review list
     fallback: pa.Table | None       # the pairs that fell back (from model/masks.parquet), if present
+    margin_max: float = MARGIN_MAX  # the histograms' range [0, margin_max]
+    margin_unit: str = "cosine margin"
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -137,6 +140,9 @@ def collect(out_dir: "Path | Location", summary: dict, *, top: int = 50) -> Repo
     if comp:
         need |= {c for pair in comp.columns.values() for c in pair}
         comp.conf = {kind: np.zeros((k, k), np.int64) for kind in comp.columns}
+    # a discriminant's margins are in within-class standard deviations, a cosine's in cosine units
+    disc = summary.get("method", {}).get("decision") == "discriminant"
+    margin_max, unit = (DISC_MARGIN_MAX, "margin (standard deviations)") if disc else (MARGIN_MAX, "cosine margin")
     margins = {v: np.zeros((2, MARGIN_BINS), np.int64) for v in views}
     rows = 0
     for batch in _batches(labels_dir, sorted(need)):
@@ -157,7 +163,7 @@ def collect(out_dir: "Path | Location", summary: dict, *, top: int = 50) -> Repo
                 continue
             m = cols[f"margin_{v}"].to_numpy(zero_copy_only=False).astype(np.float64)
             ok = np.isfinite(m)
-            b = np.clip((m[ok] / MARGIN_MAX * MARGIN_BINS).astype(np.int64), 0, MARGIN_BINS - 1)
+            b = np.clip((m[ok] / margin_max * MARGIN_BINS).astype(np.int64), 0, MARGIN_BINS - 1)
             margins[v] += np.bincount((~agree[ok]).astype(np.int64) * MARGIN_BINS + b,
                                       minlength=2 * MARGIN_BINS).reshape(2, MARGIN_BINS)
 
@@ -166,7 +172,8 @@ def collect(out_dir: "Path | Location", summary: dict, *, top: int = 50) -> Repo
     if masks.exists():
         t = _open(masks).read(columns=["view", "class_a", "class_b", "n_a", "n_b", "fallback"])
         fallback = t.filter(pc.field("fallback"))
-    return ReportData(names, views, rows, comp, margins, _top_rows(out_dir / "disagreements", top), fallback)
+    return ReportData(names, views, rows, comp, margins, _top_rows(out_dir / "disagreements", top), fallback,
+                      margin_max, unit)
 
 
 def _top_rows(folder: Location, top: int) -> pa.Table:
@@ -320,7 +327,7 @@ def _class_bars(base: np.ndarray, tourney: np.ndarray, support: np.ndarray, name
     return "".join(out)
 
 
-def _histogram(counts: np.ndarray, view: str) -> str:
+def _histogram(counts: np.ndarray, view: str, margin_max: float = MARGIN_MAX, unit: str = "cosine margin") -> str:
     """Stacked histogram of one view's tourney margins: views agree (blue) / disagree (orange)."""
     w, h, left, bottom, top = 420, 230, 50, 40, 26
     pw, ph = w - left - 14, h - bottom - top
@@ -337,7 +344,7 @@ def _histogram(counts: np.ndarray, view: str) -> str:
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#e2e8f0"/>'
                    f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{yv:,}</text>')
     for i in range(MARGIN_BINS):
-        lo, hi = i * MARGIN_MAX / MARGIN_BINS, (i + 1) * MARGIN_MAX / MARGIN_BINS
+        lo, hi = i * margin_max / MARGIN_BINS, (i + 1) * margin_max / MARGIN_BINS
         y = top + ph
         rng = f"{lo:.3f}–{hi:.3f}" if i < MARGIN_BINS - 1 else f"≥ {lo:.3f}"
         for part, colour, what in ((0, TOURNEY_COLOUR, "views agree"), (1, DISAGREE_COLOUR, "views disagree")):
@@ -350,11 +357,11 @@ def _histogram(counts: np.ndarray, view: str) -> str:
                        f'fill="{colour}"><title>margin {rng}, {what}: {c:,} items</title></rect>')
     for t in (0, 0.25, 0.5, 0.75, 1.0):
         x = left + t * pw
-        lab = f"≥{t:g}" if t == MARGIN_MAX else f"{t:g}"
+        lab = f"≥{t * margin_max:g}" if t == 1.0 else f"{t * margin_max:g}"
         out.append(f'<text class="tick" x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{lab}</text>')
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#64748b"/>'
                f'<text class="axis" x="{left + pw / 2:.1f}" y="{h - 6}" text-anchor="middle">'
-               f'cosine margin of the deciding match</text></svg>')
+               f'{unit} of the deciding match</text></svg>')
     return "".join(out)
 
 
@@ -487,7 +494,7 @@ def _comparison_section(data: ReportData) -> str:
 def _margins_section(data: ReportData) -> str:
     if not data.rows:
         return ""
-    figs = "".join(f'<div class="panel">{_histogram(data.margins[v], v)}</div>' for v in data.views)
+    figs = "".join(f'<div class="panel">{_histogram(data.margins[v], v, data.margin_max, data.margin_unit)}</div>' for v in data.views)
     key = (f' <span style="color:{TOURNEY_COLOUR}">■</span> views agree '
            f'<span style="color:{DISAGREE_COLOUR}">■</span> views disagree.') if len(data.views) > 1 else ""
     return ('<h2 id="margins">Margins</h2><p class="note">How clearly each item\'s tourney label won its '

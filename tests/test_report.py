@@ -132,6 +132,9 @@ def test_demo_figures_are_computed_from_the_outputs_consistently(demo_run: tuple
     assert math.isclose(comp.f1("tourney"), a["tourney"], rel_tol=1e-12)
     for v in data.views:
         assert data.margins[v].sum() == summary["items"]["rows"]
+    # the margins' axis is in the decision's own unit (the defaults: a discriminant's std units)
+    assert summary["method"]["decision"] == "discriminant" and data.margin_unit == "margin (standard deviations)"
+    assert collect(out, summary | {"method": {"decision": "cosine"}}).margin_unit == "cosine margin"
     # the review table is the head of disagreements/, in order
     dis = pq.read_table(out / "disagreements")
     page = parse(write_report(out, summary, top=7))
