@@ -294,7 +294,7 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
     thresholds = []
     rounds = 0 if s.fit_on == "annotation" else s.refine  # refining would replace the annotation's sets
     for r in range(rounds):
-        spec_r = replace(spec, masks=masks)
+        spec_r = replace(spec, masks=masks, round=f"refine {r + 1}")
         thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
                                 label=f"refine {r + 1}/{s.refine}: statistics")

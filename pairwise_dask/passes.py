@@ -48,6 +48,7 @@ class Spec:
     final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
+    round: str = ""  # a refine round's name: its passes share one tourney per cached block
     rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, d): items are read
     # as x·R (rotate = pca); ``classes`` then holds the rotated prompts
 
@@ -82,11 +83,14 @@ class Block:
     scale: dict[str, np.ndarray] = field(default_factory=dict)
     rotated: bool = False  # views read as x·R (rotate = pca)
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: a cached block's last refine round: (spec.round, final labels, final margins), so that the
+    #: round's two passes (margin histogram, then statistics) play the tourney once
+    round: tuple | None = field(default=None, repr=False)
 
     def __sizeof__(self) -> int:
         # what Dask's memory accounting sees (its sizeof falls back to sys.getsizeof)
         arrays = [self.id_hash, self.annotation_idx, *self.views.values(), *self.scale.values(),
-                  *(a for b in self.bases.values() for a in b)]
+                  *(a for b in self.bases.values() for a in b), *(self.round or ())[1:]]
         return (sum(a.nbytes for a in arrays if a is not None) + self.ids.nbytes
                 + (self.annotation.nbytes if self.annotation is not None else 0) + 256)
 
@@ -98,6 +102,16 @@ def block_of(part: Any, spec: Spec) -> Block:
     if part.rotated != bool(spec.rotation):  # a cached block decoded for another basis: a bug
         raise ValueError("a cached block's basis differs from the pass's (rotate)")
     return part
+
+
+def final_of(b: Block, spec: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """The block's final labels and margins under ``spec.masks`` (played once per refine round)."""
+    if spec.round and b.round is not None and b.round[0] == spec.round:
+        return b.round[1], b.round[2]
+    played = play_block(b, spec)
+    if spec.round:
+        b.round = (spec.round, played.final, played.final_margin)
+    return played.final, played.final_margin
 
 
 def base_of(b: Block, spec: Spec, view: str) -> Any:
@@ -183,12 +197,12 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     b = block_of(df, spec)
     mom, pairs = {}, {}
     if spec.masks:
-        played = play_block(b, spec)
-        keep = played.final_margin >= spec.keep_margin
+        final, final_margin = final_of(b, spec)
+        keep = final_margin >= spec.keep_margin
         for v, x in b.views.items():
-            mom[v] = class_moments(x, played.final, keep, spec.k, scale=b.scale[v])
+            mom[v] = class_moments(x, final, keep, spec.k, scale=b.scale[v])
             if spec.top_t_active:
-                pairs[v] = play_pairs(top_classes(played.base[v].scores, spec.top_t), spec.k)
+                pairs[v] = play_pairs(top_classes(base_of(b, spec, v).scores, spec.top_t), spec.k)
     else:
         bases = {v: base_of(b, spec, v) for v in b.views}
         keep = None
@@ -272,7 +286,7 @@ def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
     (``fit_on = "fused"``)."""
     b = block_of(df, spec)
     if spec.masks:
-        margin = play_block(b, spec).final_margin
+        margin = final_of(b, spec)[1]
     else:
         margin = fused_base({v: base_of(b, spec, v) for v in b.views})[1]
     bins = margin_bins(spec)
