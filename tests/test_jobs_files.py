@@ -41,4 +41,4 @@ def test_qa_job_gives_a_ranked_review_list(client, tmp_path):
     assert len(dis) and dis.priority.is_monotonic_decreasing
     assert set(dis.reason) <= {"annotation", "views", "annotation+views"}
     summary = json.loads((tmp_path / "qa" / "summary.json").read_text())
-    assert summary["method"]["cos_quantile"] == 0.1
+    assert summary["method"]["fit_on"] == "annotation"
