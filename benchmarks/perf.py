@@ -471,23 +471,28 @@ def machine() -> str:
 
 NOTES = """\
 Reading the table: seconds are wall-clock. *IO read* is one `pyarrow.parquet.read_table` of the
-embedding columns; *IO stream* reads the same columns row group by row group into NumPy. *NumPy* is
-the same math in one process on arrays in RAM (the package's NumPy core; BLAS may use both cores).
-*job* is `pairwise_dask.job.run` end to end (Parquet in, labels/disagreements/model/summary.json
-committed) on a LocalCluster of 1 or 2 single-threaded worker processes (Dask pins each worker's BLAS
-to one thread); its step columns are the job's own timings for the 2-worker run. *job/NumPy* and
-*job/IO* use the 2-worker job. *peak RSS* is the largest RSS any worker reached (sampled every 0.25 s).
-*stats GFLOP/s* is the statistics step of the NumPy floor (quantise + the two one-hot GEMMs per view)
-counted as its GEMM flops (2·2·N·k·d per view); *np.dot GFLOP/s* is a bare float64
-`np.dot` of one block's shape (k × 8192) @ (8192 × d) on this machine. For k = 1000 the per-class
-moments are segment sums, not GEMMs, so no GFLOP/s is given.
+embedding columns; *IO stream* reads the same columns row group by row group into NumPy. *script*
+is a straightforward single-process NumPy script of the article's math (`straightforward_script`:
+read the table, normalise, argmax, float64 moments per class, masks, `X Wᵀ`, a vectorised bracket).
+*NumPy* is the same math in one process on arrays in RAM (the package's NumPy core; BLAS may use
+both cores). *job* is `pairwise_dask.job.run` end to end (Parquet in, labels/disagreements/model/
+summary.json committed) on a LocalCluster of 1 or 2 single-threaded worker processes, each given its
+share of the machine's memory; its step columns are the job's own timings for the 2-worker run
+(*read*: decoding and checking the items once, when they are kept in worker memory). The job runs
+the article's settings (bracket, m = 100, cosine, no rotation, no refine) except in the
+`-defaults` row. *job/script*, *job/NumPy* and *job/IO* use the 2-worker job. *peak RSS* is the
+largest RSS any worker reached (sampled every 0.25 s). *stats GFLOP/s* is the statistics step of
+the NumPy floor (quantise + the two one-hot GEMMs per view) counted as its GEMM flops
+(2·2·N·k·d per view); *np.dot GFLOP/s* is a bare float64 `np.dot` of one block's shape
+(k × 8192) @ (8192 × d) on this machine. For k = 1000 the per-class moments are segment sums, not
+GEMMs, so no GFLOP/s is given.
 
-This is a 2-core machine shared with other sessions' work running at the same time (load average
-4–8 during these runs): absolute seconds are very noisy, and the *np.dot GFLOP/s* column shows by how
-much (the same product measured 0.7 to 50 GFLOP/s at different moments). Ratios compare numbers from
-the same run, minutes apart, so they are noisy too; the 1→2 worker speed-up in particular needs a
-second idle core, which this machine rarely had. Catalogs up to 6 GB are freshly written and sit in
-the page cache (*IO* then measures decoding, not the disk); the 38.5 GB one cannot (disk ≈ 1.2 GB/s).
+This is a 2-core machine, sometimes shared with other work: absolute seconds are noisy, and the
+*np.dot GFLOP/s* column shows by how much (the same product measured 0.7 to 50 GFLOP/s at
+different moments). Ratios compare numbers from the same run, minutes apart. Catalogs up to 6 GB
+sit in the page cache once written (*IO* then measures decoding, not the disk); the 38.5 GB one
+cannot (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older code) are kept with their command
+above; the 1M rows and the defaults row are from the newest runs.
 """
 
 
