@@ -191,7 +191,8 @@ class Settings:
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
                              "memory_limit", "cache", "partition_rows", "job_file", "storage_options"}}
-        # options added later: left out at their defaults, so older jobs keep their fingerprint
+        # options added later: left out at the values that mean "the method before they existed",
+        # so a job that spells those out keeps the fingerprint (and the outputs) it had
         for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
             if keep.get(name) == default:
                 keep.pop(name)
