@@ -469,6 +469,8 @@ def machine() -> str:
             f"dask {dask.__version__}, distributed {distributed.__version__}")
 
 
+BY_HAND = "## Notes on particular runs"
+
 NOTES = """\
 Reading the table: seconds are wall-clock. *IO read* is one `pyarrow.parquet.read_table` of the
 embedding columns; *IO stream* reads the same columns row group by row group into NumPy. *script*
@@ -520,8 +522,12 @@ def main(argv: list[str] | None = None) -> None:
     accs = old_accs + [f"- {r['case']}: (base, tourney) accuracy per view, 2-worker job: {r.get('acc')}"
                        for r in rows]
     commands = "\n".join(f"    {c}" for c in cmds)
+    # a hand-written section at the end (findings about particular runs) survives a --merge
+    old = Path(a.results).read_text() if a.merge and Path(a.results).exists() else ""
+    by_hand = old[old.index(BY_HAND):] if BY_HAND in old else ""
     text = (f"# Benchmark results\n\nLast measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with\n\n"
-            f"{commands}\n\n{machine()}\n\n{table(rows, kept)}\n\n" + "\n".join(accs) + f"\n\n{NOTES}")
+            f"{commands}\n\n{machine()}\n\n{table(rows, kept)}\n\n" + "\n".join(accs) + f"\n\n{NOTES}"
+            + (f"\n{by_hand}" if by_hand else ""))
     Path(a.results).write_text(text)
     print(f"\nwrote {a.results}")
 
