@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import COMMAND_LINE, BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, item_parts, write_json,
                  write_table)
-from .masks import PairMasks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
+from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
 from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
@@ -233,8 +233,9 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
 
 def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
                    pair_ids: dict[str, np.ndarray] | None = None, *,
-                   per_pair: bool | None = None, refined: bool = False) -> dict[str, PairMasks]:
-    """Masks and weights of every view from merged moments (small; on the client).
+                   per_pair: bool | None = None, refined: bool = False, client: Any = None) -> dict[str, PairMasks]:
+    """Masks and weights of every view from merged moments (on the client; more than
+    :data:`PARALLEL_PAIRS` pairs in chunks on the workers of ``client``, when given).
 
     With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
     with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
@@ -255,9 +256,28 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
         if spec.top_t_active and pair_ids is not None and v in pair_ids:
             pairs = pairs_from_ids(pair_ids[v], k)
             dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
-        masks[v] = fit_masks(moments[v], spec.classes[v], m=m, min_items=s.min_items, per_pair=per_pair,
-                             pairs=pairs, dense=dense, mix=s.mix, decision=decision, prior=s.prior)
+        kw = dict(m=m, min_items=s.min_items, per_pair=per_pair, dense=dense, mix=s.mix, decision=decision,
+                  prior=s.prior)
+        if client is not None and pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS:
+            masks[v] = _fit_on_workers(client, moments[v], spec.classes[v], pairs, kw)
+        else:
+            masks[v] = fit_masks(moments[v], spec.classes[v], pairs=pairs, **kw)
     return masks
+
+
+#: Above this many pairs (top-t over a large taxonomy) the masks are fitted in chunks on the workers.
+PARALLEL_PAIRS = 100_000
+
+
+def _fit_on_workers(c: Any, moments: Moments, classes: np.ndarray, pairs: np.ndarray, kw: dict) -> PairMasks:
+    """:func:`fit_masks` over chunks of ``pairs`` as tasks, joined in order: each pair's mask and
+    weights depend on that pair and the (whole) moments only, so this equals one call."""
+    from dask import delayed
+
+    chunks = np.array_split(pairs, max(2, 4 * len(c.scheduler_info().get("workers", {}))))
+    mom_f, cls_f = delayed(moments, pure=True, traverse=False), delayed(classes, pure=True, traverse=False)
+    return concat_masks(c.compute([delayed(fit_masks, pure=True)(mom_f, cls_f, pairs=ch, **kw) for ch in chunks],
+                                  sync=True))
 
 
 def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool, label: str) -> float:
@@ -298,7 +318,7 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
         thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
                                 label=f"refine {r + 1}/{s.refine}: statistics")
-        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True, client=c)
         thresholds.append(thr)
     return stats, masks, thresholds
 
@@ -460,7 +480,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, client=c)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
@@ -526,7 +546,7 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         pairs = stats.pairs
         if old is not None and spec.top_t_active:  # pairs that could play in either batch
             pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
-        masks = fit_pair_masks(s, spec, moments, pairs)
+        masks = fit_pair_masks(s, spec, moments, pairs, client=c)
         thresholds: list = []
         if s.refine and s.fit_on != "annotation":
             stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)

@@ -104,6 +104,17 @@ class PairMasks:
         return pair_lookup(self.pairs, self.k)
 
 
+def concat_masks(parts: list[PairMasks]) -> PairMasks:
+    """The masks of several disjoint pair lists fitted from the same moments, as one (in order)."""
+    first = parts[0]
+
+    def cat(name: str) -> np.ndarray | None:
+        return None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])
+
+    return PairMasks(first.k, cat("pairs"), cat("dims"), cat("weights"), cat("n_a"), cat("n_b"), cat("fallback"),
+                     cat("values"), first.anchors, cat("bias"), first.decision)
+
+
 def pair_lookup(pairs: np.ndarray, k: int) -> np.ndarray:
     """``(k, k)`` int64 lookup: the row of ``(a, b)`` in ``pairs`` (either order); ``-1`` on the
     diagonal and for pairs not listed."""

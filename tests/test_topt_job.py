@@ -37,3 +37,17 @@ def test_gather_job_equals_product_job(tmp_path, client, monkeypatch):
         # both fit exactly the pairs some item's top 3 can meet (here: all 210; bounds are unit-tested)
         assert s1["per_view"][v]["pairs"] == s2["per_view"][v]["pairs"]
     assert dense.column("final_label").equals(sparse.column("final_label"))
+
+
+def test_masks_fitted_on_the_workers_equal_the_client_fit(tmp_path, client, monkeypatch):
+    """Many pairs are fitted in chunks on the workers (``PARALLEL_PAIRS``): the same model, the same labels."""
+    one, _ = _labels(tmp_path, "client", client, True, monkeypatch)
+    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: in chunks
+    calls: list[int] = []
+    fit_on_workers = job._fit_on_workers
+    monkeypatch.setattr(job, "_fit_on_workers", lambda *a: calls.append(1) or fit_on_workers(*a))
+    chunked, _ = _labels(tmp_path, "workers", client, True, monkeypatch)
+    assert calls  # the chunked path ran (once per view and refine round)
+    assert chunked.equals(one)
+    for f in ("masks.parquet", "moments.parquet"):
+        assert (tmp_path / "workers" / "model" / f).read_bytes() == (tmp_path / "client" / "model" / f).read_bytes()

@@ -145,3 +145,27 @@ def test_top_dims_partition_equals_stable_argsort():
         want = np.sort(np.argsort(-s, axis=1, kind="stable")[:, :m], axis=1)
         np.testing.assert_array_equal(top_dims(s, m), want)
     np.testing.assert_array_equal(top_dims(s[0], 5), np.sort(np.argsort(-s[0], kind="stable")[:5]))
+
+
+@pytest.mark.parametrize("decision", ["cosine", "discriminant"])
+def test_masks_fitted_in_chunks_equal_one_fit(decision: str) -> None:
+    """The job fits many pairs in chunks on its workers: joined in order they are the one-call fit."""
+    from pairwise_dask.masks import all_pairs, concat_masks, fit_masks
+    from pairwise_dask.moments import class_moments
+
+    rng = np.random.default_rng(5)
+    k, d, n = 9, 24, 400
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cls = rng.standard_normal((k, d)).astype(np.float32)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    labels = rng.integers(0, k - 1, n).astype(np.int32)  # the last class has no items: fallback pairs
+    mom = class_moments(x, labels, np.ones(n, bool), k)
+    pairs = all_pairs(k)
+    kw = dict(m=6, min_items=5, per_pair=False, dense=False, mix=1.0, decision=decision, prior=0.5)
+    whole = fit_masks(mom, cls, pairs=pairs, **kw)
+    parts = concat_masks([fit_masks(mom, cls, pairs=ch, **kw) for ch in np.array_split(pairs, 4)])
+    assert whole.fallback.any()
+    for name in ("pairs", "dims", "n_a", "n_b", "fallback", "values", "anchors", "bias"):
+        a, b = getattr(whole, name), getattr(parts, name)
+        assert (a is None and b is None) or np.array_equal(a, b), name
