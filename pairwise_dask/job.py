@@ -258,7 +258,8 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
             dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
         kw = dict(m=m, min_items=s.min_items, per_pair=per_pair, dense=dense, mix=s.mix, decision=decision,
                   prior=s.prior)
-        if client is not None and pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS:
+        if (client is not None and pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS
+                and len(client.scheduler_info().get("workers", {})) > 1):  # one worker: no faster than here
             masks[v] = _fit_on_workers(client, moments[v], spec.classes[v], pairs, kw)
         else:
             masks[v] = fit_masks(moments[v], spec.classes[v], pairs=pairs, **kw)

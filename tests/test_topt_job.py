@@ -17,7 +17,7 @@ DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as c, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as c, \
             Client(c) as cl:
         yield cl
 
