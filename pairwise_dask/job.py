@@ -402,7 +402,8 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     else:
         from distributed import wait
 
-        wait(blocks)  # so that "read" times the reading (the passes then start from memory)
+        with c.as_current():  # wait() syncs through the current client: make it this job's
+            wait(blocks)  # so that "read" times the reading (the passes then start from memory)
     timings["read"] = time.perf_counter() - t
     return blocks
 
