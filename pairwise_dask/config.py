@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .errors import COMMAND_LINE, BadInputError
 
-MODES = ("bracket", "round-robin", "top-t")
+MODES = ("bracket", "round-robin", "top-t", "score")
 FINALS = ("fused", "confident-view")
 FIT_ON = ("fused", "view", "annotation")
 CACHE = ("auto", "on", "off")
@@ -93,8 +93,8 @@ OPTIONS: tuple[Option, ...] = (
            "minus top-2 margins (0: off; costs one extra pass)", _range(0.0, 1.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
-    Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin "
-           "or top-t", _one_of(MODES)),
+    Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin, "
+           "top-t or score (the best mean margin against every other class)", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
     Option("final", "method", str, "fused", "final label: fused (the tourney played on the views' mean "
@@ -119,6 +119,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("rotate", "method", str, "pca", "basis of the statistics: none (the embedding's own dimensions) "
            "or pca (the principal axes of the items, from one more label-free pass: cosines unchanged, "
            "per-dimension masks and moments on uncorrelated coordinates)", _one_of(ROTATIONS)),
+    Option("rotate_sample", "method", int, 131072, "rotate = pca: about this many items, a fixed sample by "
+           "id hash (the same whatever the partitioning), give the principal axes; 0: every item",
+           _range(0, None)),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -164,6 +167,7 @@ class Settings:
     decision: str = "discriminant"
     prior: float = 0.0
     rotate: str = "pca"
+    rotate_sample: int = 131072
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -196,6 +200,8 @@ class Settings:
         for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
             if keep.get(name) == default:
                 keep.pop(name)
+        if "rotate" not in keep:  # the sample only matters to a rotation
+            keep.pop("rotate_sample")
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

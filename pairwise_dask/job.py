@@ -34,9 +34,9 @@ from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
-from .rotation import rotate_classes, rotation_from_gram
+from .rotation import rotate_classes, rotation_from_gram, sample_below
 from .passes import (Histograms, Spec, Statistics, Tally, gram_partition, histogram_partition, ids_with_hash,
-                     label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block,
+                     label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block, rotate_block,
                      statistics_partition)
 from .tourney import use_gather
 
@@ -207,16 +207,65 @@ def with_rotation(spec: Spec, rotation: dict[str, np.ndarray]) -> Spec:
                    classes={v: rotate_classes(c, rotation[v]) for v, c in spec.classes.items()})
 
 
-def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
-    """``rotate = pca``: one label-free pass of exact Grams, then every view's principal axes."""
+def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool) -> Spec:
+    """``rotate = pca``: one label-free pass of exact Grams (over ``rotate_sample`` items, a fixed
+    sample by id hash, when the catalog is larger), then every view's principal axes."""
     if s.rotate != "pca":
         return spec
     from dask import delayed
 
     spec_f = shared(spec)
-    gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f) for p in parts], merge),
+    below = sample_below(rows, s.rotate_sample)
+    gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f, below) for p in parts], merge),
                     "rotation", progress)
     return with_rotation(spec, {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n})
+
+
+def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: int, progress: bool, echo: Echo,
+                  timings: dict, rotation: dict[str, np.ndarray] | None = None) -> tuple[Spec, list]:
+    """The spec in its basis (``rotate``; an update passes its model's ``rotation``) and what the
+    ``passes`` after the rotation read: the cached blocks (see :func:`cache_blocks`) or the partitions.
+
+    With ``rotate = pca`` and the items cached, the raw blocks are kept first, the Grams come from
+    them and each block is then rotated in worker memory: the catalog is read from storage once.
+    Streaming, the rotation pass reads it once more and every pass rotates what it reads.
+    """
+    if rotation is not None or s.rotate != "pca":
+        spec = with_rotation(prep.spec, rotation or {})
+        return spec, cache_blocks(c, s, prep.info, spec, parts, passes=passes, progress=progress, echo=echo,
+                                  timings=timings)
+    blocks = cache_blocks(c, s, prep.info, prep.spec, parts, passes=passes + 1, progress=progress, echo=echo,
+                          timings=timings)
+    t = time.perf_counter()
+    spec = rotation_pass(c, s, prep.spec, blocks, prep.info.rows, progress=progress)
+    if blocks is not parts:
+        blocks = _rotate_blocks(c, spec, blocks, progress=progress)
+    timings["rotation"] = time.perf_counter() - t
+    return spec, blocks
+
+
+def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
+    """Cached raw blocks turned into ``spec``'s basis; each raw block is released as soon as its
+    rotated one exists (the caller's list is emptied), so memory holds about one copy."""
+    from dask import delayed
+    from dask.base import tokenize
+
+    spec_f = shared(spec)
+    rotated = c.persist([delayed(rotate_block, pure=True)(b, spec_f, dask_key_name=f"rotate-{tokenize(b.key, spec)}")
+                         for b in blocks])
+    blocks.clear()  # the only references to the raw futures: the scheduler frees each once used
+    if progress:
+        from distributed import progress as show
+
+        print("  rotate", flush=True)
+        show(rotated)
+        print(flush=True)
+    else:
+        from distributed import wait
+
+        with c.as_current():
+            wait(rotated)
+    return rotated
 
 
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
@@ -470,12 +519,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        t = time.perf_counter()
-        spec = rotation_pass(c, s, prep.spec, parts, progress=progress)
-        if spec.rotation:
-            timings["rotation"] = time.perf_counter() - t
-        parts = cache_blocks(c, s, prep.info, spec, parts, passes=_passes(s, True), progress=progress, echo=echo,
-                             timings=timings)
+        spec, parts = decoded_items(c, s, prep, parts, passes=_passes(s, True), progress=progress, echo=echo,
+                                    timings=timings)
         t = time.perf_counter()
         spec = quantile_thresholds_pass(c, s, spec, parts, progress=progress)
         spec0 = base_spec(c, s, spec, parts, progress=progress)
@@ -526,15 +571,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        t = time.perf_counter()
         # an update keeps the model's filter thresholds: moments only add up under the same sets
         # an update keeps the model's basis too: moments only add up in the same coordinates
-        spec_r = (with_rotation(prep.spec, old.rotation) if old is not None
-                  else rotation_pass(c, s, prep.spec, parts, progress=progress))
-        if spec_r.rotation and old is None:
-            timings["rotation"] = time.perf_counter() - t
-        parts = cache_blocks(c, s, prep.info, spec_r, parts, passes=_passes(s, False), progress=progress,
-                             echo=echo, timings=timings)
+        spec_r, parts = decoded_items(c, s, prep, parts, passes=_passes(s, False), progress=progress, echo=echo,
+                                      timings=timings, rotation=old.rotation if old is not None else None)
         t = time.perf_counter()
         spec = (replace(spec_r, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
                 else quantile_thresholds_pass(c, s, spec_r, parts, progress=progress))
@@ -623,7 +663,7 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
-            "rotate": s.rotate, "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
+            "rotate": s.rotate, "rotate_sample": s.rotate_sample, "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
@@ -684,7 +724,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
                    "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
                    "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
-                   "prior": s.prior, "rotate": s.rotate},
+                   "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

@@ -121,6 +121,15 @@ def base_of(b: Block, spec: Spec, view: str) -> Any:
     return b.bases[view]
 
 
+def rotate_block(b: Block, spec: Spec) -> Block:
+    """A cached raw block turned into ``spec``'s basis, bit for bit what :func:`read_block` makes
+    of the same rows (the same fixed-row-block product); nothing computed on the raw rows is kept."""
+    if b.rotated:
+        raise ValueError("the block is already rotated")
+    views = {v: chunked_matmul(x, spec.rotation[v]) if v in spec.rotation else x for v, x in b.views.items()}
+    return Block(b.ids, b.id_hash, views, b.annotation, b.annotation_idx, b.scale, bool(spec.rotation))
+
+
 def read_block(df: Any, spec: Spec) -> Block:
     """Check and convert a partition; every error names the column and the first bad row id."""
     ids = to_arrow(df[spec.id_col])
@@ -247,12 +256,14 @@ def histogram_partition(df: Any, spec: Spec) -> Histograms:
     return Histograms(out)
 
 
-def gram_partition(df: Any, spec: Spec) -> "Gram":
-    """The rotation pass on one partition: per view the exact Gram of its items (label-free)."""
+def gram_partition(df: Any, spec: Spec, below: int | None = None) -> "Gram":
+    """The rotation pass on one partition: per view the exact Gram of its items (label-free), or of
+    those whose id hash is below ``below`` (:func:`rotation.sample_below`)."""
     from .rotation import Gram, block_gram
 
     b = block_of(df, spec)
-    parts = {v: block_gram(x * b.scale[v][:, None]) for v, x in b.views.items()}
+    rows = slice(None) if below is None else np.flatnonzero(b.id_hash < np.uint64(below))
+    parts = {v: block_gram(x[rows] * b.scale[v][rows, None]) for v, x in b.views.items()}
     return Gram({v: p[0] for v, p in parts.items()}, {v: p[1] for v, p in parts.items()},
                 {v: p[2] for v, p in parts.items()})
 

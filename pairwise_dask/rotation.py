@@ -10,6 +10,12 @@ mergeable moments, the ``(d, d)`` Gram ``Σ x xᵀ`` of every item, computed exa
 quantised to multiples of ``2**-GRAM_BITS``, so every product is a whole number of ``2**-2·GRAM_BITS``
 quanta and every partial sum is exact in float64 (up to ``2**(53 − 2·GRAM_BITS)`` items), whatever
 the partitioning or the order of the merge.
+
+The basis needs a good estimate of the covariance, not every item: past ``rotate_sample`` items
+the Gram is taken over a fixed sample, the items whose id hash falls below a threshold set by the
+catalog's row count (:func:`sample_below`). Which items are in it depends on their ids alone, so
+the basis is still the same for any partitioning, and the pass costs ``O(sample · d²)``, not
+``O(n · d²)``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,14 @@ class Gram:
     def __add__(self, o: "Gram") -> "Gram":
         return Gram({v: self.n[v] + o.n[v] for v in self.n}, {v: self.s1[v] + o.s1[v] for v in self.s1},
                     {v: self.g[v] + o.g[v] for v in self.g})
+
+
+def sample_below(rows: int, sample: int) -> int | None:
+    """The id-hash bound of the Gram's sample: items with ``hash < bound`` are in it (about
+    ``sample`` of ``rows``); ``None`` when every item is (``sample`` is 0 or at least ``rows``)."""
+    if sample <= 0 or rows <= sample:
+        return None
+    return (sample << 64) // rows  # exact integer arithmetic: no float rounding in the bound
 
 
 def block_gram(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:

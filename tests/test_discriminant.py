@@ -1,6 +1,7 @@
 """decision = discriminant: per-pair diagonal discriminant weights and bias from the moments."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,8 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
     # the fingerprint as computed before the options existed (same fields minus the new ones)
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
-                           "cache", "partition_rows", "job_file", "storage_options", "decision", "prior", "rotate"}}
+                           "cache", "partition_rows", "job_file", "storage_options", "decision", "prior", "rotate",
+                           "rotate_sample"}}
     assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
@@ -203,3 +205,59 @@ def test_rotated_job_is_partition_invariant_applies_and_updates_only_with_its_ba
     job.fit(s0.replace(out=str(tmp_path / "u2")), client=client, base_model=str(tmp_path / "f0" / "model"))
     upd = load(tmp_path / "u2" / "model")
     assert all(np.array_equal(upd.rotation[v], load(tmp_path / "f0" / "model").rotation[v]) for v in "ab")
+
+
+def test_rotation_sample_is_a_fixed_id_sample_whatever_the_partitioning(client, tmp_path):
+    """``rotate_sample``: past it the Gram is taken over the items whose id hash is below a bound
+    set by the row count alone, so the basis is the exact Gram of that sample for any partitioning,
+    cached or streamed."""
+    from pairwise_dask.arrays import hash_ids, inverse_norms
+    from pairwise_dask.rotation import block_gram, rotation_from_gram, sample_below
+
+    assert sample_below(700, 0) is None and sample_below(700, 700) is None and sample_below(700, 5000) is None
+    below = sample_below(700, 200)
+    assert below == (200 << 64) // 700
+    cat = make_catalog(tmp_path / "data", n=700, row_group=128)
+    items = pq.read_table(cat["items"])
+    ids = items.column("id").combine_chunks()
+    inside = hash_ids(ids) < np.uint64(below)
+    assert 150 < inside.sum() < 250  # about the sample asked for
+
+    opts = {"decision": "discriminant", "rotate": "pca", "refine": 1, "rotate_sample": 200}
+    tables = []
+    for i, (rows, cache) in enumerate([(0, "on"), (97, "off"), (50, "on")]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"r{i}"), "partition_rows": rows, "cache": cache,
+                                 **opts})
+        job.run(s, client=client)
+        tables.append(pq.read_table(tmp_path / f"r{i}" / "labels"))
+        assert json.loads((tmp_path / f"r{i}" / "model" / "params.json").read_text())["rotate_sample"] == 200
+    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    model = load(tmp_path / "r0" / "model")
+    for v in "ab":
+        x = items.column(f"emb_{v}").combine_chunks().flatten().to_numpy().reshape(700, -1)[inside]
+        n, s1, g = block_gram(x * inverse_norms(x, name=v)[:, None])
+        assert n == inside.sum()
+        assert np.array_equal(model.rotation[v], rotation_from_gram(n, s1, g))
+    # every item (rotate_sample = 0) gives another basis: the sample is really used
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "all"), **opts, "rotate_sample": 0}), client=client)
+    assert not np.array_equal(load(tmp_path / "all" / "model").rotation["a"], model.rotation["a"])
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_rotation_reads_the_catalog_once_when_cached(cache, client, tmp_path):
+    """With the items kept in worker memory the Grams come from the kept raw blocks, which are then
+    rotated in place: storage is read once. Streaming, every pass (and the rotation's) reads it."""
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    cat = make_catalog(tmp_path / "data", n=300, row_group=100)
+    s = load_settings(None, {**cat, "out": str(tmp_path / "o"), "cache": cache, "refine": 1})
+    with get_task_stream(client) as ts:
+        summary = job.run(s, client=client)
+    tasks = Counter(key_split(t["key"]) for t in ts.data)
+    parts = summary["items"]["partitions"]
+    reads = 1 if cache == "on" else 1 + job._passes(s, True)
+    assert tasks["read_parquet"] == reads * parts
+    assert tasks["gram_partition"] == parts and tasks["rotate"] == (parts if cache == "on" else 0)
