@@ -262,7 +262,8 @@ def class_scores(margins: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
     bracket happened to play, so it ranks a proposed label against any other label (the review
     priority) without depending on the bracket's draw.
     """
-    return (margins @ pair_signs(pairs, k)) / max(k - 1, 1)
+    # fixed row blocks: a row's score (and so its label in mode "score") is partition-invariant
+    return chunked_matmul(np.asarray(margins, np.float32), pair_signs(pairs, k)) / np.float32(max(k - 1, 1))
 
 
 def runner_up(margins: np.ndarray, pair_index: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -281,8 +282,18 @@ def decide(margins: np.ndarray, pairs: np.ndarray, pair_index: np.ndarray, id_ha
     ``bracket`` / ``top-t`` (``players`` restricts the bracket): the final match's |margin|.
     ``round-robin``: every pair played, most wins (ties by summed margin); the |margin| against
     the closest rival.
+    ``score``: the class with the best :func:`class_scores` (its mean signed margin against every
+    other class: a Borda count weighted by margins; ties to the lower index); the lead of that
+    score over the runner-up's.
     """
     n, k = margins.shape[0], pair_index.shape[0]
+    if mode == "score":
+        sc = class_scores(margins, pairs, k)
+        label = sc.argmax(axis=1).astype(np.int32)
+        if n == 0 or k < 2:
+            return label, np.zeros(n, np.float32)
+        top2 = np.partition(sc, k - 2, axis=1)[:, -2:]
+        return label, (top2[:, 1] - top2[:, 0]).astype(np.float32)
     if mode == "round-robin":
         label = play_round_robin(margins, margins, pairs, k)
         if n == 0:
