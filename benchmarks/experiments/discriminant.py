@@ -35,7 +35,8 @@ from pairwise_dask.masks import all_pairs, fit_masks, pair_lookup, resolve_dims,
 from pairwise_dask.metrics import accuracy, confusion, weighted_f1  # noqa: E402
 from pairwise_dask.moments import QUANT_BITS, Moments, class_moments, cross_deviation_ratio, set_moments  # noqa: E402
 from pairwise_dask.passes import MARGIN_BINS, margin_quantile, review_priority  # noqa: E402
-from pairwise_dask.tourney import class_scores, decide, fuse_margins, pair_decisions, pair_margins  # noqa: E402
+from pairwise_dask.tourney import (class_scores, decide, fuse_margins, pair_decisions, pair_margins,  # noqa: E402
+                                   pair_signs)  # noqa: E402
 
 DATA = Path("/work/shared/data/debian")
 MAN_DIR = ["/tmp/acc2-man"]
@@ -78,7 +79,7 @@ def cosine_margins(x, c, mom, *, m, mix, min_items=2):
 
 
 def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, mix=0.0,
-                 mask_by="xv"):
+                 mask_by="xv", ret_delta=False, shrink_ref=None):
     """Per-pair diagonal discriminant on the pair's mask (``m = d``: every dimension).
 
     ``prior``: per-class log prior (added as ``log π_a − log π_b``, in the margin's units after the
@@ -102,7 +103,10 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
         mu = mu + mix * np.linalg.norm(mu, axis=1, keepdims=True) * c
         mu /= (1 + mix)
     pooled = (n[a, None] * var[a] + n[b, None] * var[b]) / (n[a] + n[b])[:, None]
-    pooled = pooled + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
+    if shrink_ref is not None:  # session 3: towards each dimension's total variance (all items)
+        pooled = pooled + shrink * shrink_ref[None, :] + 1e-12
+    else:
+        pooled = pooled + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
     diff = mu[a] - mu[b]
     if m >= d:
         mask = np.ones((len(pairs), d), bool)
@@ -121,7 +125,77 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
     delta = np.sqrt((w * diff).sum(axis=1)) if scale else np.ones(len(pairs))
     wt = (w / delta[:, None]).astype(np.float32)
     out = chunked_matmul(x, np.ascontiguousarray(wt.T)) + (bias / delta).astype(np.float32)
-    return out, pairs
+    return (out, pairs, delta) if ret_delta else (out, pairs)
+
+
+def qda_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, pool=0.0, mask_by="xv",
+                ret_delta=False, shrink_to="own"):
+    """Session 3: per-pair diagonal QDA on the pair's mask: the Gaussian log-likelihood ratio with
+    per-class variances ``σa², σb²`` (each ``(1−pool)·σc² + pool·pooled``, then + shrink × its mean
+    over dims, like disc): ``Σ_M −(x−μa)²/2σa² + (x−μb)²/2σb² − ½log σa² + ½log σb²`` (+ log prior),
+    i.e. ``(x∘x)·Q + x·W + b``: one more product per block. Divided by the pooled discriminant scale
+    ``Δ`` (so ``pool = 1`` is exactly ``disc``)."""
+    k, d = c.shape
+    pairs = all_pairs(k)
+    a, b = pairs[:, 0], pairs[:, 1]
+    mu, var = mom.mean_var()
+    n = mom.n.astype(np.float64)
+    small = n < min_items
+    if small.any():
+        typ = np.nanmedian(np.linalg.norm(np.nan_to_num(mu[~small]), axis=1))
+        mu = np.where(small[:, None], c * typ, mu)
+        var = np.where(small[:, None], np.nanmean(var[~small], axis=0), var)
+        n = np.where(small, min_items, n)
+    pooled = (n[a, None] * var[a] + n[b, None] * var[b]) / (n[a] + n[b])[:, None]
+    va = (1 - pool) * var[a] + pool * pooled
+    vb = (1 - pool) * var[b] + pool * pooled
+    if shrink_to == "pooled":  # the same additive constant on both sides (the pooled mean variance)
+        va = va + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
+        vb = vb + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
+    else:
+        va = va + shrink * va.mean(axis=1, keepdims=True) + 1e-12
+        vb = vb + shrink * vb.mean(axis=1, keepdims=True) + 1e-12
+    pooled = pooled + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
+    diff = mu[a] - mu[b]
+    if m >= d:
+        mask = np.ones((len(pairs), d), bool)
+    else:
+        score = cross_deviation_ratio(mu[a], var[a], mu[b], var[b]) if mask_by == "xv" else diff ** 2 / pooled
+        dims = top_dims(np.nan_to_num(score, nan=0.0), m)
+        mask = np.zeros((len(pairs), d), bool)
+        mask[np.arange(len(pairs))[:, None], dims] = True
+    q = np.where(mask, 0.5 / vb - 0.5 / va, 0.0)
+    w = np.where(mask, mu[a] / va - mu[b] / vb, 0.0)
+    bias = np.where(mask, -0.5 * mu[a] ** 2 / va + 0.5 * mu[b] ** 2 / vb - 0.5 * np.log(va) + 0.5 * np.log(vb),
+                    0.0).sum(axis=1)
+    if prior is not None:
+        bias = bias + prior[a] - prior[b]
+    wl = np.where(mask, diff / pooled, 0.0)
+    delta = np.sqrt((wl * diff).sum(axis=1)) if scale else np.ones(len(pairs))
+    out = (chunked_matmul(x, np.ascontiguousarray((w / delta[:, None]).astype(np.float32).T))
+           + chunked_matmul(x * x, np.ascontiguousarray((q / delta[:, None]).astype(np.float32).T))
+           + (bias / delta).astype(np.float32))
+    return (out, pairs, delta) if ret_delta else (out, pairs)
+
+
+def em_prior(llr, pairs, k, prior0, *, temp=1.0, iters=50):
+    """Saerens-style EM prior from pair log-likelihood ratios (n, P) without any prior in them:
+    class log-likelihoods up to a constant as the mean LLR against every class (exact when the
+    LLRs are consistent), posteriors ∝ π exp(l / temp), π ← mean posterior, to a fixed point."""
+    l = (llr @ pair_signs(pairs, k)) / k / temp
+    l = l - l.max(axis=1, keepdims=True)
+    el = np.exp(l)
+    pi = np.exp(prior0 - prior0.max()) if prior0 is not None else np.ones(k)
+    pi = pi / pi.sum()
+    for _ in range(iters):
+        post = el * pi
+        post /= post.sum(axis=1, keepdims=True)
+        new = post.mean(axis=0)
+        if np.abs(new - pi).max() < 1e-7:
+            pi = new
+            break
+        pi = new
+    return np.log(pi + 1e-12)
 
 
 def lda_margins(x, mom, gram, *, lam=0.1, scale=True, prior=None):
@@ -184,7 +258,8 @@ def soft_moments(x: np.ndarray, p: np.ndarray) -> Moments:
 def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, prior="none",
         shrink=0.0, scale=True, mode="round-robin", fit_on="view", first="cosine", mask_by="xv",
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
-        pairkeep_and_keep=False, rot="") -> dict:
+        pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
+        qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False) -> dict:
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
         xs, cs = dict(xs), dict(cs)
@@ -196,6 +271,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
     d = next(iter(xs.values())).shape[1]
     m = resolve_dims(dims, d)
     bases = {v: base_labels(xs[v], cs[v]) for v in views}
+    tvar = {v: xs[v].astype(np.float64).var(axis=0) for v in views} if shrink_total else {v: None for v in views}
     # round 0 statistics: each view's base labels, all items (fit_on = view: the article)
     if fit_on == "view":
         moms = {v: class_moments(xs[v], bases[v].label, np.ones(len(h), bool), k) for v in views}
@@ -207,12 +283,18 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         kp = keep_mask(marg, keep[0] if isinstance(keep, list) else keep)
         moms = {v: class_moments(xs[v], lab, kp, k) for v in views}
     logprior = None
+    if prior in ("base", "base_kept"):  # session 3: fixed at round 0 (no feedback); damped by temp_prior
+        if fit_on == "view":
+            raise ValueError("prior base needs fit_on = fused")
+        cnt = (np.bincount(lab, minlength=k) if prior == "base" else moms[views[0]].n) + 1.0
+        logprior = temp_prior * np.log(cnt / cnt.sum())
+    ens_acc = None
     per_pair_sets = False
     grams = {v: xs[v].astype(np.float64).T @ xs[v] for v in views}  # round 0 (cosine) does not use them
     res = {}
     for r in range(refine + 1):
         dec = decision if (r > 0 or first == "same") else first
-        margins, pairs = {}, None
+        margins, pairs, deltas = {}, None, {}
         for v in views:
             if dec == "cosine":
                 margins[v], pairs = cosine_margins(xs[v], cs[v], moms[v], m=m, mix=mix)
@@ -222,14 +304,36 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                 mk = fit_masks(moms[v], cs[v], m=m, min_items=2, per_pair=True, decision="discriminant",
                                prior=1.0 if prior != "none" else 0.0)
                 margins[v], pairs = pair_decisions(xs[v], mk), mk.pairs
+            elif dec == "qda":
+                margins[v], pairs, deltas[v] = qda_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
+                                                           prior=None if prior == "em" else logprior,
+                                                           pool=qda_pool, mask_by=mask_by, ret_delta=True,
+                                                           shrink_to=qda_shrink)
             else:
-                margins[v], pairs = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
-                                                 prior=logprior, mix=0.0, mask_by=mask_by)
+                margins[v], pairs, deltas[v] = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
+                                                            prior=None if prior == "em" else logprior, mix=0.0,
+                                                            mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v])
+        if prior == "em" and dec in ("disc", "qda"):  # Saerens EM on this round's likelihoods, then adjust
+            llr = sum(margins[v].astype(np.float64) * deltas[v] for v in views)
+            lp = temp_prior * em_prior(llr, pairs, k, None, temp=em_temp)
+            for v in views:
+                margins[v] = margins[v] + ((lp[pairs[:, 0]] - lp[pairs[:, 1]]) / deltas[v]).astype(np.float32)
+        if ens and dec != "cosine":  # session 3: sum of the margins of rounds 1..r
+            if ens_acc is None:
+                ens_acc = {v: np.zeros_like(margins[v]) for v in views}
+            for v in views:
+                ens_acc[v] += margins[v]
+            ens_m = {v: ens_acc[v].copy() for v in views}
+            if ens == "sum":
+                margins = ens_m
         pidx = pair_lookup(pairs, k)
         labels, vmargin = {}, {}
         for v in views:
             labels[v], vmargin[v] = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
         fused = fuse_margins([margins[v] for v in views])
+        if fuse == "llr" and deltas and not ens:  # session 3: the views' LLRs summed, over the joint scale
+            dsum = np.sqrt(sum(deltas[v] ** 2 for v in views))
+            fused = (sum(margins[v] * deltas[v] for v in views) / dsum).astype(np.float32)
         if joint and dec == "disc":  # one discriminant on the views side by side (2m of 2d dims)
             xj = np.concatenate([xs[v] for v in views], axis=1)
             cj = np.concatenate([cs[v] for v in views], axis=1) / np.sqrt(len(views))
@@ -246,6 +350,11 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                 labels[v], _ = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
         final, fmargin = decide_any(fused, pairs, pidx, h, mode=mode, seed=0)
         res = {"labels": labels, "final": final, "fused": fused, "pairs": pairs, "margin": fmargin}
+        if ens == "sum_out" and ens_acc is not None:  # the ensemble only for the output
+            lab_e = {v: decide_any(ens_m[v], pairs, pidx, h, mode=mode, seed=0)[0] for v in views}
+            fz = fuse_margins([ens_m[v] for v in views])
+            fe, fme = decide_any(fz, pairs, pidx, h, mode=mode, seed=0)
+            res = {"labels": lab_e, "final": fe, "fused": fz, "pairs": pairs, "margin": fme}
         if r == refine:
             break
         if soft > 0:  # posterior-weighted moments: softmax of the class scores at temperature `soft`
@@ -255,7 +364,15 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             moms = {v: soft_moments(xs[v], p) for v in views}
         else:
             kr = keep[min(r, len(keep) - 1)] if isinstance(keep, list) else keep  # a curriculum: one keep per round
-            kp = keep_mask(fmargin, kr) if keep_by == "all" else keep_per_class(fmargin, final, k, kr)
+            if keep_by in ("agree", "agree_q"):  # session 3: only items whose every view agrees with final
+                agr = np.all([labels[v] == final for v in views], axis=0)
+                if keep_by == "agree":
+                    kp = keep_mask(fmargin, kr) & agr
+                else:
+                    kp = np.zeros(len(final), bool)
+                    kp[agr] = fmargin[agr] >= np.quantile(fmargin[agr], 1.0 - kr)
+            else:
+                kp = keep_mask(fmargin, kr) if keep_by == "all" else keep_per_class(fmargin, final, k, kr)
             if truth_moments:
                 final = ds["y"]
             if rot == "within":  # rotate onto the eigenvectors of the kept items' pooled within-class covariance
@@ -269,7 +386,9 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                     _, vec = np.linalg.eigh(gram)
                     xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
                     cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
-            moms = {v: class_moments(xs[v], final, kp, k) for v in views}
+            new = {v: class_moments(xs[v], final, kp, k) for v in views}
+            # session 3: the moments of every round so far merged (exact sums; rot "within" excluded)
+            moms = {v: moms[v] + new[v] for v in views} if (mom_acc and rot != "within") else new
             if pairkeep > 0:  # per-pair sets: side a of (a, b) = final a, kept, and a-vs-b fused margin ≥ pairkeep
                 member = np.zeros((len(final), k * k))
                 kk = kp if pairkeep_and_keep else np.ones(len(final), bool)
@@ -289,7 +408,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                         kp_o = kp & (labels[o] == final)
                     moms[v] = class_moments(xs[v], lab_o, kp_o, k)
             grams = {v: xs[v][kp].astype(np.float64).T @ xs[v][kp] for v in views}
-        if prior != "none":  # "labels": counts of every item's final label; "kept": the moments' n
+        if prior in ("labels", "kept"):  # "labels": counts of every item's final label; "kept": the moments' n
             cnt = (np.bincount(final, minlength=k) if prior == "labels" else moms[views[0]].n) + 1.0
             logprior = temp_prior * np.log(cnt / cnt.sum())
     return res
