@@ -70,11 +70,12 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("discriminant, dims = 0.5, fit_on = fused (no rotation)", {"rotate": "none"}),
     ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, prior = 1", {"prior": 1.0}),
     ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, refine = 3", {"refine": 3}),
+    ("the session-2 defaults: mode = round-robin (most wins)", {"mode": "round-robin"}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means (cosine decisions); refine is skipped with fit_on = annotation.
 QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0, "decision": "cosine", "rotate": "none"}
-DEFAULT_ROW = ("job defaults (decision = discriminant, rotate = pca, m = d/2, fit_on = fused, round-robin, "
+DEFAULT_ROW = ("job defaults (decision = discriminant, rotate = pca, m = d/2, fit_on = fused, mode = score, "
                "final = fused, refine = 2, keep = 0.5)")
 FLIP_SHARE, FLIP_SEED = 0.10, 0
 

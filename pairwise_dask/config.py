@@ -93,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
            "minus top-2 margins (0: off; costs one extra pass)", _range(0.0, 1.0)),
     Option("min_items", "method", int, 5, "a pair side with fewer items falls back to prompt-difference "
            "dimensions", _range(1, None)),
-    Option("mode", "method", str, "round-robin", "how the pair decisions pick a label: bracket, round-robin, "
+    Option("mode", "method", str, "score", "how the pair decisions pick a label: bracket, round-robin, "
            "top-t or score (the best mean margin against every other class)", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
@@ -157,7 +157,7 @@ class Settings:
     cos_quantile: float = 0.0
     diff_quantile: float = 0.0
     min_items: int = 5
-    mode: str = "round-robin"
+    mode: str = "score"
     top_t: int = 16
     final: str = "fused"
     mix: float = 1.0
