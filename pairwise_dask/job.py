@@ -36,8 +36,8 @@ from .report import write_report
 from .storage import Location
 from .rotation import rotate_classes, rotation_from_gram, sample_below
 from .passes import (Histograms, Spec, Statistics, Tally, gram_partition, histogram_partition, ids_with_hash,
-                     label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block, rotate_block,
-                     statistics_partition)
+                     label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block,
+                     release_arrow_memory, rotate_block, statistics_partition)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -265,6 +265,7 @@ def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
 
         with c.as_current():
             wait(rotated)
+    c.run(release_arrow_memory)  # the last raw blocks' pages (each rotate task freed the earlier ones)
     return rotated
 
 

@@ -121,11 +121,19 @@ def base_of(b: Block, spec: Spec, view: str) -> Any:
     return b.bases[view]
 
 
+def release_arrow_memory() -> None:
+    """Return the Arrow pool's freed pages to the OS. Raw blocks live in Arrow memory (zero-copy);
+    once rotated copies replace them, the pool (mimalloc, jemalloc) would otherwise keep their pages
+    and a worker's RSS would hold both copies of its items."""
+    pa.default_memory_pool().release_unused()
+
+
 def rotate_block(b: Block, spec: Spec) -> Block:
     """A cached raw block turned into ``spec``'s basis, bit for bit what :func:`read_block` makes
     of the same rows (the same fixed-row-block product); nothing computed on the raw rows is kept."""
     if b.rotated:
         raise ValueError("the block is already rotated")
+    release_arrow_memory()  # the raw blocks rotated before this one are gone: hand back their pages
     views = {v: chunked_matmul(x, spec.rotation[v]) if v in spec.rotation else x for v, x in b.views.items()}
     return Block(b.ids, b.id_hash, views, b.annotation, b.annotation_idx, b.scale, bool(spec.rotation))
 
