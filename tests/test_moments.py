@@ -141,3 +141,19 @@ def test_quantile_thresholds_from_merged_histograms():
         assert dropped <= 0.25 and abs(dropped - 0.25) < 0.01  # within a bin (2/HIST_BINS) of the quantile
         assert abs(t[c] - np.quantile(vals, 0.25)) <= 2.0 / HIST_BINS + 1e-12
     assert np.all(quantile_thresholds(whole, 0.0, 1) == 0.0)  # q = 0 drops nothing
+
+
+def test_rows_in_no_set_are_skipped_without_changing_a_bit():
+    """``set_moments`` quantises only rows that belong to some set (a kept share); the sums equal,
+    bit for bit, the product over every row's quanta, the empty rows' zero memberships included."""
+    from pairwise_dask.moments import quantize, set_moments
+
+    rng = np.random.default_rng(7)
+    n, d, g = 1000, 24, 5
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    scale = (1.0 / np.linalg.norm(x, axis=1)).astype(np.float32)
+    for share in (0.0, 0.3, 1.0):
+        member = ((rng.random((n, g)) < 0.4) & (rng.random(n) < share)[:, None]).astype(np.float64)
+        got = set_moments(x, member, scale=scale)
+        want = set_moments(x, member, quantized=quantize(x, scale))  # every row, as one product
+        assert np.array_equal(got.n, want.n) and np.array_equal(got.s1, want.s1) and np.array_equal(got.s2, want.s2)
