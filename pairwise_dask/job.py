@@ -254,17 +254,7 @@ def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
     rotated = c.persist([delayed(rotate_block, pure=True)(b, spec_f, dask_key_name=f"rotate-{tokenize(b.key, spec)}")
                          for b in blocks])
     blocks.clear()  # the only references to the raw futures: the scheduler frees each once used
-    if progress:
-        from distributed import progress as show
-
-        print("  rotate", flush=True)
-        show(rotated)
-        print(flush=True)
-    else:
-        from distributed import wait
-
-        with c.as_current():
-            wait(rotated)
+    _await(c, rotated, "rotate", progress)
     c.run(release_arrow_memory)  # the last raw blocks' pages (each rotate task freed the earlier ones)
     return rotated
 
@@ -443,19 +433,24 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     blocks = c.persist([delayed(read_block, pure=True)(p, spec_f, dask_key_name=f"decode-{tokenize(p.key, spec)}")
                         for p in parts])
     echo(f"Keeping the decoded items in worker memory ({need / 2**30:.1f} GiB): read once for {passes} passes")
+    _await(c, blocks, "read and check", progress)  # so that "read" times the reading
+    timings["read"] = time.perf_counter() - t
+    return blocks
+
+
+def _await(c: Any, persisted: list, label: str, progress: bool) -> None:
+    """Wait until ``persisted`` (the result of ``c.persist``) is in worker memory, with a bar."""
     if progress:
         from distributed import progress as show
 
-        print("  read and check", flush=True)
-        show(blocks)
+        print(f"  {label}", flush=True)
+        show(persisted)
         print(flush=True)
     else:
         from distributed import wait
 
         with c.as_current():  # wait() syncs through the current client: make it this job's
-            wait(blocks)  # so that "read" times the reading (the passes then start from memory)
-    timings["read"] = time.perf_counter() - t
-    return blocks
+            wait(persisted)
 
 
 def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
