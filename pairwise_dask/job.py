@@ -217,7 +217,7 @@ def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, pr
     spec_f = shared(spec)
     below = sample_below(rows, s.rotate_sample)
     gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f, below) for p in parts], merge),
-                    "rotation", progress)
+                    "rotation: Grams", progress)
     return with_rotation(spec, {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n})
 
 
@@ -254,7 +254,7 @@ def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
     rotated = c.persist([delayed(rotate_block, pure=True)(b, spec_f, dask_key_name=f"rotate-{tokenize(b.key, spec)}")
                          for b in blocks])
     blocks.clear()  # the only references to the raw futures: the scheduler frees each once used
-    _await(c, rotated, "rotate", progress)
+    _await(c, rotated, "rotation: the kept blocks turned", progress)
     c.run(release_arrow_memory)  # the last raw blocks' pages (each rotate task freed the earlier ones)
     return rotated
 
