@@ -94,6 +94,9 @@ CASES: dict[str, Case] = {c.name: c for c in [
     # no in-RAM NumPy floor is possible, so the job is compared with streaming the column once
     Case("12.5m", 12_500_000, views=1, row_group=65536, workers=(2,), memory_limit="4GiB",
          numpy_floor=False, files=25, packed=True),
+    # the same catalog with the default method: rotate = pca streams x·R in every pass
+    Case("12.5m-defaults", 12_500_000, views=1, row_group=65536, workers=(2,), memory_limit="4GiB",
+         numpy_floor=False, files=25, packed=True, defaults=True, catalog="12.5m"),
 ]}
 
 VIEW_NAMES = ("image", "text", "view3", "view4")
