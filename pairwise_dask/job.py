@@ -659,7 +659,8 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
-            "rotate": s.rotate, "rotate_sample": s.rotate_sample, "base_keep_margin": base_keep_margin, "refine_thresholds": list(thresholds)}
+            "rotate": s.rotate, "rotate_sample": s.rotate_sample, "base_keep_margin": base_keep_margin,
+            "refine_thresholds": list(thresholds)}
 
 
 def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
