@@ -72,6 +72,10 @@ def _dims_check(v: float) -> str | None:
     return None
 
 
+def _rotate_dims_check(v: float) -> str | None:
+    return None if v == 0 else _dims_check(v)
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("items", None, str, None, "items Parquet: a file, a folder or a glob", path=True),
     Option("classes", None, str, None, "classes Parquet: `name` and one embedding column per view "
@@ -122,6 +126,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("rotate_sample", "method", int, 131072, "rotate = pca: about this many items, a fixed sample by "
            "id hash (the same whatever the partitioning), give the principal axes; 0: every item",
            _range(0, None)),
+    Option("rotate_dims", "method", float, 0.0, "rotate = pca: keep only the first principal axes, a count or "
+           "a fraction of d below 1 (0: all). Every later pass then works on fewer coordinates (d/2: about "
+           "half the work, −0.004 final accuracy on the Debian data); base labels still use the whole vectors",
+           _rotate_dims_check),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
@@ -168,6 +176,7 @@ class Settings:
     prior: float = 0.0
     rotate: str = "pca"
     rotate_sample: int = 131072
+    rotate_dims: float = 0.0
     scheduler: str = ""
     workers: int = 2
     threads_per_worker: int = 1
@@ -200,8 +209,11 @@ class Settings:
         for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
             if keep.get(name) == default:
                 keep.pop(name)
-        if "rotate" not in keep:  # the sample only matters to a rotation
+        if "rotate" not in keep:  # the sample and the axes kept only matter to a rotation
             keep.pop("rotate_sample")
+            keep.pop("rotate_dims")
+        elif keep.get("rotate_dims") == 0.0:  # all axes: the rotation as it was before the option
+            keep.pop("rotate_dims")
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -48,7 +48,7 @@ class PairwiseLabeler:
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
     dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on, decision,
-    prior, rotate, rotate_sample : as in the job file's ``[method]`` (same defaults, same meaning).
+    prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
@@ -56,7 +56,8 @@ class PairwiseLabeler:
                  cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
                  top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
                  keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
-                 prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample) -> None:
+                 prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
+                 rotate_dims: float = _D.rotate_dims) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
@@ -64,6 +65,7 @@ class PairwiseLabeler:
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
+        self.rotate_dims = rotate_dims
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
@@ -102,13 +104,13 @@ class PairwiseLabeler:
         from dask import delayed
 
         from .job import tree_reduce
-        from .rotation import rotation_from_gram, sample_below
+        from .rotation import rotation_from_gram, sample_below, truncate
 
         self.rotation_ = {}
         spec_d = delayed(self._spec(classes), pure=True)
         below = sample_below(len(ddf), self.rotate_sample) if self.rotate_sample else None  # as the job's
         gram = tree_reduce([delayed(gram_partition)(p, spec_d, below) for p in ddf.to_delayed()], merge).compute()
-        return {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n}
+        return {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), self.rotate_dims) for v in gram.n}
 
     def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
         from dask import delayed
@@ -144,7 +146,7 @@ class PairwiseLabeler:
                   "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
                   "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
                   "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
-                  "rotate_sample": self.rotate_sample,
+                  "rotate_sample": self.rotate_sample, "rotate_dims": self.rotate_dims,
                   "base_keep_margin": self.keep_margin_}
         self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
                                   params, dict(self.rotation_))
@@ -218,7 +220,7 @@ class PairwiseLabeler:
                 "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
                 "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0),
                 "rotate": "pca" if model.rotation else "none",
-                "rotate_sample": p.get("rotate_sample", 0)} | kw
+                "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0)} | kw
         self = cls(str(folder), views=views, **args)
         self.rotation_ = dict(model.rotation)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))

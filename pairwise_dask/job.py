@@ -34,7 +34,7 @@ from .model import FittedModel, load, save
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
-from .rotation import rotate_classes, rotation_from_gram, sample_below
+from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
 from .passes import (Histograms, Spec, Statistics, Tally, gram_partition, histogram_partition, ids_with_hash,
                      label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block,
                      release_arrow_memory, rotate_block, statistics_partition)
@@ -132,12 +132,19 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
-        if s.dims is not None and s.dims >= 1 and s.dims > d_cls:
+        if s.rotate == "pca" and s.rotate_dims >= 1 and s.rotate_dims > d_cls:
+            raise BadInputError(f"rotate_dims = {s.rotate_dims:g} is larger than d = {d_cls}, the dimension of "
+                                f"view {v!r}", file=s.job_file or COMMAND_LINE,
+                                hint=f"Set rotate_dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.5)")
+        # the statistics' dimension: the kept principal axes with rotate_dims, else d
+        d_stats = kept_axes(d_cls, s.rotate_dims) if s.rotate == "pca" else d_cls
+        if s.dims is not None and s.dims >= 1 and s.dims > d_stats:
             # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
             # use every dimension: refuse it before any data is read
-            raise BadInputError(f"dims = {s.dims:g} is larger than d = {d_cls}, the dimension of view {v!r}",
+            what = f"d = {d_cls}" if d_stats == d_cls else f"the {d_stats} principal axes rotate_dims keeps"
+            raise BadInputError(f"dims = {s.dims:g} is larger than {what}, the dimension of view {v!r}",
                                 file=s.job_file or COMMAND_LINE,
-                                hint=f"Set dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.25)")
+                                hint=f"Set dims to at most {d_stats}, or to a fraction of d below 1 (e.g. 0.25)")
         if s.per_pair_sets and classes.k ** 2 * d_cls * 16 > PER_PAIR_BYTES:
             # per-pair sets hold k² rows of float64 moments (two sums) in every task and reduction
             raise BadInputError(f"diff_min > 0 needs moments per ordered class pair: {classes.k}² × {d_cls} "
@@ -203,7 +210,7 @@ def with_rotation(spec: Spec, rotation: dict[str, np.ndarray]) -> Spec:
     """``spec`` reading items as ``x·R`` and holding the prompts in the same basis."""
     if not rotation:
         return spec
-    return replace(spec, rotation=dict(rotation),
+    return replace(spec, rotation=dict(rotation), base_classes=dict(spec.classes),
                    classes={v: rotate_classes(c, rotation[v]) for v, c in spec.classes.items()})
 
 
@@ -218,7 +225,8 @@ def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, pr
     below = sample_below(rows, s.rotate_sample)
     gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f, below) for p in parts], merge),
                     "rotation: Grams", progress)
-    return with_rotation(spec, {v: rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]) for v in gram.n})
+    return with_rotation(spec, {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), s.rotate_dims)
+                                for v in gram.n})
 
 
 def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: int, progress: bool, echo: Echo,
@@ -564,6 +572,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             raise BadInputError(f"rotate = {s.rotate} differs from the model's "
                                 f"({'pca' if old.rotation else 'none'})",
                                 hint="Moments only add up in the same basis: use the model's rotate")
+        if old.rotation and old.params.get("rotate_dims", 0) != s.rotate_dims:
+            raise BadInputError(f"rotate_dims = {s.rotate_dims:g} differs from the model's "
+                                f"({old.params.get('rotate_dims', 0):g})",
+                                hint="Moments only add up over the same axes: use the model's rotate_dims")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
@@ -659,7 +671,8 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
-            "rotate": s.rotate, "rotate_sample": s.rotate_sample, "base_keep_margin": base_keep_margin,
+            "rotate": s.rotate, "rotate_sample": s.rotate_sample, "rotate_dims": s.rotate_dims,
+            "base_keep_margin": base_keep_margin,
             "refine_thresholds": list(thresholds)}
 
 
@@ -721,7 +734,8 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
                    "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
                    "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
-                   "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample},
+                   "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
+                   "rotate_dims": s.rotate_dims},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

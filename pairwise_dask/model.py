@@ -122,7 +122,7 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
     moments, masks = {}, {}
     for v in views:
         sub = mt.filter(pc.equal(mt.column("view"), v))
-        d = classes[v].shape[1]
+        d = rotation[v].shape[1] if v in rotation else classes[v].shape[1]  # rotate_dims: r axes of d
         moments[v] = Moments(np.asarray(sub.column("n")),
                              np.asarray(sub.column("sum_q").combine_chunks().flatten()).reshape(-1, d),
                              np.asarray(sub.column("sumsq_q").combine_chunks().flatten()).reshape(-1, d))

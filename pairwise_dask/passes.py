@@ -49,8 +49,10 @@ class Spec:
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
     round: str = ""  # a refine round's name: its passes share one tourney per cached block
-    rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, d): items are read
-    # as x·R (rotate = pca); ``classes`` then holds the rotated prompts
+    rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, r): items are read
+    # as x·R (rotate = pca; r = d unless rotate_dims); ``classes`` then holds the rotated prompts
+    # and ``base_classes`` the prompts as given: base labels are cosines of the rows as read
+    base_classes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -115,10 +117,19 @@ def final_of(b: Block, spec: Spec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def base_of(b: Block, spec: Spec, view: str) -> Any:
-    """The view's base labels of a block (computed once per block)."""
+    """The view's base labels of a block (computed once per block). A rotated block got them from
+    its rows as read, before the rotation (:func:`_with_bases`)."""
     if view not in b.bases:
+        if b.rotated:  # never: read_block and rotate_block fill them in
+            raise ValueError("a rotated block without its base labels")
         b.bases[view] = base_labels(b.views[view], spec.classes[view], b.scale[view])
     return b.bases[view]
+
+
+def _raw_bases(views: dict[str, np.ndarray], scale: dict[str, np.ndarray], spec: Spec) -> dict[str, Any]:
+    """Base labels of the rows as read (before any rotation): the full-vector cosines of METHOD.md
+    step 1, identical with or without ``rotate`` and whatever ``rotate_dims`` keeps."""
+    return {v: base_labels(x, spec.base_classes[v], scale[v]) for v, x in views.items() if v in spec.rotation}
 
 
 def release_arrow_memory() -> None:
@@ -134,8 +145,9 @@ def rotate_block(b: Block, spec: Spec) -> Block:
     if b.rotated:
         raise ValueError("the block is already rotated")
     release_arrow_memory()  # the raw blocks rotated before this one are gone: hand back their pages
+    bases = _raw_bases(b.views, b.scale, spec)
     views = {v: chunked_matmul(x, spec.rotation[v]) if v in spec.rotation else x for v, x in b.views.items()}
-    return Block(b.ids, b.id_hash, views, b.annotation, b.annotation_idx, b.scale, bool(spec.rotation))
+    return Block(b.ids, b.id_hash, views, b.annotation, b.annotation_idx, b.scale, bool(spec.rotation), bases)
 
 
 def read_block(df: Any, spec: Spec) -> Block:
@@ -151,12 +163,12 @@ def read_block(df: Any, spec: Spec) -> Block:
     id_np = ids.to_numpy(zero_copy_only=False)
     views, scale = {}, {}
     for v, col in spec.views:
-        c = spec.classes[v]
-        x = embedding_matrix(df[col], name=col, ids=id_np, dim=c.shape[1])
-        scale[v] = inverse_norms(x, name=col, ids=id_np)
-        if v in spec.rotation:  # fixed row blocks: a row's rotated bits do not depend on its partition
-            x = chunked_matmul(x, spec.rotation[v])  # orthogonal: the norms (scale) are kept
-        views[v] = x
+        d = spec.rotation[v].shape[0] if v in spec.rotation else spec.classes[v].shape[1]
+        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=d)
+        scale[v] = inverse_norms(views[v], name=col, ids=id_np)
+    bases = _raw_bases(views, scale, spec)
+    for v in spec.rotation:  # fixed row blocks: a row's rotated bits do not depend on its partition;
+        views[v] = chunked_matmul(views[v], spec.rotation[v])  # scale stays the row's as read
     annotation = idx = None
     if spec.label_col:
         annotation = to_arrow(df[spec.label_col]).cast(pa.string())
@@ -168,7 +180,7 @@ def read_block(df: Any, spec: Spec) -> Block:
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation))
+    return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation), bases)
 
 
 # --- pass 1 --------------------------------------------------------------------------------

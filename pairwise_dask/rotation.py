@@ -72,6 +72,19 @@ def rotation_from_gram(n: int, s1: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vec, dtype=np.float32)
 
 
+def kept_axes(d: int, dims: float) -> int:
+    """``r``, the principal axes ``rotate_dims`` keeps of ``d``: a count, a fraction of ``d`` below
+    1, or 0 for all of them."""
+    return d if dims == 0 else max(1, int(round(dims * d))) if dims < 1 else min(int(dims), d)
+
+
+def truncate(rotation: np.ndarray, dims: float) -> np.ndarray:
+    """The first principal axes only (``rotate_dims``). Every pass after the rotation then works
+    on ``r`` coordinates instead of ``d``."""
+    r = kept_axes(rotation.shape[1], dims)
+    return rotation if r == rotation.shape[1] else np.ascontiguousarray(rotation[:, :r])
+
+
 def rotate_classes(classes: np.ndarray, rotation: np.ndarray) -> np.ndarray:
     """Prompts in the rotated basis (re-normalised: float32 rounding only)."""
     c = classes.astype(np.float64) @ rotation.astype(np.float64)

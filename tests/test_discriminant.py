@@ -126,7 +126,7 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
                            "cache", "partition_rows", "job_file", "storage_options", "decision", "prior", "rotate",
-                           "rotate_sample"}}
+                           "rotate_sample", "rotate_dims"}}
     assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
@@ -261,3 +261,43 @@ def test_rotation_reads_the_catalog_once_when_cached(cache, client, tmp_path):
     reads = 1 if cache == "on" else 1 + job._passes(s, True)
     assert tasks["read_parquet"] == reads * parts
     assert tasks["gram_partition"] == parts and tasks["rotate"] == (parts if cache == "on" else 0)
+
+
+def test_rotate_dims_keeps_the_first_axes_and_base_labels_of_the_whole_vectors(client, tmp_path):
+    """``rotate_dims``: the statistics and the tourney work on the first ``r`` principal axes; base
+    labels stay the cosines of the rows as read (the same as without any rotation); the labels do
+    not depend on the partitioning or on caching; apply reproduces them; an update keeps ``r``."""
+    cat = make_catalog(tmp_path / "data", n=700, d=16, row_group=128)
+    opts = {"decision": "discriminant", "rotate": "pca", "refine": 1, "rotate_dims": 0.5}
+    tables = []
+    for i, (rows, cache) in enumerate([(0, "on"), (97, "off")]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"t{i}"), "partition_rows": rows, "cache": cache,
+                                 **opts})
+        summary = job.run(s, client=client)
+        assert summary["final"]["accuracy"] > summary["per_view"]["a"]["accuracy_base"]
+        tables.append(pq.read_table(tmp_path / f"t{i}" / "labels"))
+    assert tables[0].equals(tables[1])
+    model = load(tmp_path / "t0" / "model")
+    assert model.rotation["a"].shape == (16, 8) and model.moments["a"].s1.shape == (4, 8)
+    assert int(model.masks["a"].dims.max()) < 8
+    # base labels: those of the plain (unrotated) job, bit for bit
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "plain"), **opts, "rotate": "none"}), client=client)
+    plain = pq.read_table(tmp_path / "plain" / "labels")
+    for v in "ab":
+        assert tables[0].column(f"base_{v}").equals(plain.column(f"base_{v}"))
+    # apply rebuilds the truncated basis from the model
+    job.apply(load_settings(None, {**cat, "out": str(tmp_path / "applied"), **opts}), str(tmp_path / "t0" / "model"),
+              client=client)
+    assert pq.read_table(tmp_path / "applied" / "labels").equals(tables[0])
+    # an update must keep the model's axes; bad values are refused before any data is read
+    s0 = load_settings(None, {**cat, "out": str(tmp_path / "f0"), **opts, "refine": 0})
+    job.fit(s0, client=client)
+    with pytest.raises(BadInputError, match="rotate_dims"):
+        job.fit(s0.replace(out=str(tmp_path / "u"), rotate_dims=0.0), client=client,
+                base_model=str(tmp_path / "f0" / "model"))
+    job.fit(s0.replace(out=str(tmp_path / "u2")), client=client, base_model=str(tmp_path / "f0" / "model"))
+    assert load(tmp_path / "u2" / "model").moments["a"].s1.shape == (4, 8)
+    with pytest.raises(BadInputError, match="rotate_dims = 17 is larger than d = 16"):
+        job.run(s0.replace(out=str(tmp_path / "bad"), rotate_dims=17.0), client=client)
+    with pytest.raises(BadInputError, match="dims = 9 is larger than the 8 principal axes"):
+        job.run(s0.replace(out=str(tmp_path / "bad2"), dims=9.0), client=client)
