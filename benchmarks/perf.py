@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +71,7 @@ class Case:
     packed: bool = False
     defaults: bool = False  # the job's default method (not the article's, which the floors compute)
     catalog: str = ""  # another case's catalog folder (same data, another way of running it)
+    options: tuple[tuple[str, Any], ...] = ()  # job options on top (e.g. the defaults + rotate_dims)
 
     def catalog_key(self) -> dict:
         return {"items": self.items, "dim": self.dim, "views": self.views, "classes": self.classes,
@@ -97,6 +99,10 @@ CASES: dict[str, Case] = {c.name: c for c in [
     # the same catalog with the default method: rotate = pca streams x·R in every pass
     Case("12.5m-defaults", 12_500_000, views=1, row_group=65536, workers=(2,), memory_limit="4GiB",
          numpy_floor=False, files=25, packed=True, defaults=True, catalog="12.5m"),
+    # ... with half the principal axes: every pass after the rotation on d/2 coordinates
+    Case("12.5m-defaults-half-axes", 12_500_000, views=1, row_group=65536, workers=(2,), memory_limit="4GiB",
+         numpy_floor=False, files=25, packed=True, defaults=True, catalog="12.5m",
+         options=(("rotate_dims", 0.5),)),
 ]}
 
 VIEW_NAMES = ("image", "text", "view3", "view4")
@@ -342,7 +348,7 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
                "fit_on": "view", "decision": "cosine", "rotate": "none"}
     s = load_settings(None, {"items": _items_path(folder, c), "classes": str(folder / "classes.parquet"),
                              "out": str(out), "views": views, "label": "label", "overwrite": True,
-                             "workers": workers} | ({} if c.defaults else article))
+                             "workers": workers} | ({} if c.defaults else article) | dict(c.options))
     # Dask's "auto" limit is the machine's memory times threads / cores: half of it for 1 worker of
     # 1 thread here. Give each worker its share of the whole machine instead, so that 1 and 2
     # workers run the same plan (the job keeps the items in memory when they fit a third of it).
