@@ -78,6 +78,20 @@ def cosine_margins(x, c, mom, *, m, mix, min_items=2):
     return pair_margins(x, masks, pair_decisions(x, masks)), masks.pairs
 
 
+def _class_stats(mom: Moments, c: np.ndarray, min_items: int):
+    """Per class: mean, variance, count and whether it had too few items. A class without enough
+    items gets its prompt, scaled to a typical mean's norm, and the mean variance."""
+    mu, var = mom.mean_var()
+    n = mom.n.astype(np.float64)
+    small = n < min_items
+    if small.any():
+        typ = np.nanmedian(np.linalg.norm(np.nan_to_num(mu[~small]), axis=1))
+        mu = np.where(small[:, None], c * typ, mu)
+        var = np.where(small[:, None], np.nanmean(var[~small], axis=0), var)
+        n = np.where(small, min_items, n)
+    return mu, var, n, small
+
+
 def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, mix=0.0,
                  mask_by="xv", ret_delta=False, shrink_ref=None):
     """Per-pair diagonal discriminant on the pair's mask (``m = d``: every dimension).
@@ -91,14 +105,7 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
     k, d = c.shape
     pairs = all_pairs(k)
     a, b = pairs[:, 0], pairs[:, 1]
-    mu, var = mom.mean_var()
-    n = mom.n.astype(np.float64)
-    small = n < min_items
-    if small.any():  # a class without items: its prompt, scaled to a typical mean's norm, and the mean variance
-        typ = np.nanmedian(np.linalg.norm(np.nan_to_num(mu[~small]), axis=1))
-        mu = np.where(small[:, None], c * typ, mu)
-        var = np.where(small[:, None], np.nanmean(var[~small], axis=0), var)
-        n = np.where(small, min_items, n)
+    mu, var, n, small = _class_stats(mom, c, min_items)
     if mix > 0:
         mu = mu + mix * np.linalg.norm(mu, axis=1, keepdims=True) * c
         mu /= (1 + mix)
@@ -138,14 +145,7 @@ def qda_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2
     k, d = c.shape
     pairs = all_pairs(k)
     a, b = pairs[:, 0], pairs[:, 1]
-    mu, var = mom.mean_var()
-    n = mom.n.astype(np.float64)
-    small = n < min_items
-    if small.any():
-        typ = np.nanmedian(np.linalg.norm(np.nan_to_num(mu[~small]), axis=1))
-        mu = np.where(small[:, None], c * typ, mu)
-        var = np.where(small[:, None], np.nanmean(var[~small], axis=0), var)
-        n = np.where(small, min_items, n)
+    mu, var, n, small = _class_stats(mom, c, min_items)
     pooled = (n[a, None] * var[a] + n[b, None] * var[b]) / (n[a] + n[b])[:, None]
     va = (1 - pool) * var[a] + pool * pooled
     vb = (1 - pool) * var[b] + pool * pooled
