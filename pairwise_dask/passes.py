@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ from .masks import PairMasks
 from .metrics import confusion
 from .moments import Moments, class_moments, filtered_moments, score_histograms
 from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
-                      pair_margins, play_bracket_gather, play_pairs, top_classes)
+                      pair_margins, play_bracket, play_bracket_gather, play_pairs, top_classes)
 
 
 @dataclass(frozen=True)
@@ -391,7 +391,8 @@ class Played:
     label: dict[str, np.ndarray]      # view -> tourney label (n,)
     margin: dict[str, np.ndarray]     # view -> |margin| of the deciding match (n,)
     margin_of: dict[str, Any]         # view -> f(rows, pair rows): masked cosine margins
-    fused: np.ndarray | None          # (n, P) mean over views of the pair margins (None: not fusable)
+    fused_of: Callable[[np.ndarray], np.ndarray] | None  # rows -> (rows, P) mean over views of the pair
+    #                                   margins (None: not fusable); computed only for the rows asked for
     final: np.ndarray                 # (n,) final label
     final_margin: np.ndarray          # (n,) |margin| that decided the final label
     agree: np.ndarray                 # (n,) every view's tourney label equal
@@ -412,7 +413,17 @@ def play_block(b: Block, spec: Spec) -> Played:
     confident view's.
     """
     n, k = len(b.ids), spec.k
-    base, label, margin, margin_of, pm = {}, {}, {}, {}, {}
+    views = list(b.views)
+    first = spec.masks[views[0]]
+    # top-t fits each view on the pair its items can play: the views' pair sets differ, so no fusion
+    # (decided by the settings, not by the data, so the dense and the gathering paths agree)
+    fusable = (not spec.top_t_active and all(spec.masks[v].weights is not None for v in views)
+               and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
+    fuse_final = spec.final == "fused" and fusable and len(views) > 1
+    # every pair's margin is needed for every row by round-robin, score and a fused final; a bracket
+    # only needs its decisions' signs, then one masked norm per row for its final match's margin
+    every_margin = fuse_final or spec.mode in ("round-robin", "score")
+    base, label, margin, margin_of, decisions, pm = {}, {}, {}, {}, {}, {}
     for v, x in b.views.items():
         masks = spec.masks[v]
         pidx = masks.pair_index()
@@ -426,29 +437,37 @@ def play_block(b: Block, spec: Spec) -> Played:
             margin_of[v] = lambda r, p, x=x, masks=masks, sc=b.scale[v]: masked_margin(
                 x[r], masks, p, gather_decisions(x[r], masks, p[:, None], sc[r])[:, 0])
             continue
-        m = pair_margins(x, masks, d := pair_decisions(x, masks, b.scale[v]), out=d)
-        label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
-                                     players=_players(spec, base[v].scores))
-        margin_of[v] = lambda r, p, m=m: m[r, p]
-        pm[v] = m
-    views = list(b.views)
-    first = spec.masks[views[0]]
-    # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion
-    # (decided by the settings, not by the data, so the dense and the gathering paths agree)
-    fusable = (not spec.top_t_active and len(pm) == len(views)
-               and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
-    fused = fuse_margins([pm[v] for v in views]) if fusable else None
+        d = pair_decisions(x, masks, b.scale[v])
+        if every_margin or masks.decision == "discriminant":  # a discriminant's decisions are margins
+            m = pair_margins(x, masks, d, out=d)
+            label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+                                         players=_players(spec, base[v].scores))
+            margin_of[v] = lambda r, p, m=m: m[r, p]
+            pm[v] = m
+        else:
+            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=_players(spec, base[v].scores))
+            label[v] = res.label
+            margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
+                         else np.zeros(0, np.float32))
+            margin_of[v] = lambda r, p, x=x, masks=masks, d=d: masked_margin(x[r], masks, p, d[r, p])
+            decisions[v] = d
+    fused_of = None
+    if fusable:
+        def fused_of(rows: np.ndarray) -> np.ndarray:
+            return fuse_margins([pm[v][rows] if v in pm else
+                                 pair_margins(b.views[v][rows], spec.masks[v], decisions[v][rows])
+                                 for v in views])
     stack = np.stack([label[v] for v in views])        # (V, n)
     agree = (stack == stack[0]).all(axis=0)
-    if spec.final == "fused" and fusable and len(views) > 1:
+    if fuse_final:
         scores = sum(base[v].scores for v in views)
-        final, final_margin = decide(fused, first.pairs, first.pair_index(), b.id_hash, mode=spec.mode,
-                                     seed=spec.seed, players=_players(spec, scores))
+        final, final_margin = decide(fused_of(slice(None)), first.pairs, first.pair_index(), b.id_hash,
+                                     mode=spec.mode, seed=spec.seed, players=_players(spec, scores))
     else:  # the most confident view (also: fusion of one view is that view)
         margins = np.stack([margin[v] for v in views])
         best = np.argmax(margins, axis=0)
         final, final_margin = stack[best, np.arange(n)], margins[best, np.arange(n)]
-    return Played(base, label, margin, margin_of, fused, final, final_margin, agree)
+    return Played(base, label, margin, margin_of, fused_of, final, final_margin, agree)
 
 
 #: Weight of the proposed label's own score in the review priority (see :func:`review_priority`).
@@ -510,9 +529,9 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     current = np.where(has_ann, ann if ann is not None else 0, dissent)
     proposed = np.where(has_ann & ~ann_differs, dissent, final)
     rows = np.flatnonzero(flagged)
-    if played.fused is not None:
+    if played.fused_of is not None:
         pairs = spec.masks[views[0]].pairs
-        priority = review_priority(played.fused[rows], pairs, k, proposed[rows], current[rows])
+        priority = review_priority(played.fused_of(rows), pairs, k, proposed[rows], current[rows])
     else:  # no common margin matrix (sparse or per-view top-t masks): mean pair margin over views
         priority = np.zeros(len(rows))
         for v in views:

@@ -216,3 +216,40 @@ def test_score_mode_job_is_partition_invariant(client, tmp_path):
         assert summary["final"]["accuracy"] > summary["per_view"]["a"]["accuracy_base"]
         tables.append(pq.read_table(tmp_path / f"s{i}" / "labels"))
     assert tables[0].equals(tables[1])
+
+
+def test_bracket_block_margins_equal_the_every_pair_path():
+    """A bracket only computes its final match's masked norm (and the fused margins of the rows
+    asked for): the same labels, margins and fused margins as the every-pair computation."""
+    from dataclasses import replace
+
+    from pairwise_dask.passes import Block, Spec, play_block
+
+    rng = np.random.default_rng(5)
+    k, d, n = 6, 24, 300
+    classes = rng.normal(size=(k, d)).astype(np.float32)
+    classes /= np.linalg.norm(classes, axis=1, keepdims=True)
+    views, masks = {}, {}
+    for v in ("a", "b"):
+        x = (classes[rng.integers(0, k, n)] + rng.normal(scale=0.3, size=(n, d))).astype(np.float32)
+        views[v] = x
+        masks[v] = fit_masks(class_moments(x, (x @ classes.T).argmax(1), np.ones(n, bool), k), classes,
+                             m=8, min_items=1, per_pair=False)
+    ids = pa.array(np.arange(n))
+    block = Block(ids, hash_ids(ids), views, None, None, {v: 1 / np.linalg.norm(x, axis=1) for v, x in views.items()},
+                  False, {})
+    spec = Spec("id", "", (("a", "a"), ("b", "b")), tuple("abcdef"), {"a": classes, "b": classes}, -1.0, 0.0,
+                False, seed=3, mode="bracket", masks=masks, final="confident-view")
+    lazy = play_block(block, spec)
+    block.bases.clear()
+    full = play_block(block, replace(spec, final="fused"))  # every pair's margin for every row
+    for v in views:
+        assert np.array_equal(lazy.label[v], full.label[v])
+        assert np.allclose(lazy.margin[v], full.margin[v], rtol=1e-5, atol=1e-6)
+    assert lazy.margin["a"].min() >= 0 and (lazy.margin["a"] > 0).any()
+    rows = np.array([4, 17, 250, 3])
+    fused = fuse_margins([pair_margins(x, masks[v], pair_decisions(x, masks[v])) for v, x in views.items()])
+    assert np.allclose(lazy.fused_of(rows), fused[rows], rtol=1e-5, atol=1e-6)
+    assert np.allclose(full.fused_of(rows), fused[rows], rtol=1e-5, atol=1e-6)
+    assert np.array_equal(lazy.final, np.where(lazy.margin["a"] >= lazy.margin["b"], lazy.label["a"],
+                                               lazy.label["b"]))
