@@ -93,7 +93,7 @@ def _class_stats(mom: Moments, c: np.ndarray, min_items: int):
 
 
 def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, mix=0.0,
-                 mask_by="xv", ret_delta=False, shrink_ref=None):
+                 mask_by="xv", ret_delta=False, shrink_ref=None, pool_all=0.0):
     """Per-pair diagonal discriminant on the pair's mask (``m = d``: every dimension).
 
     ``prior``: per-class log prior (added as ``log π_a − log π_b``, in the margin's units after the
@@ -110,6 +110,9 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
         mu = mu + mix * np.linalg.norm(mu, axis=1, keepdims=True) * c
         mu /= (1 + mix)
     pooled = (n[a, None] * var[a] + n[b, None] * var[b]) / (n[a] + n[b])[:, None]
+    if pool_all > 0:  # session 4: mixed with the within-class variance pooled over ALL classes (one per dim)
+        glob = (n[:, None] * var).sum(axis=0) / n.sum()
+        pooled = (1.0 - pool_all) * pooled + pool_all * glob[None, :]
     if shrink_ref is not None:  # session 3: towards each dimension's total variance (all items)
         pooled = pooled + shrink * shrink_ref[None, :] + 1e-12
     else:
@@ -228,15 +231,29 @@ def keep_mask(margin: np.ndarray, keep: float) -> np.ndarray:
     return margin >= margin_quantile(hist, 1.0 - keep)
 
 
-def decide_any(margins, pairs, pidx, h, *, mode, seed):
-    """The package's modes, plus "score": argmax of the mean signed margin (class_scores)."""
+def decide_any(margins, pairs, pidx, h, *, mode, seed, w=None):
+    """The package's modes, plus "score": argmax of the mean signed margin (class_scores).
+    ``w`` (session 4, mode "score" only): per-pair weights (P,) on the margins, normalised to mean 1."""
     if mode != "score":
         return decide(margins, pairs, pidx, h, mode=mode, seed=seed)
     k = pidx.shape[0]
+    if w is not None:
+        margins = margins * (w / w.mean()).astype(np.float32)[None, :]
     sc = class_scores(margins, pairs, k)
     lab = sc.argmax(1).astype(np.int32)
     part = np.partition(sc, k - 2, axis=1)
     return lab, (part[:, -1] - part[:, -2]).astype(np.float32)
+
+
+def min_pair_margin(fused: np.ndarray, pidx: np.ndarray, pairs: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Session 4: the label's smallest signed fused pair margin against any other class."""
+    k = pidx.shape[0]
+    p = pidx[label[:, None], np.arange(k)[None, :]]                     # (n, k), -1 on the label itself
+    pc = np.maximum(p, 0)
+    sign = np.where(pairs[pc, 0] == label[:, None], 1.0, -1.0).astype(np.float32)
+    mm = np.take_along_axis(fused, pc, axis=1) * sign
+    mm[p < 0] = np.inf
+    return mm.min(axis=1)
 
 
 def keep_per_class(margin: np.ndarray, label: np.ndarray, k: int, keep: float) -> np.ndarray:
@@ -259,7 +276,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         shrink=0.0, scale=True, mode="round-robin", fit_on="view", first="cosine", mask_by="xv",
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
         pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
-        qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False) -> dict:
+        qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
+        score_w="", keep_on="score", pool_all=0.0) -> dict:
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
         xs, cs = dict(xs), dict(cs)
@@ -312,7 +330,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             else:
                 margins[v], pairs, deltas[v] = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
                                                             prior=None if prior == "em" else logprior, mix=0.0,
-                                                            mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v])
+                                                            mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v],
+                                                            pool_all=pool_all)
         if prior == "em" and dec in ("disc", "qda"):  # Saerens EM on this round's likelihoods, then adjust
             llr = sum(margins[v].astype(np.float64) * deltas[v] for v in views)
             lp = temp_prior * em_prior(llr, pairs, k, None, temp=em_temp)
@@ -327,9 +346,13 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             if ens == "sum":
                 margins = ens_m
         pidx = pair_lookup(pairs, k)
+        # session 4: per-pair weights of mode "score" (Δ: summed raw log-likelihood ratios)
+        wfun = {"": None, "delta": lambda z: z, "sqrt_delta": np.sqrt,
+                "inv_sqrt_delta": lambda z: 1.0 / np.sqrt(z + 1e-12)}[score_w]
+        vw = {v: (wfun(deltas[v]) if (wfun and v in deltas and not ens) else None) for v in views}
         labels, vmargin = {}, {}
         for v in views:
-            labels[v], vmargin[v] = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
+            labels[v], vmargin[v] = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0, w=vw[v])
         fused = fuse_margins([margins[v] for v in views])
         if fuse == "llr" and deltas and not ens:  # session 3: the views' LLRs summed, over the joint scale
             dsum = np.sqrt(sum(deltas[v] ** 2 for v in views))
@@ -347,8 +370,13 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             for v in views:
                 margins[v] = margins[v] + anchor * (bases[v].scores[:, pairs[:, 0]] - bases[v].scores[:, pairs[:, 1]])
             for v in views:
-                labels[v], _ = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0)
-        final, fmargin = decide_any(fused, pairs, pidx, h, mode=mode, seed=0)
+                labels[v], _ = decide_any(margins[v], pairs, pidx, h, mode=mode, seed=0, w=vw[v])
+        fw = None
+        if wfun and deltas and not ens:  # the fused margins: the llr fusion's joint Δ, else the views' mean Δ
+            fdelta = (np.sqrt(sum(deltas[v] ** 2 for v in views)) if (fuse == "llr" and not joint)
+                      else sum(deltas[v] for v in views) / len(views))
+            fw = wfun(fdelta)
+        final, fmargin = decide_any(fused, pairs, pidx, h, mode=mode, seed=0, w=fw)
         res = {"labels": labels, "final": final, "fused": fused, "pairs": pairs, "margin": fmargin}
         if ens == "sum_out" and ens_acc is not None:  # the ensemble only for the output
             lab_e = {v: decide_any(ens_m[v], pairs, pidx, h, mode=mode, seed=0)[0] for v in views}
@@ -364,6 +392,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             moms = {v: soft_moments(xs[v], p) for v in views}
         else:
             kr = keep[min(r, len(keep) - 1)] if isinstance(keep, list) else keep  # a curriculum: one keep per round
+            if keep_on == "minpair":  # session 4: confidence = the label's smallest fused pair margin
+                fmargin = min_pair_margin(fused, pidx, pairs, final)
             if keep_by in ("agree", "agree_q"):  # session 3: only items whose every view agrees with final
                 agr = np.all([labels[v] == final for v in views], axis=0)
                 if keep_by == "agree":
