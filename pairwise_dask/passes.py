@@ -97,10 +97,14 @@ class Block:
                 + (self.annotation.nbytes if self.annotation is not None else 0) + 256)
 
 
-def block_of(part: Any, spec: Spec) -> Block:
-    """A partition as a :class:`Block`: read and checked now, or already (a cached block)."""
+def block_of(part: Any, spec: Spec, *, rows: bool = True) -> Block:
+    """A partition as a :class:`Block`: read and checked now, or already (a cached block).
+
+    ``rows=False``: the pass reads only the base labels, which come from the rows as read, so a
+    partition read from storage skips the rotation (a streamed catalog's costliest step).
+    """
     if not isinstance(part, Block):
-        return read_block(part, spec)
+        return read_block(part, spec, rotate=rows)
     if part.rotated != bool(spec.rotation):  # a cached block decoded for another basis: a bug
         raise ValueError("a cached block's basis differs from the pass's (rotate)")
     return part
@@ -150,8 +154,10 @@ def rotate_block(b: Block, spec: Spec) -> Block:
     return Block(b.ids, b.id_hash, views, b.annotation, b.annotation_idx, b.scale, bool(spec.rotation), bases)
 
 
-def read_block(df: Any, spec: Spec) -> Block:
-    """Check and convert a partition; every error names the column and the first bad row id."""
+def read_block(df: Any, spec: Spec, *, rotate: bool = True) -> Block:
+    """Check and convert a partition; every error names the column and the first bad row id.
+
+    ``rotate=False`` leaves the views as read (the block then serves its base labels only)."""
     ids = to_arrow(df[spec.id_col])
     if ids.null_count:
         i = int(np.flatnonzero(~np.asarray(ids.is_valid()))[0])
@@ -167,8 +173,8 @@ def read_block(df: Any, spec: Spec) -> Block:
         views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=d)
         scale[v] = inverse_norms(views[v], name=col, ids=id_np)
     bases = _raw_bases(views, scale, spec)
-    for v in spec.rotation:  # fixed row blocks: a row's rotated bits do not depend on its partition;
-        views[v] = chunked_matmul(views[v], spec.rotation[v])  # scale stays the row's as read
+    for v in spec.rotation if rotate else ():  # fixed row blocks: a row's rotated bits do not depend
+        views[v] = chunked_matmul(views[v], spec.rotation[v])  # on its partition; scale stays as read
     annotation = idx = None
     if spec.label_col:
         annotation = to_arrow(df[spec.label_col]).cast(pa.string())
@@ -180,7 +186,7 @@ def read_block(df: Any, spec: Spec) -> Block:
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation), bases)
+    return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation) and rotate, bases)
 
 
 # --- pass 1 --------------------------------------------------------------------------------
@@ -268,7 +274,7 @@ class Histograms:
 
 def histogram_partition(df: Any, spec: Spec) -> Histograms:
     """Pass 0 on one partition: the score histograms the quantile filters read their thresholds from."""
-    b = block_of(df, spec)
+    b = block_of(df, spec, rows=False)
     out = {}
     for v in b.views:
         base = base_of(b, spec, v)
@@ -315,7 +321,7 @@ def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
     """Counts of a partition's margins in :data:`MARGIN_BINS`, for a keep quantile: the final
     margins of the tourney with ``spec.masks`` (refine), or without masks the fused base margins
     (``fit_on = "fused"``)."""
-    b = block_of(df, spec)
+    b = block_of(df, spec, rows=bool(spec.masks))
     if spec.masks:
         margin = final_of(b, spec)[1]
     else:

@@ -301,3 +301,27 @@ def test_rotate_dims_keeps_the_first_axes_and_base_labels_of_the_whole_vectors(c
         job.run(s0.replace(out=str(tmp_path / "bad"), rotate_dims=17.0), client=client)
     with pytest.raises(BadInputError, match="dims = 9 is larger than the 8 principal axes"):
         job.run(s0.replace(out=str(tmp_path / "bad2"), dims=9.0), client=client)
+
+
+def test_base_label_passes_of_a_streamed_catalog_skip_the_rotation(tmp_path):
+    """Passes that read only base labels (the fused base keep threshold, the quantile filters)
+    leave a streamed partition unrotated: the same base labels and histograms as a rotated block."""
+    from pairwise_dask import passes
+    from pairwise_dask.io import read_row_group
+
+    cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=100)
+    prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
+    rng = np.random.default_rng(0)
+    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
+                                         for v in "ab"})
+    table = read_row_group(cat["items"], 1, ["id", "emb_a", "emb_b", "label"])
+    rotated, raw = passes.read_block(table, spec), passes.read_block(table, spec, rotate=False)
+    assert rotated.rotated and not raw.rotated
+    for v in "ab":
+        as_read = table.column(f"emb_{v}").combine_chunks().flatten().to_numpy().reshape(100, 16)
+        assert np.array_equal(raw.views[v], as_read) and not np.array_equal(rotated.views[v], as_read)
+        assert np.array_equal(raw.bases[v].scores, rotated.bases[v].scores)
+    assert np.array_equal(passes.margin_histogram_partition(table, spec),
+                          passes.margin_histogram_partition(rotated, spec))
+    hist_raw, hist_rot = passes.histogram_partition(table, spec), passes.histogram_partition(rotated, spec)
+    assert all(np.array_equal(hist_raw.counts[v], hist_rot.counts[v]) for v in "ab")
