@@ -412,16 +412,18 @@ def _players(spec: Spec, scores: np.ndarray) -> np.ndarray | None:
 def play_block(b: Block, spec: Spec) -> Played:
     """Every view's tourney and the final label of one block (pure; used by pass 2 and refine).
 
-    Dense masks: every pair's cosine margin ``(n, P)`` per view (one more product than ``X Wᵀ``),
-    the mode played on them, and with ``final = "fused"`` the mode played again on the views' mean
-    margins. Sparse masks (many classes, top-t) gather each match's decision instead and, like
-    views fitted on different pair sets, cannot be fused: the final label is then the most
-    confident view's.
+    Dense masks: every pair's decision ``X Wᵀ`` per view. Round-robin, score and a fused final need
+    every pair's margin for every row (for cosine decisions one more product, the masked norms);
+    a bracket plays on the decisions' signs and takes one masked norm per row, its final match's,
+    and the views' fused margins are then computed only for the rows asked for (the review list).
+    With ``final = "fused"`` the mode is played again on the views' mean margins. Sparse masks
+    (many classes, top-t) gather each match's decision instead and, like views fitted on
+    different pair sets, cannot be fused: the final label is then the most confident view's.
     """
     n, k = len(b.ids), spec.k
     views = list(b.views)
     first = spec.masks[views[0]]
-    # top-t fits each view on the pair its items can play: the views' pair sets differ, so no fusion
+    # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion
     # (decided by the settings, not by the data, so the dense and the gathering paths agree)
     fusable = (not spec.top_t_active and all(spec.masks[v].weights is not None for v in views)
                and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
@@ -434,29 +436,24 @@ def play_block(b: Block, spec: Spec) -> Played:
         masks = spec.masks[v]
         pidx = masks.pair_index()
         base[v] = base_of(b, spec, v)
-        if masks.weights is None:  # sparse: gather each match's decision, no X Wᵀ over all pairs
+        if masks.weights is not None:
+            d = pair_decisions(x, masks, b.scale[v])
+            if every_margin or masks.decision == "discriminant":  # a discriminant's decisions are margins
+                pm[v] = m = pair_margins(x, masks, d, out=d)
+                label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
+                                             players=_players(spec, base[v].scores))
+                margin_of[v] = lambda r, p, m=m: m[r, p]
+                continue
+            decisions[v] = d
+            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=_players(spec, base[v].scores))
+            margin_of[v] = lambda r, p, x=x, masks=masks, d=d: masked_margin(x[r], masks, p, d[r, p])
+        else:  # sparse: gather each match's decision, no X Wᵀ over all pairs
             res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
                                       players=top_classes(base[v].scores, spec.top_t), scale=b.scale[v])
-            label[v] = res.label
-            margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
-                         else np.zeros(0, np.float32))
             margin_of[v] = lambda r, p, x=x, masks=masks, sc=b.scale[v]: masked_margin(
                 x[r], masks, p, gather_decisions(x[r], masks, p[:, None], sc[r])[:, 0])
-            continue
-        d = pair_decisions(x, masks, b.scale[v])
-        if every_margin or masks.decision == "discriminant":  # a discriminant's decisions are margins
-            m = pair_margins(x, masks, d, out=d)
-            label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
-                                         players=_players(spec, base[v].scores))
-            margin_of[v] = lambda r, p, m=m: m[r, p]
-            pm[v] = m
-        else:
-            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=_players(spec, base[v].scores))
-            label[v] = res.label
-            margin[v] = (np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n
-                         else np.zeros(0, np.float32))
-            margin_of[v] = lambda r, p, x=x, masks=masks, d=d: masked_margin(x[r], masks, p, d[r, p])
-            decisions[v] = d
+        label[v] = res.label  # a bracket's margin: its final match's, one masked norm per row
+        margin[v] = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
     fused_of = None
     if fusable:
         def fused_of(rows: np.ndarray) -> np.ndarray:
