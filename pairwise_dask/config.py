@@ -110,6 +110,10 @@ OPTIONS: tuple[Option, ...] = (
            "fit_on = annotation; a refined model cannot be updated)", _range(0, 20)),
     Option("keep", "method", float, 0.5, "fit_on = fused and refine: share of items, most confident "
            "first, whose labels feed the statistics", _range(0.01, 1.0)),
+    Option("keep_sample", "method", int, 131072, "fit_on = fused and refine: the keep threshold (the margin "
+           "quantile of the `keep` most confident items) is read from about this many items, a fixed sample by "
+           "id hash (the same whatever the partitioning); only they are played in its pass; 0: every item",
+           _range(0, None)),
     Option("fit_on", "method", str, "fused", "statistics from: fused (the views' summed base cosines, "
            "the `keep` most confident items), view (each view's own base labels, all items: the "
            "article), annotation (the --label column where present; for reviewing an annotation)",
@@ -171,6 +175,7 @@ class Settings:
     mix: float = 1.0
     refine: int = 2
     keep: float = 0.5
+    keep_sample: int = 131072
     fit_on: str = "fused"
     decision: str = "discriminant"
     prior: float = 0.0
@@ -206,7 +211,7 @@ class Settings:
                              "memory_limit", "cache", "partition_rows", "job_file", "storage_options"}}
         # options added later: left out at the values that mean "the method before they existed",
         # so a job that spells those out keeps the fingerprint (and the outputs) it had
-        for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none")):
+        for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none"), ("keep_sample", 0)):
             if keep.get(name) == default:
                 keep.pop(name)
         if "rotate" not in keep:  # the sample and the axes kept only matter to a rotation

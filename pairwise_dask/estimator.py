@@ -47,8 +47,8 @@ class PairwiseLabeler:
         ``name`` and one embedding column per view (or one shared ``embedding``).
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
-    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, fit_on, decision,
-    prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
+    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, keep_sample, fit_on,
+    decision, prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
@@ -57,7 +57,7 @@ class PairwiseLabeler:
                  top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
                  keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
                  prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
-                 rotate_dims: float = _D.rotate_dims) -> None:
+                 rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample) -> None:
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
@@ -65,7 +65,7 @@ class PairwiseLabeler:
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
-        self.rotate_dims = rotate_dims
+        self.rotate_dims, self.keep_sample = rotate_dims, keep_sample
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
@@ -89,14 +89,17 @@ class PairwiseLabeler:
                     keep_margin=self.keep_margin_), self.rotation_)
 
     def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
-        """The margin above which the ``keep`` most confident items lie (exact histogram counts)."""
+        """The margin above which the ``keep`` most confident items lie (exact histogram counts over
+        the keep sample, as the job's)."""
         from dask import delayed
 
         from .job import tree_reduce
+        from .rotation import sample_below
 
         spec_d = delayed(spec, pure=True)
         parts = ddf.to_delayed()
-        hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d) for p in parts], merge).compute()
+        below = sample_below(len(ddf), self.keep_sample)
+        hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d, below) for p in parts], merge).compute()
         return margin_quantile(hist, 1.0 - self.keep, margin_bins(spec))
 
     def _rotation(self, ddf: Any, classes: ClassSet) -> dict[str, np.ndarray]:
@@ -147,7 +150,7 @@ class PairwiseLabeler:
                   "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
                   "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
                   "rotate_sample": self.rotate_sample, "rotate_dims": self.rotate_dims,
-                  "base_keep_margin": self.keep_margin_}
+                  "keep_sample": self.keep_sample, "base_keep_margin": self.keep_margin_}
         self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
                                   params, dict(self.rotation_))
         return self
@@ -220,7 +223,8 @@ class PairwiseLabeler:
                 "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
                 "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0),
                 "rotate": "pca" if model.rotation else "none",
-                "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0)} | kw
+                "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0),
+                "keep_sample": p.get("keep_sample", 0)} | kw
         self = cls(str(folder), views=views, **args)
         self.rotation_ = dict(model.rotation)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))

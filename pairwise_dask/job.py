@@ -329,18 +329,21 @@ def _fit_on_workers(c: Any, moments: Moments, classes: np.ndarray, pairs: np.nda
                                   sync=True))
 
 
-def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool, label: str) -> float:
+def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool, label: str) -> float:
     """The margin above which the ``s.keep`` most confident items lie: one pass of exact histogram
-    counts (final margins with ``spec.masks``; fused base margins without)."""
+    counts (final margins with ``spec.masks``; fused base margins without), over the items of the
+    keep sample (``keep_sample``: a fixed sample by id hash past that many items; only they are
+    rotated and played, so a streamed catalog's threshold pass costs little more than its read)."""
     from dask import delayed
 
     spec_f = shared(spec)
-    hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f) for p in parts],
-                                   merge), label, progress)
+    below = sample_below(rows, s.keep_sample)
+    hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f, below)
+                                    for p in parts], merge), label, progress)
     return margin_quantile(hist, 1.0 - s.keep, margin_bins(spec))
 
 
-def base_spec(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
+def base_spec(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool,
               model_params: dict | None = None) -> Spec:
     """The first statistics pass's spec: with ``fit_on = fused`` its keep threshold, measured
     (or, when updating a model, the model's, so that old and new moments share one filter)."""
@@ -348,12 +351,12 @@ def base_spec(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
         return spec
     if model_params is not None and "base_keep_margin" in model_params:
         return replace(spec, keep_margin=float(model_params["base_keep_margin"]))
-    return replace(spec, keep_margin=keep_threshold(c, s, spec, parts, progress=progress,
+    return replace(spec, keep_margin=keep_threshold(c, s, spec, parts, rows, progress=progress,
                                                     label="fused base margins"))
 
 
 def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
-                  masks: dict[str, PairMasks], *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
+                  masks: dict[str, PairMasks], rows: int, *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
     """``s.refine`` rounds: label with the current masks, keep the ``keep`` most confident
     final labels, re-estimate the moments from them (one class set per label), refit the masks.
 
@@ -364,7 +367,8 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
     rounds = 0 if s.fit_on == "annotation" else s.refine  # refining would replace the annotation's sets
     for r in range(rounds):
         spec_r = replace(spec, masks=masks, round=f"refine {r + 1}")
-        thr = keep_threshold(c, s, spec_r, parts, progress=progress, label=f"refine {r + 1}/{s.refine}: margins")
+        thr = keep_threshold(c, s, spec_r, parts, rows, progress=progress,
+                             label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
                                 label=f"refine {r + 1}/{s.refine}: statistics")
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True, client=c)
@@ -527,14 +531,15 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
                                     timings=timings)
         t = time.perf_counter()
         spec = quantile_thresholds_pass(c, s, spec, parts, progress=progress)
-        spec0 = base_spec(c, s, spec, parts, progress=progress)
+        spec0 = base_spec(c, s, spec, parts, prep.info.rows, progress=progress)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, client=c)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
+        stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
+                                                 progress=progress)
         if thresholds:
             timings["refine"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -586,7 +591,7 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         t = time.perf_counter()
         spec = (replace(spec_r, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
                 else quantile_thresholds_pass(c, s, spec_r, parts, progress=progress))
-        spec0 = base_spec(c, s, spec, parts, progress=progress,
+        spec0 = base_spec(c, s, spec, parts, prep.info.rows, progress=progress,
                           model_params=old.params if old is not None else None)
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         moments = stats.moments if old is None else {v: old.moments[v] + stats.moments[v] for v in stats.moments}
@@ -599,7 +604,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         masks = fit_pair_masks(s, spec, moments, pairs, client=c)
         thresholds: list = []
         if s.refine and s.fit_on != "annotation":
-            stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, progress=progress)
+            stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
+                                                 progress=progress)
             moments = stats.moments
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
@@ -672,6 +678,7 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
             "rotate": s.rotate, "rotate_sample": s.rotate_sample, "rotate_dims": s.rotate_dims,
+            "keep_sample": s.keep_sample,
             "base_keep_margin": base_keep_margin,
             "refine_thresholds": list(thresholds)}
 
@@ -735,7 +742,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
                    "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
                    "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
                    "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
-                   "rotate_dims": s.rotate_dims},
+                   "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample},
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

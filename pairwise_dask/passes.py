@@ -317,11 +317,34 @@ def margin_bins(spec: "Spec") -> np.ndarray:
     return DISC_MARGIN_BINS if disc else MARGIN_BINS
 
 
-def margin_histogram_partition(df: Any, spec: Spec) -> np.ndarray:
+def rows_of(b: Block, rows: np.ndarray) -> Block:
+    """The block's ``rows`` (indices) as a block of their own, base labels included."""
+    take = pa.array(rows, pa.int64())
+    return Block(b.ids.take(take), b.id_hash[rows], {v: x[rows] for v, x in b.views.items()},
+                 None if b.annotation is None else b.annotation.take(take),
+                 None if b.annotation_idx is None else b.annotation_idx[rows],
+                 {v: sc[rows] for v, sc in b.scale.items()}, b.rotated,
+                 {v: type(bl)(*(a[rows] for a in bl)) for v, bl in b.bases.items()})
+
+
+def margin_histogram_partition(df: Any, spec: Spec, below: int | None = None) -> np.ndarray:
     """Counts of a partition's margins in :data:`MARGIN_BINS`, for a keep quantile: the final
     margins of the tourney with ``spec.masks`` (refine), or without masks the fused base margins
-    (``fit_on = "fused"``)."""
-    b = block_of(df, spec, rows=bool(spec.masks))
+    (``fit_on = "fused"``).
+
+    ``below`` (the keep sample, :func:`pairwise_dask.rotation.sample_below`): only the items whose
+    id hash is below it count, and only they are rotated and played. Every row's margin is a
+    function of that row alone, so the counts are those of the same rows in a whole-block play.
+    """
+    if below is None:
+        b = block_of(df, spec, rows=bool(spec.masks))
+    else:
+        b = block_of(df, spec, rows=False)  # a streamed partition: rotated below, the sample only
+        b = rows_of(b, np.flatnonzero(b.id_hash < np.uint64(below)))
+        if spec.masks and spec.rotation and not b.rotated:
+            b = rotate_block(b, spec)
+    if not len(b.ids):
+        return np.zeros(len(margin_bins(spec)) - 1, np.int64)
     if spec.masks:
         margin = final_of(b, spec)[1]
     else:

@@ -121,12 +121,12 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
 
     cat = make_catalog(tmp_path / "data", n=50)
     s = load_settings(None, {**cat, "out": str(tmp_path / "o")})
-    old = s.replace(decision="cosine", prior=0.0, rotate="none")
+    old = s.replace(decision="cosine", prior=0.0, rotate="none", keep_sample=0)
     # the fingerprint as computed before the options existed (same fields minus the new ones)
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
                            "cache", "partition_rows", "job_file", "storage_options", "decision", "prior", "rotate",
-                           "rotate_sample", "rotate_dims"}}
+                           "rotate_sample", "rotate_dims", "keep_sample"}}
     assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
@@ -325,3 +325,56 @@ def test_base_label_passes_of_a_streamed_catalog_skip_the_rotation(tmp_path):
                           passes.margin_histogram_partition(rotated, spec))
     hist_raw, hist_rot = passes.histogram_partition(table, spec), passes.histogram_partition(rotated, spec)
     assert all(np.array_equal(hist_raw.counts[v], hist_rot.counts[v]) for v in "ab")
+
+
+def test_keep_sample_reads_the_keep_threshold_from_a_fixed_sample(client, tmp_path):
+    """``keep_sample``: past it the keep thresholds (fused base margins, each refine round's final
+    margins) are quantiles over the items whose id hash is below a bound. Only they are rotated and
+    played in those passes, streamed or cached, so the labels stay the same for any partitioning;
+    a sample as large as the catalog is every item."""
+    cat = make_catalog(tmp_path / "data", n=700, d=16, row_group=128)
+    opts = {"refine": 2, "keep_sample": 250}
+    tables, thresholds = [], []
+    for i, (rows, cache) in enumerate([(0, "on"), (0, "off"), (90, "on"), (233, "off")]):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"r{i}"), "partition_rows": rows, "cache": cache,
+                                 **opts})
+        summary = job.run(s, client=client)
+        tables.append(pq.read_table(tmp_path / f"r{i}" / "labels"))
+        params = json.loads((tmp_path / f"r{i}" / "model" / "params.json").read_text())
+        assert params["keep_sample"] == 250 and summary["method"]["keep_sample"] == 250
+        thresholds.append((params["base_keep_margin"], summary["refine_thresholds"]))
+    assert all(t.equals(tables[0]) for t in tables[1:])
+    assert all(t == thresholds[0] for t in thresholds[1:])
+    every = []
+    for sample in (0, 700):
+        job.run(load_settings(None, {**cat, "out": str(tmp_path / f"k{sample}"), **opts, "keep_sample": sample}),
+                client=client)
+        p = json.loads((tmp_path / f"k{sample}" / "model" / "params.json").read_text())
+        every.append((p["base_keep_margin"], p["refine_thresholds"]))
+    assert every[0] == every[1]        # a sample of at least every item is every item
+    assert every[0] != thresholds[0]   # and the smaller sample is really used
+
+
+def test_keep_sample_histogram_counts_the_sampled_rows_of_a_whole_block(tmp_path):
+    """The sampled histogram of a streamed partition (sampled, then rotated) equals the histogram
+    of the same rows' margins taken from the whole rotated block."""
+    from pairwise_dask import passes
+    from pairwise_dask.io import read_row_group
+    from pairwise_dask.rotation import sample_below
+
+    cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=300)
+    prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
+    rng = np.random.default_rng(1)
+    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
+                                         for v in "ab"})
+    table = read_row_group(cat["items"], 0, ["id", "emb_a", "emb_b", "label"])
+    whole = passes.read_block(table, spec)
+    below = sample_below(300, 100)
+    inside = whole.id_hash < np.uint64(below)
+    assert 50 < inside.sum() < 150
+    margin = passes.fused_base({v: whole.bases[v] for v in "ab"})[1][inside]
+    bins = passes.margin_bins(spec)
+    want = np.histogram(np.clip(margin, 0.0, bins[-1]), bins=bins)[0]
+    assert np.array_equal(passes.margin_histogram_partition(table, spec, below), want)
+    assert np.array_equal(passes.margin_histogram_partition(whole, spec, below), want)
+    assert passes.margin_histogram_partition(table, spec).sum() == 300
