@@ -339,7 +339,7 @@ def margin_histogram_partition(df: Any, spec: Spec, below: int | None = None) ->
     if below is None:
         b = block_of(df, spec, rows=bool(spec.masks))
     else:
-        b = block_of(df, spec, rows=False)  # a streamed partition: rotated below, the sample only
+        b = block_of(df, spec, rows=False)  # streamed: read as is; only the sample is rotated, below
         b = rows_of(b, np.flatnonzero(b.id_hash < np.uint64(below)))
         if spec.masks and spec.rotation and not b.rotated:
             b = rotate_block(b, spec)
