@@ -378,3 +378,6 @@ def test_keep_sample_histogram_counts_the_sampled_rows_of_a_whole_block(tmp_path
     assert np.array_equal(passes.margin_histogram_partition(table, spec, below), want)
     assert np.array_equal(passes.margin_histogram_partition(whole, spec, below), want)
     assert passes.margin_histogram_partition(table, spec).sum() == 300
+    # a partition with no sampled item counts nothing (and plays nothing)
+    empty = passes.margin_histogram_partition(table, spec, 1)
+    assert empty.shape == want.shape and empty.sum() == 0
