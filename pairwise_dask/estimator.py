@@ -88,7 +88,7 @@ class PairwiseLabeler:
                     top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
                     keep_margin=self.keep_margin_), self.rotation_)
 
-    def _keep_threshold(self, ddf: Any, spec: Spec) -> float:
+    def _keep_threshold(self, ddf: Any, spec: Spec, rows: int) -> float:
         """The margin above which the ``keep`` most confident items lie (exact histogram counts over
         the keep sample, as the job's)."""
         from dask import delayed
@@ -98,11 +98,11 @@ class PairwiseLabeler:
 
         spec_d = delayed(spec, pure=True)
         parts = ddf.to_delayed()
-        below = sample_below(len(ddf), self.keep_sample)
+        below = sample_below(rows, self.keep_sample)
         hist = tree_reduce([delayed(margin_histogram_partition)(p, spec_d, below) for p in parts], merge).compute()
         return margin_quantile(hist, 1.0 - self.keep, margin_bins(spec))
 
-    def _rotation(self, ddf: Any, classes: ClassSet) -> dict[str, np.ndarray]:
+    def _rotation(self, ddf: Any, classes: ClassSet, rows: int) -> dict[str, np.ndarray]:
         """``rotate = pca``: every view's principal axes, from one pass of exact Grams (as the job)."""
         from dask import delayed
 
@@ -111,7 +111,7 @@ class PairwiseLabeler:
 
         self.rotation_ = {}
         spec_d = delayed(self._spec(classes), pure=True)
-        below = sample_below(len(ddf), self.rotate_sample) if self.rotate_sample else None  # as the job's
+        below = sample_below(rows, self.rotate_sample)  # as the job's
         gram = tree_reduce([delayed(gram_partition)(p, spec_d, below) for p in ddf.to_delayed()], merge).compute()
         return {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), self.rotate_dims) for v in gram.n}
 
@@ -159,13 +159,15 @@ class PairwiseLabeler:
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
         self.model_ = None
         classes = self._class_set()
-        self.rotation_ = self._rotation(ddf, classes) if self.rotate == "pca" else {}
-        self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes)) if self.fit_on == "fused" else 0.0
+        # the samples' bounds depend on the row count: counted once (a pass unless Dask knows it)
+        rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or self.keep_sample else 0
+        self.rotation_ = self._rotation(ddf, classes, rows) if self.rotate == "pca" else {}
+        self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes), rows) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
         self._refit(classes, stats.moments, stats.rows)
         for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as job.refine_rounds
             spec = replace(self._spec(classes), masks=self.model_.masks)
-            spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec))
+            spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec, rows))
             moments = self._statistics(ddf, spec).moments
             self._store(classes, spec, moments, self._masks(spec, moments, False, refined=True), stats.rows)
         return self

@@ -51,3 +51,16 @@ def test_estimator_loads_a_discriminant_rotated_model(client, tmp_path):
     got = PairwiseLabeler.load(tmp_path / "out" / "model", views=dict(cat["views"])).predict(items).compute()
     for col in ("label_a", "label_b", "final_label", "base_a"):
         assert got[col].astype(str).tolist() == ref[col].astype(str).tolist()
+
+
+def test_estimator_fit_with_samples_matches_the_job(client, tmp_path):
+    """The defaults (PCA basis, fused keep, two refine rounds) with both samples smaller than the
+    catalog: the estimator's fit reads the same sampled items as the job, so the same masks."""
+    cat = make_catalog(tmp_path / "data", n=500, row_group=120)
+    opts = {"rotate_sample": 200, "keep_sample": 150}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", **opts).fit(items)
+    assert lab.masks_table().equals(pq.read_table(tmp_path / "out" / "model" / "masks.parquet"))
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    assert lab.predict(items).compute()["final_label"].astype(str).tolist() == ref["final_label"].astype(str).tolist()
