@@ -86,7 +86,8 @@ class Block:
     rotated: bool = False  # views read as x·R (rotate = pca)
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
     #: a cached block's last refine round: (spec.round, final labels, final margins), so that the
-    #: round's two passes (margin histogram, then statistics) play the tourney once
+    #: round's two passes (margin histogram, then statistics) play the tourney once (past the
+    #: keep sample the histogram pass plays only the sampled rows, and the statistics pass the rest)
     round: tuple | None = field(default=None, repr=False)
 
     def __sizeof__(self) -> int:
