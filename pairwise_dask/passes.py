@@ -87,7 +87,7 @@ class Block:
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
     #: a cached block's last refine round: (spec.round, final labels, final margins), so that the
     #: round's two passes (margin histogram, then statistics) play the tourney once (past the
-    #: keep sample the histogram pass plays only the sampled rows, and the statistics pass the rest)
+    #: keep sample the histogram pass plays only the sampled rows, the statistics pass every row)
     round: tuple | None = field(default=None, repr=False)
 
     def __sizeof__(self) -> int:
