@@ -303,18 +303,24 @@ def test_rotate_dims_keeps_the_first_axes_and_base_labels_of_the_whole_vectors(c
         job.run(s0.replace(out=str(tmp_path / "bad2"), dims=9.0), client=client)
 
 
+def _rotated_spec_and_group(tmp_path, *, row_group: int, group: int, seed: int):
+    """A 300-item catalog's spec in a random orthogonal basis, and one row group as read."""
+    from pairwise_dask.io import read_row_group
+
+    cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=row_group)
+    prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
+    rng = np.random.default_rng(seed)
+    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
+                                         for v in "ab"})
+    return spec, read_row_group(cat["items"], group, ["id", "emb_a", "emb_b", "label"])
+
+
 def test_base_label_passes_of_a_streamed_catalog_skip_the_rotation(tmp_path):
     """Passes that read only base labels (the fused base keep threshold, the quantile filters)
     leave a streamed partition unrotated: the same base labels and histograms as a rotated block."""
     from pairwise_dask import passes
-    from pairwise_dask.io import read_row_group
 
-    cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=100)
-    prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
-    rng = np.random.default_rng(0)
-    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
-                                         for v in "ab"})
-    table = read_row_group(cat["items"], 1, ["id", "emb_a", "emb_b", "label"])
+    spec, table = _rotated_spec_and_group(tmp_path, row_group=100, group=1, seed=0)
     rotated, raw = passes.read_block(table, spec), passes.read_block(table, spec, rotate=False)
     assert rotated.rotated and not raw.rotated
     for v in "ab":
@@ -359,15 +365,9 @@ def test_keep_sample_histogram_counts_the_sampled_rows_of_a_whole_block(tmp_path
     """The sampled histogram of a streamed partition (sampled, then rotated) equals the histogram
     of the same rows' margins taken from the whole rotated block."""
     from pairwise_dask import passes
-    from pairwise_dask.io import read_row_group
     from pairwise_dask.rotation import sample_below
 
-    cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=300)
-    prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
-    rng = np.random.default_rng(1)
-    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
-                                         for v in "ab"})
-    table = read_row_group(cat["items"], 0, ["id", "emb_a", "emb_b", "label"])
+    spec, table = _rotated_spec_and_group(tmp_path, row_group=300, group=0, seed=1)
     whole = passes.read_block(table, spec)
     below = sample_below(300, 100)
     inside = whole.id_hash < np.uint64(below)
