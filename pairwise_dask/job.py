@@ -236,7 +236,8 @@ def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: i
 
     With ``rotate = pca`` and the items cached, the raw blocks are kept first, the Grams come from
     them and each block is then rotated in worker memory: the catalog is read from storage once.
-    Streaming, the rotation pass reads it once more and every pass rotates what it reads.
+    Streaming, the rotation pass reads it once more and every pass that needs the rotated rows
+    rotates what it reads (passes of base labels none, keep-threshold passes their sample only).
     """
     if rotation is not None or s.rotate != "pca":
         spec = with_rotation(prep.spec, rotation or {})
