@@ -151,18 +151,32 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
         onehot = np.zeros((len(labels), k), dtype=np.float64)
         onehot[rows, labels[rows]] = 1.0
         return set_moments(x, onehot, quantized=quantized, scale=scale)
-    # many classes: quantise the block once, then sum each class's (label-sorted) rows
-    xq, xq2 = quantized if quantized is not None else quantize(x, scale)
+    # many classes: the kept rows sorted by label, quantised a few hundred at a time (in cache, as in
+    # set_moments), each run of one label summed (reduceat) into its class's sums
     lab = labels[rows]
     order = np.argsort(lab, kind="stable")
     rows, lab = rows[order], lab[order]
-    out = Moments(np.bincount(lab, minlength=k).astype(np.int64), np.zeros((k, x.shape[1])),
-                  np.zeros((k, x.shape[1])))
-    if len(rows):
-        starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-        present = lab[starts]
-        out.s1[present] = np.add.reduceat(xq[rows], starts, axis=0)
-        out.s2[present] = np.add.reduceat(xq2[rows], starts, axis=0)
+    d = x.shape[1]
+    out = Moments(np.bincount(lab, minlength=k).astype(np.int64), np.zeros((k, d)), np.zeros((k, d)))
+    if quantized is not None:
+        xq = np.concatenate(quantized, axis=1)
+    else:
+        x = np.asarray(x, dtype=np.float32)
+        buf = np.empty((QUANT_ROWS, 2 * d))
+        tmp = np.empty((QUANT_ROWS, d), np.float32)
+        scaled = np.empty((QUANT_ROWS, d), np.float32) if scale is not None else None
+    for s in range(0, len(rows), QUANT_ROWS):
+        r, lb = rows[s:s + QUANT_ROWS], lab[s:s + QUANT_ROWS]
+        if quantized is not None:
+            q = xq[r]
+        else:
+            q = buf[:len(r)]
+            quantize_into(x[r], q, tmp[:len(r)], None if scale is None else scale[r],
+                          None if scaled is None else scaled[:len(r)])
+        starts = np.flatnonzero(np.r_[True, lb[1:] != lb[:-1]])
+        sums = np.add.reduceat(q, starts, axis=0)  # exact integers: the runs' split changes no bit
+        out.s1[lb[starts]] += sums[:, :d]
+        out.s2[lb[starts]] += sums[:, d:]
     return out
 
 
@@ -177,10 +191,18 @@ def cross_deviation_ratio(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray,
     A dimension where either side has zero spread gets ``+inf`` if the means differ (perfectly
     separating) and 1 if they do not.
     """
-    xv = cross_variance(mu_a, var_a, mu_b, var_b)
-    denom = np.sqrt(var_a) * np.sqrt(var_b)
+    # cross_variance and the ratio computed in place (the same operations in the same order, so the
+    # same bits): the mask step scores every dimension of up to millions of pairs
+    r = np.asarray(np.subtract(mu_a, mu_b, dtype=np.result_type(mu_a, var_a, mu_b, var_b, 2.0)))
+    r *= r
+    r += var_a
+    r += var_b
+    r /= 2.0
+    denom = np.sqrt(var_a)
+    denom *= np.sqrt(var_b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.sqrt(xv / denom)
+        r /= denom
+        np.sqrt(r, out=r)
     degenerate = denom <= 0
     if degenerate.any():
         r = np.where(degenerate, np.where(mu_a != mu_b, np.inf, 1.0), r)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .arrays import mix64
 from .base import CHUNK_ROWS, chunked_matmul
-from .masks import PairMasks
+from .masks import PairMasks, top_dims
 
 _ROUND = np.uint64(0xD1B54A32D192ED03)
 _CLASS = np.uint64(0x8CB92BA72F3D8DD7)
@@ -81,19 +81,13 @@ def use_gather(n_pairs: int, d: int, matches: int, m: int, *, ratio: float = 16.
 def top_classes(scores: np.ndarray, t: int) -> np.ndarray:
     """Each row's ``t`` best classes ``(n, t)`` int64, best first (ties: lower class index).
 
-    ``argpartition`` keeps this ``O(k)`` per item; only the ``t`` chosen are then sorted.
+    :func:`~pairwise_dask.masks.top_dims` keeps this ``O(k)`` per item (the set equals a stable
+    argsort's first ``t`` exactly); only the ``t`` chosen are then sorted.
     """
     n, k = scores.shape
     if t >= k:
         return np.argsort(-scores, axis=1, kind="stable").astype(np.int64)
-    # the t-th largest value per row; keep every class above it and the lowest-index ties at it,
-    # so the set equals a stable argsort's first t exactly
-    thr = -np.partition(-scores, t - 1, axis=1)[:, t - 1:t]
-    above = scores > thr
-    tie = scores == thr
-    need = t - above.sum(axis=1, keepdims=True)
-    keep = above | (tie & (np.cumsum(tie, axis=1) <= need))
-    cols = np.nonzero(keep)[1].reshape(n, t)  # row-major: each row's t classes, ascending
+    cols = top_dims(scores, t)  # each row's t classes, ascending
     cand = np.take_along_axis(scores, cols, axis=1)
     order = np.argsort(-cand, axis=1, kind="stable")  # best first; ties keep the lower index first
     return np.take_along_axis(cols, order, axis=1).astype(np.int64)

@@ -105,13 +105,16 @@ def test_segment_sum_class_moments_equal_onehot_gemm(monkeypatch):
     labels = rng.integers(0, 70, 1000).astype(np.int32)
     labels[labels == 3] = 4  # an empty class
     keep = rng.random(1000) < 0.8
-    monkeypatch.setattr(mom, "ONEHOT_MAX_K", 10)
-    seg = class_moments(x, labels, keep, 70)
-    monkeypatch.setattr(mom, "ONEHOT_MAX_K", 1000)
-    gemm = class_moments(x, labels, keep, 70)
-    np.testing.assert_array_equal(seg.n, gemm.n)
-    np.testing.assert_array_equal(seg.s1, gemm.s1)
-    np.testing.assert_array_equal(seg.s2, gemm.s2)
+    scale = rng.uniform(0.5, 2.0, 1000).astype(np.float32)  # raw rows with their inverse norms
+    monkeypatch.setattr(mom, "QUANT_ROWS", 37)  # label runs cut across the quantising blocks
+    for sc in (None, scale):
+        monkeypatch.setattr(mom, "ONEHOT_MAX_K", 10)
+        seg = class_moments(x, labels, keep, 70, scale=sc)
+        monkeypatch.setattr(mom, "ONEHOT_MAX_K", 1000)
+        gemm = class_moments(x, labels, keep, 70, scale=sc)
+        np.testing.assert_array_equal(seg.n, gemm.n)
+        np.testing.assert_array_equal(seg.s1, gemm.s1)
+        np.testing.assert_array_equal(seg.s2, gemm.s2)
 
 
 def test_blocked_moments_equal_one_block(monkeypatch):
@@ -135,12 +138,16 @@ def test_blocked_fused_set_moments_equal_whole_quantised_gemm(monkeypatch):
     np.testing.assert_array_equal(got.n, member.sum(axis=0))
 
 
-def test_top_dims_partition_equals_stable_argsort():
+@pytest.mark.parametrize("block", [1 << 18, 100])  # one block; blocks of 2 rows (tie rows in several)
+def test_top_dims_partition_equals_stable_argsort(monkeypatch, block):
+    from pairwise_dask import masks
     from pairwise_dask.masks import top_dims
 
+    monkeypatch.setattr(masks, "TOP_BLOCK", block)
     rng = np.random.default_rng(7)
     s = rng.integers(0, 8, (300, 40)).astype(np.float64)  # many exact ties
     s[0, 3] = np.inf
+    s[1] = rng.standard_normal(40)  # rows without ties next to rows with them
     for m in (1, 5, 39, 40):
         want = np.sort(np.argsort(-s, axis=1, kind="stable")[:, :m], axis=1)
         np.testing.assert_array_equal(top_dims(s, m), want)
