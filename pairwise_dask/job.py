@@ -297,7 +297,8 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
     """
     per_pair = spec.per_pair if per_pair is None else per_pair
     decision = s.decision if (refined or s.refine == 0 or s.fit_on == "annotation") else "cosine"
-    masks = {}
+    masks, remote = {}, {}
+    workers = len(client.scheduler_info().get("workers", {})) if client is not None else 0
     for v in spec.classes:
         k, dim = spec.classes[v].shape
         m = resolve_dims(s.dims, dim)
@@ -307,27 +308,38 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
             dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
         kw = dict(m=m, min_items=s.min_items, per_pair=per_pair, dense=dense, mix=s.mix, decision=decision,
                   prior=s.prior)
-        if (client is not None and pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS
-                and len(client.scheduler_info().get("workers", {})) > 1):  # one worker: no faster than here
-            masks[v] = _fit_on_workers(client, moments[v], spec.classes[v], pairs, kw)
+        if pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS and workers > 1:
+            remote[v] = (moments[v], spec.classes[v], pairs, kw)  # one worker: no faster than here
         else:
             masks[v] = fit_masks(moments[v], spec.classes[v], pairs=pairs, **kw)
-    return masks
+    if remote:
+        masks.update(_fit_on_workers(client, remote, workers))
+    return {v: masks[v] for v in spec.classes}
 
 
 #: Above this many pairs (top-t over a large taxonomy) the masks are fitted in chunks on the workers.
 PARALLEL_PAIRS = 100_000
 
 
-def _fit_on_workers(c: Any, moments: Moments, classes: np.ndarray, pairs: np.ndarray, kw: dict) -> PairMasks:
-    """:func:`fit_masks` over chunks of ``pairs`` as tasks, joined in order: each pair's mask and
-    weights depend on that pair and the (whole) moments only, so this equals one call."""
+def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int) -> dict[str, PairMasks]:
+    """:func:`fit_masks` over chunks of each view's pairs as tasks, every view's in one graph (no
+    idle worker between views), each view's joined in order: a pair's mask and weights depend on
+    that pair and the (whole) moments only, so this equals one call per view.
+    ``fits``: view -> (moments, classes, pairs, keyword arguments)."""
     from dask import delayed
 
-    chunks = np.array_split(pairs, max(2, 4 * len(c.scheduler_info().get("workers", {}))))
-    mom_f, cls_f = delayed(moments, pure=True, traverse=False), delayed(classes, pure=True, traverse=False)
-    return concat_masks(c.compute([delayed(fit_masks, pure=True)(mom_f, cls_f, pairs=ch, **kw) for ch in chunks],
-                                  sync=True))
+    tasks, counts = [], {}
+    for v, (moments, classes, pairs, kw) in fits.items():
+        chunks = np.array_split(pairs, 8 * workers)  # small enough that no worker is left alone at the end
+        mom_f, cls_f = delayed(moments, pure=True, traverse=False), delayed(classes, pure=True, traverse=False)
+        tasks += [delayed(fit_masks, pure=True)(mom_f, cls_f, pairs=ch, **kw) for ch in chunks]
+        counts[v] = len(chunks)
+    parts = c.compute(tasks, sync=True)
+    out, i = {}, 0
+    for v, n in counts.items():
+        out[v] = concat_masks(parts[i:i + n])
+        i += n
+    return out
 
 
 def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool, label: str) -> float:

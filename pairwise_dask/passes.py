@@ -85,6 +85,7 @@ class Block:
     scale: dict[str, np.ndarray] = field(default_factory=dict)
     rotated: bool = False  # views read as x·R (rotate = pca)
     bases: dict[str, Any] = field(default_factory=dict, repr=False)
+    players: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # view -> top-t classes
     #: a cached block's last refine round: (spec.round, final labels, final margins), so that the
     #: round's two passes (margin histogram, then statistics) play the tourney once (past the
     #: keep sample the histogram pass plays only the sampled rows, the statistics pass every row)
@@ -93,7 +94,7 @@ class Block:
     def __sizeof__(self) -> int:
         # what Dask's memory accounting sees (its sizeof falls back to sys.getsizeof)
         arrays = [self.id_hash, self.annotation_idx, *self.views.values(), *self.scale.values(),
-                  *(a for b in self.bases.values() for a in b), *(self.round or ())[1:]]
+                  *(a for b in self.bases.values() for a in b), *self.players.values(), *(self.round or ())[1:]]
         return (sum(a.nbytes for a in arrays if a is not None) + self.ids.nbytes
                 + (self.annotation.nbytes if self.annotation is not None else 0) + 256)
 
@@ -129,6 +130,14 @@ def base_of(b: Block, spec: Spec, view: str) -> Any:
             raise ValueError("a rotated block without its base labels")
         b.bases[view] = base_labels(b.views[view], spec.classes[view], b.scale[view])
     return b.bases[view]
+
+
+def players_of(b: Block, spec: Spec, view: str) -> np.ndarray:
+    """The view's top-t players of a block, its ``t`` best classes by base cosine (computed once per
+    block, like its base labels: the statistics pass and the tourney both need them)."""
+    if view not in b.players:
+        b.players[view] = top_classes(base_of(b, spec, view).scores, spec.top_t).astype(np.int32)  # half the bytes
+    return b.players[view]
 
 
 def _raw_bases(views: dict[str, np.ndarray], scale: dict[str, np.ndarray], spec: Spec) -> dict[str, Any]:
@@ -238,7 +247,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
         for v, x in b.views.items():
             mom[v] = class_moments(x, final, keep, spec.k, scale=b.scale[v])
             if spec.top_t_active:
-                pairs[v] = play_pairs(top_classes(base_of(b, spec, v).scores, spec.top_t), spec.k)
+                pairs[v] = play_pairs(players_of(b, spec, v), spec.k)
     else:
         bases = {v: base_of(b, spec, v) for v in b.views}
         keep = None
@@ -253,7 +262,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
             mom[v] = filtered_moments(x, bases[v].scores, labels, cos_min=cos_min, diff_min=diff_min,
                                       per_pair=spec.per_pair, keep=keep, scale=b.scale[v])
             if spec.top_t_active:
-                pairs[v] = play_pairs(top_classes(bases[v].scores, spec.top_t), spec.k)
+                pairs[v] = play_pairs(players_of(b, spec, v), spec.k)
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
@@ -428,11 +437,6 @@ class Played:
     agree: np.ndarray                 # (n,) every view's tourney label equal
 
 
-def _players(spec: Spec, scores: np.ndarray) -> np.ndarray | None:
-    """top-t: each item's ``t`` best classes by (summed) base cosine; else every class plays."""
-    return top_classes(scores, spec.top_t) if spec.top_t_active else None
-
-
 def play_block(b: Block, spec: Spec) -> Played:
     """Every view's tourney and the final label of one block (pure; used by pass 2 and refine).
 
@@ -465,15 +469,16 @@ def play_block(b: Block, spec: Spec) -> Played:
             if every_margin or masks.decision == "discriminant":  # a discriminant's decisions are margins
                 pm[v] = m = pair_margins(x, masks, d, out=d)
                 label[v], margin[v] = decide(m, masks.pairs, pidx, b.id_hash, mode=spec.mode, seed=spec.seed,
-                                             players=_players(spec, base[v].scores))
+                                             players=players_of(b, spec, v) if spec.top_t_active else None)
                 margin_of[v] = lambda r, p, m=m: m[r, p]
                 continue
             decisions[v] = d
-            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed, players=_players(spec, base[v].scores))
+            res = play_bracket(d, pidx, b.id_hash, seed=spec.seed,
+                               players=players_of(b, spec, v) if spec.top_t_active else None)
             margin_of[v] = lambda r, p, x=x, masks=masks, d=d: masked_margin(x[r], masks, p, d[r, p])
         else:  # sparse: gather each match's decision, no X Wᵀ over all pairs
             res = play_bracket_gather(x, masks, pidx, b.id_hash, seed=spec.seed,
-                                      players=top_classes(base[v].scores, spec.top_t), scale=b.scale[v])
+                                      players=players_of(b, spec, v), scale=b.scale[v])
             margin_of[v] = lambda r, p, x=x, masks=masks, sc=b.scale[v]: masked_margin(
                 x[r], masks, p, gather_decisions(x[r], masks, p[:, None], sc[r])[:, 0])
         label[v] = res.label  # a bracket's margin: its final match's, one masked norm per row
@@ -486,10 +491,9 @@ def play_block(b: Block, spec: Spec) -> Played:
                                  for v in views])
     stack = np.stack([label[v] for v in views])        # (V, n)
     agree = (stack == stack[0]).all(axis=0)
-    if fuse_final:
-        scores = sum(base[v].scores for v in views)
+    if fuse_final:  # (never top-t: its views are fitted on different pair sets, see fusable)
         final, final_margin = decide(fused_of(slice(None)), first.pairs, first.pair_index(), b.id_hash,
-                                     mode=spec.mode, seed=spec.seed, players=_players(spec, scores))
+                                     mode=spec.mode, seed=spec.seed, players=None)
     else:  # the most confident view (also: fusion of one view is that view)
         margins = np.stack([margin[v] for v in views])
         best = np.argmax(margins, axis=0)

@@ -47,7 +47,7 @@ def test_masks_fitted_on_the_workers_equal_the_client_fit(tmp_path, client, monk
     fit_on_workers = job._fit_on_workers
     monkeypatch.setattr(job, "_fit_on_workers", lambda *a: calls.append(1) or fit_on_workers(*a))
     chunked, _ = _labels(tmp_path, "workers", client, True, monkeypatch)
-    assert calls  # the chunked path ran (once per view and refine round)
+    assert calls  # the chunked path ran (once per round, for every view at once)
     assert chunked.equals(one)
     for f in ("masks.parquet", "moments.parquet"):
         assert (tmp_path / "workers" / "model" / f).read_bytes() == (tmp_path / "client" / "model" / f).read_bytes()
