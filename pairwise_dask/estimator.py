@@ -28,7 +28,7 @@ from .io import ClassSet, classes_from_table
 from .masks import PairMasks, fit_masks, resolve_dims
 from .model import FittedModel, load, save
 from .moments import Moments
-from .config import Settings
+from .config import WORKER_MALLOC, Settings
 from .passes import (Spec, Statistics, gram_partition, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -49,6 +49,8 @@ class PairwiseLabeler:
     id : the items' id column. label : optional annotation column (adds it to the output).
     dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, keep_sample, fit_on,
     decision, prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
+    worker_malloc : as in ``[cluster]``: with ``"tuned"`` and an active distributed ``Client``, its workers
+        get :class:`~pairwise_dask.allocator.TunedMalloc` when ``fit``, ``partial_fit`` or ``predict`` is called.
     """
 
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
@@ -57,7 +59,10 @@ class PairwiseLabeler:
                  top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
                  keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
                  prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
-                 rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample) -> None:
+                 rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample,
+                 worker_malloc: str = _D.worker_malloc) -> None:
+        if worker_malloc not in WORKER_MALLOC:
+            raise ValueError(f"worker_malloc = {worker_malloc!r} is not one of {', '.join(WORKER_MALLOC)}")
         self.classes = classes
         self.views = dict(views)
         self.id, self.label = id, label
@@ -65,10 +70,25 @@ class PairwiseLabeler:
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
-        self.rotate_dims, self.keep_sample = rotate_dims, keep_sample
+        self.rotate_dims, self.keep_sample, self.worker_malloc = rotate_dims, keep_sample, worker_malloc
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
+
+    def _tune_workers(self) -> None:
+        """``worker_malloc = "tuned"``: the workers of the active distributed ``Client``, if any, get
+        :class:`~pairwise_dask.allocator.TunedMalloc` (as the job's do)."""
+        if self.worker_malloc != "tuned":
+            return
+        from distributed import default_client
+
+        from .allocator import tune_workers
+
+        try:
+            client = default_client()
+        except ValueError:  # no Client: a local scheduler, the user's own process
+            return
+        tune_workers(client)
 
     # --- fitting ---------------------------------------------------------------------------
     def _class_set(self) -> ClassSet:
@@ -157,6 +177,7 @@ class PairwiseLabeler:
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        self._tune_workers()
         self.model_ = None
         classes = self._class_set()
         # the samples' bounds depend on the row count: counted once (a pass unless Dask knows it)
@@ -176,6 +197,7 @@ class PairwiseLabeler:
         """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
         if self.model_ is None:
             return self.fit(ddf)
+        self._tune_workers()
         if self.refine and self.fit_on != "annotation":
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels",
                                 hint="fit() again on all items, or use refine = 0")
@@ -190,6 +212,7 @@ class PairwiseLabeler:
         import dask
         if self.model_ is None:
             raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
+        self._tune_workers()
         spec = self._spec(self._class_set(), self.model_.masks)
         meta = _labels_meta(spec, ddf._meta[self.id].dtype)
         return ddf.map_partitions(_predict_partition, dask.delayed(spec, pure=True), meta=meta,

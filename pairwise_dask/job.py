@@ -83,20 +83,24 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
 
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None) -> Iterator[Any]:
-    """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``."""
+    """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
+    With ``worker_malloc = "tuned"`` its workers get :class:`~pairwise_dask.allocator.TunedMalloc`."""
     from distributed import Client, LocalCluster
 
-    if client is not None:
+    from .allocator import tune_workers
+
+    with contextlib.ExitStack() as stack:
+        if client is None and s.scheduler:
+            client = stack.enter_context(Client(s.scheduler, timeout="30s"))
+        elif client is None:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
+                memory_limit=s.memory_limit, silence_logs=logging.ERROR, dashboard_address=":0"))
+            client = stack.enter_context(Client(cluster))
+            client.run(_quiet_bad_input_logs)  # our own workers share our stderr
+        if s.worker_malloc == "tuned":
+            tune_workers(client)
         yield client
-    elif s.scheduler:
-        with Client(s.scheduler, timeout="30s") as c:
-            yield c
-    else:
-        with LocalCluster(n_workers=s.workers, threads_per_worker=s.threads_per_worker,
-                          processes=True, memory_limit=s.memory_limit, silence_logs=logging.ERROR,
-                          dashboard_address=":0") as cluster, Client(cluster) as c:
-            c.run(_quiet_bad_input_logs)  # our own workers share our stderr
-            yield c
 
 
 def _compute(client: Any, task: Any, label: str, show_progress: bool) -> Any:
