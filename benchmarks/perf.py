@@ -503,7 +503,7 @@ This is a 2-core machine, sometimes shared with other work: absolute seconds are
 different moments). Ratios compare numbers from the same run, minutes apart. Catalogs up to 6 GB
 sit in the page cache once written (*IO* then measures decoding, not the disk); the 38.5 GB one
 cannot (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older code) are kept with their command
-above; the 1M rows and the defaults row are from the newest runs.
+above; the notes below say which session each row comes from.
 """
 
 

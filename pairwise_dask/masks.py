@@ -45,6 +45,10 @@ def resolve_dims(dims: float | None, d: int) -> int:
     return m
 
 
+#: Values per row block of :func:`top_dims` (a few float32/bool temporaries of this size fit L2).
+TOP_BLOCK = 1 << 18
+
+
 def top_dims(score: np.ndarray, m: int) -> np.ndarray:
     """The ``m`` indices of largest score in each row (ties by lower index), ascending.
 
@@ -71,10 +75,6 @@ def top_dims(score: np.ndarray, m: int) -> np.ndarray:
             keep[over] = above | (tie & (np.cumsum(tie, axis=1) <= m - above.sum(axis=1, keepdims=True)))
         out[s:s + step] = np.nonzero(keep)[1].reshape(-1, m)  # row-major: each row's m, ascending
     return out.reshape(score.shape[:-1] + (m,))
-
-
-#: Values per row block of :func:`top_dims` (a few float32/bool temporaries of this size fit L2).
-TOP_BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
