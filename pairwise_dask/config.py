@@ -155,6 +155,11 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 _SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns", "storage_options"}
 
 
+#: Options added after the first release, at the value that means the method as it was before
+#: them: the fingerprint leaves them out there, and an older summary.json without them had it.
+BEFORE_OPTION = {"decision": "cosine", "prior": 0.0, "rotate": "none", "keep_sample": 0, "rotate_dims": 0.0}
+
+
 @dataclass(frozen=True)
 class Settings:
     """One job's validated settings. Build it with :func:`load_settings`."""
@@ -218,8 +223,8 @@ class Settings:
                              "storage_options"}}
         # options added later: left out at the values that mean "the method before they existed",
         # so a job that spells those out keeps the fingerprint (and the outputs) it had
-        for name, default in (("decision", "cosine"), ("prior", 0.0), ("rotate", "none"), ("keep_sample", 0)):
-            if keep.get(name) == default:
+        for name in ("decision", "prior", "rotate", "keep_sample"):
+            if keep.get(name) == BEFORE_OPTION[name]:
                 keep.pop(name)
         if "rotate" not in keep:  # the sample and the axes kept only matter to a rotation
             keep.pop("rotate_sample")

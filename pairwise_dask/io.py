@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .arrays import embedding_matrix, normalize_rows
-from .config import Settings
+from .config import BEFORE_OPTION, Settings
 from .errors import BadInputError
 from .storage import Location, is_url
 
@@ -285,6 +285,24 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o))
 
 
+def _differences(old: dict, identity: dict, most: int = 3) -> str:
+    """How this job differs from the one whose ``summary.json`` is ``old``: ``"keep: 0.5 → 0.4"``,
+    at most ``most`` items; else the other release that wrote it, if another did ("" if neither:
+    the difference is in something summary.json does not record, such as the id or label column)."""
+    # an option the old run did not record had the value of the method before it existed
+    was = {**BEFORE_OPTION, "items": (old.get("items") or {}).get("path"),
+           "classes": (old.get("classes") or {}).get("path"), "views": old.get("views"), **(old.get("method") or {})}
+    now = {k: v for k, v in identity.items() if k != "method"} | identity.get("method", {})
+    unset = "(not set)"
+    diffs = [f"{k}: {was.get(k, unset)} → {v}" for k, v in now.items() if was.get(k, unset) != v]
+    if diffs:
+        return "; ".join(diffs[:most]) + (f"; and {len(diffs) - most} more" if len(diffs) > most else "")
+    from . import __version__
+
+    release = old.get("version")
+    return f"written by pairwise-dask {release}" if release and release != __version__ else ""
+
+
 class Commit:
     """Stage a run's outputs inside ``out`` and publish them only when all are written.
 
@@ -296,9 +314,10 @@ class Commit:
     """
 
     def __init__(self, out: "str | Location", *, fingerprint: str, overwrite: bool,
-                 storage_options: dict | None = None) -> None:
+                 storage_options: dict | None = None, identity: dict | None = None) -> None:
         self.out = Location.of(out, storage_options)
         self.fingerprint = fingerprint
+        self.identity = identity or {}  # items, classes, views, method: to say how another job differs
         self.overwrite = overwrite
         self.run_id = uuid.uuid4().hex[:12]
         self.staging = self.out / f"{STAGING_PREFIX}{self.run_id}"
@@ -320,11 +339,13 @@ class Commit:
         summary = self.out / "summary.json"
         if summary.exists() and not self.overwrite:
             try:
-                old = json.loads(summary.read_text()).get("fingerprint")
+                old = json.loads(summary.read_text())
             except (OSError, ValueError):
-                old = None
-            if old != self.fingerprint:
-                raise BadInputError("already holds the output of a different job", file=str(self.out),
+                old = {}
+            if not isinstance(old, dict) or old.get("fingerprint") != self.fingerprint:
+                what = _differences(old if isinstance(old, dict) else {}, self.identity)
+                raise BadInputError("already holds the output of a different job" + (f" ({what})" if what else ""),
+                                    file=str(self.out),
                                     hint="Choose another --out, or pass --overwrite to replace it")
 
     def begin(self) -> Location:

@@ -485,7 +485,8 @@ def _await(c: Any, persisted: list, label: str, progress: bool) -> None:
 def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
     """The frame every command shares: output check, cluster, partitions, staging, commit."""
     timings: dict[str, float] = {}
-    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options)
+    commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options,
+                    identity={"items": s.items, "classes": s.classes, "views": dict(s.views), "method": method_of(s)})
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
     try:
@@ -741,6 +742,16 @@ def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally, masks: dic
     return out
 
 
+def method_of(s: Settings) -> dict:
+    """The ``[method]`` options as ``summary.json`` records them."""
+    return {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
+            "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
+            "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
+            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
+            "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
+            "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample}
+
+
 def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: dict, run_id: str) -> dict:
     import dask
     import distributed
@@ -754,12 +765,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
                   "partitions": partitions},
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
-        "method": {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
-                   "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
-                   "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
-                   "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
-                   "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
-                   "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample},
+        "method": method_of(s),
         "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,

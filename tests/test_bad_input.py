@@ -262,7 +262,10 @@ def test_out_holding_a_different_job(tmp_path: Path, client: Any, previous_resul
     before = snapshot(out)
     with pytest.raises(BadInputError) as info:
         job.run(cat.settings(out), client=client)
-    assert str(info.value) == (f"file {out}: already holds the output of a different job. "
+    prev = previous_result.parent / "data"  # the other job's catalog; it also ran refine = 0
+    assert str(info.value) == (f"file {out}: already holds the output of a different job (items: "
+                               f"{prev / 'items.parquet'} → {cat.items_path}; classes: {prev / 'classes.parquet'} → "
+                               f"{cat.classes_path}; refine: 0 → 2). "
                                "Choose another --out, or pass --overwrite to replace it")
     assert snapshot(out) == before
     job.run(cat.settings(out, overwrite=True), client=client)  # and --overwrite replaces it
@@ -378,8 +381,11 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     before = snapshot(out)
     res = run_cli("run", str(cat.job_file(out)), "--quiet")
     assert res.returncode == 2
+    prev = previous_result.parent / "data"
     assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
-                                  "job. Choose another --out, or pass --overwrite to replace it")
+                                  f"job (items: {prev / 'items.parquet'} → {cat.items_path}; classes: "
+                                  f"{prev / 'classes.parquet'} → {cat.classes_path}; refine: 0 → 2). "
+                                  "Choose another --out, or pass --overwrite to replace it")
     assert snapshot(out) == before
 
 
@@ -432,3 +438,20 @@ def test_apply_with_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
                 "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "is not a saved model (no params.json" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_the_refusal_names_what_differs() -> None:
+    from pairwise_dask.io import _differences
+
+    now = {"items": "i.parquet", "classes": "c.parquet", "views": {"a": "emb_a"},
+           "method": {"keep": 0.4, "rotate_dims": 0.0, "keep_sample": 131072, "seed": 0}}
+    old = {"items": {"path": "i.parquet"}, "classes": {"path": "c.parquet"}, "views": {"a": "emb_a"},
+           "method": {"keep": 0.5, "seed": 0}, "version": "0.0.9"}
+    # options the old run did not record count at their value before they existed (rotate_dims 0)
+    assert _differences(old, now) == "keep: 0.5 → 0.4; keep_sample: 0 → 131072"
+    assert _differences(old, now, most=1) == "keep: 0.5 → 0.4; and 1 more"
+    same = {**old, "method": {"keep": 0.4, "seed": 0, "keep_sample": 131072}}
+    assert _differences(same, now) == "written by pairwise-dask 0.0.9"  # same options: another release
+    from pairwise_dask import __version__
+    assert _differences({**same, "version": __version__}, now) == ""  # e.g. another label column
+    assert _differences({}, {"method": {"seed": 1}}) == "seed: (not set) → 1"
