@@ -1,8 +1,10 @@
 """A real cluster started from the command line: `dask scheduler` + two `dask worker` on loopback."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -69,6 +71,12 @@ def test_cli_run_against_command_line_cluster(cli_cluster, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cluster"] == {"scheduler": cli_cluster, "workers": 2}
     assert "done in" in r.stdout and "Dask dashboard" in r.stdout
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        from distributed import Client
+
+        with Client(cli_cluster, timeout="30s") as c:  # the job's malloc plugin stays on `dask worker`s
+            tuned = c.run(lambda: importlib.import_module("pairwise_dask.allocator").tuned)
+        assert len(tuned) == 2 and all(tuned.values())
     # same labels as the default LocalCluster run
     local = tmp_path / "local"
     r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", str(DEMO_JOB), "--out", str(local),
