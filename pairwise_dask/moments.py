@@ -139,8 +139,7 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
 
 
 def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
-                  *, quantized: tuple[np.ndarray, np.ndarray] | None = None,
-                  scale: np.ndarray | None = None) -> Moments:
+                  *, scale: np.ndarray | None = None) -> Moments:
     """Moments of the k per-class sets ``{i : labels_i = c, keep_i}``.
 
     A one-hot GEMM for few classes; segment sums of label-sorted rows for many (the same numbers
@@ -150,7 +149,7 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
     if k <= ONEHOT_MAX_K:
         onehot = np.zeros((len(labels), k), dtype=np.float64)
         onehot[rows, labels[rows]] = 1.0
-        return set_moments(x, onehot, quantized=quantized, scale=scale)
+        return set_moments(x, onehot, scale=scale)
     # many classes: the kept rows sorted by label, quantised a few hundred at a time (in cache, as in
     # set_moments), each run of one label summed (reduceat) into its class's sums
     lab = labels[rows]
@@ -158,21 +157,15 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
     rows, lab = rows[order], lab[order]
     d = x.shape[1]
     out = Moments(np.bincount(lab, minlength=k).astype(np.int64), np.zeros((k, d)), np.zeros((k, d)))
-    if quantized is not None:
-        xq = np.concatenate(quantized, axis=1)
-    else:
-        x = np.asarray(x, dtype=np.float32)
-        buf = np.empty((QUANT_ROWS, 2 * d))
-        tmp = np.empty((QUANT_ROWS, d), np.float32)
-        scaled = np.empty((QUANT_ROWS, d), np.float32) if scale is not None else None
+    x = np.asarray(x, dtype=np.float32)
+    buf = np.empty((QUANT_ROWS, 2 * d))
+    tmp = np.empty((QUANT_ROWS, d), np.float32)
+    scaled = np.empty((QUANT_ROWS, d), np.float32) if scale is not None else None
     for s in range(0, len(rows), QUANT_ROWS):
         r, lb = rows[s:s + QUANT_ROWS], lab[s:s + QUANT_ROWS]
-        if quantized is not None:
-            q = xq[r]
-        else:
-            q = buf[:len(r)]
-            quantize_into(x[r], q, tmp[:len(r)], None if scale is None else scale[r],
-                          None if scaled is None else scaled[:len(r)])
+        q = buf[:len(r)]
+        quantize_into(x[r], q, tmp[:len(r)], None if scale is None else scale[r],
+                      None if scaled is None else scaled[:len(r)])
         starts = np.flatnonzero(np.r_[True, lb[1:] != lb[:-1]])
         sums = np.add.reduceat(q, starts, axis=0)  # exact integers: the runs' split changes no bit
         out.s1[lb[starts]] += sums[:, :d]
@@ -181,8 +174,15 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
 
 
 def cross_variance(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b: np.ndarray) -> np.ndarray:
-    """``Σ_{x∈A} Σ_{y∈B} (x−y)² / (2 n_A n_B)`` in its exact O(d) moment form."""
-    return ((mu_a - mu_b) ** 2 + var_a + var_b) / 2.0
+    """``Σ_{x∈A} Σ_{y∈B} (x−y)² / (2 n_A n_B)`` in its exact O(d) moment form, ``((μa − μb)² + σa² +
+    σb²) / 2``, computed in place in one new array (the mask step scores every dimension of up to
+    millions of pairs)."""
+    r = np.asarray(np.subtract(mu_a, mu_b, dtype=np.result_type(mu_a, var_a, mu_b, var_b, 2.0)))
+    r *= r
+    r += var_a
+    r += var_b
+    r /= 2.0
+    return r
 
 
 def cross_deviation_ratio(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b: np.ndarray) -> np.ndarray:
@@ -191,13 +191,7 @@ def cross_deviation_ratio(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray,
     A dimension where either side has zero spread gets ``+inf`` if the means differ (perfectly
     separating) and 1 if they do not.
     """
-    # cross_variance and the ratio computed in place (the same operations in the same order, so the
-    # same bits): the mask step scores every dimension of up to millions of pairs
-    r = np.asarray(np.subtract(mu_a, mu_b, dtype=np.result_type(mu_a, var_a, mu_b, var_b, 2.0)))
-    r *= r
-    r += var_a
-    r += var_b
-    r /= 2.0
+    r = cross_variance(mu_a, var_a, mu_b, var_b)
     denom = np.sqrt(var_a)
     denom *= np.sqrt(var_b)
     with np.errstate(divide="ignore", invalid="ignore"):
