@@ -141,18 +141,46 @@ def _files(folder: Path, c: Case) -> list[str]:
 
 # --- floors --------------------------------------------------------------------------------
 
-def io_floor(folder: Path, c: Case) -> dict:
-    """One pyarrow read of the embedding columns; the same columns streamed by row group."""
+def drop_page_cache() -> bool:
+    """Evict the OS page cache (Linux, root) so the next read comes from the disk; False if not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def io_floor(folder: Path, c: Case, cold: bool = False) -> dict:
+    """One pyarrow read of the embedding columns; the same columns streamed by row group.
+
+    Both are timed with the catalog in the page cache (read once first, untimed), as the job finds
+    it when it runs after the floors: the ratio job/IO then compares like with like. With ``cold``
+    the read is also timed from the disk (page cache dropped first; needs root, else NaN).
+    """
     cols = _views(c)
-    gc.collect()
-    t = time.perf_counter()
-    tables = [pq.read_table(f, columns=cols) for f in _files(folder, c)] if c.numpy_floor else []
-    read = time.perf_counter() - t
-    del tables
+    files = _files(folder, c)
+    out = {"io_read": float("nan"), "io_read_cold": float("nan")}
+    if c.numpy_floor:  # (catalogs larger than memory have no in-memory floor and cannot be warm)
+        if cold and drop_page_cache():
+            gc.collect()
+            t = time.perf_counter()
+            tables = [pq.read_table(f, columns=cols) for f in files]
+            out["io_read_cold"] = time.perf_counter() - t
+            del tables
+        for f in files:  # warm the page cache: untimed
+            del_ = pq.read_table(f, columns=cols)
+            del del_
+        gc.collect()
+        t = time.perf_counter()
+        tables = [pq.read_table(f, columns=cols) for f in files]
+        out["io_read"] = time.perf_counter() - t
+        del tables
     gc.collect()
     t = time.perf_counter()
     n = 0
-    for f in _files(folder, c):
+    for f in files:
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):
             tb = pf.read_row_group(g, columns=cols)
@@ -160,8 +188,8 @@ def io_floor(folder: Path, c: Case) -> dict:
                 x = embedding_matrix(tb.column(col), name=col, dim=c.dim)
                 n += x.shape[0]
             del tb
-    stream = time.perf_counter() - t
-    return {"io_read": read if c.numpy_floor else float("nan"), "io_stream": stream}
+    out["io_stream"] = time.perf_counter() - t
+    return out
 
 
 def numpy_floor(folder: Path, c: Case, m: int = 100, seed: int = 0) -> dict:
@@ -377,12 +405,13 @@ def run_job(folder: Path, c: Case, workers: int, out: Path) -> dict:
 
 COLUMNS = [
     ("case", "case"), ("N", "N"), ("k", "k"), ("V", "V"), ("in", "input"), ("GB", "Parquet GB"),
-    ("io_read", "IO read s"), ("io_stream", "IO stream s"),
+    ("io_read", "IO read s"), ("io_read_cold", "IO read cold s"), ("io_stream", "IO stream s"),
     ("script_total", "script s"), ("np_total", "NumPy s"), ("np_stats", "NumPy stats s"),
     ("np_tourney", "NumPy tourney s"),
-    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("j2_read", "2w read s"), ("j2_statistics", "2w stats s"),
+    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("jcold_total", "job 2w cold s"), ("j2_read", "2w read s"), ("j2_statistics", "2w stats s"),
     ("j2_masks", "2w masks s"), ("j2_tourney", "2w tourney s"), ("j2_write", "2w write s"),
-    ("r_script", "job/script"), ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("speedup", "1→2w"),
+    ("r_script", "job/script"), ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("r_io_cold", "cold job/IO"),
+    ("speedup", "1→2w"),
     ("rss1", "peak RSS 1w GB"), ("rss2", "peak RSS/worker 2w GB"), ("pairs", "pairs fitted"),
     ("stats_gflops", "stats GFLOP/s"), ("gemm_gflops", "np.dot GFLOP/s"),
 ]
@@ -409,13 +438,16 @@ def previous(path: Path, replaced: set[str]) -> tuple[list[str], list[str], list
     if not path.exists():
         return [], [], []
     text = path.read_text().splitlines()
-    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
     rows, cmds, accs = [], [], []
-    if head in text:
-        i = text.index(head) + 2
+    start = next((i for i, line in enumerate(text) if line.startswith("| case |")), None)
+    if start is not None:
+        # an older table may have other columns: carry each cell over by its header, "–" if new
+        old = [h.strip() for h in text[start].strip("|").split("|")]
+        i = start + 2
         while i < len(text) and text[i].startswith("| "):
-            if text[i].split("|")[1].strip() not in replaced:
-                rows.append(text[i])
+            cells = dict(zip(old, (v.strip() for v in text[i].strip("|").split("|"))))
+            if cells.get("case") not in replaced:
+                rows.append("| " + " | ".join(cells.get(h, "–") for _, h in COLUMNS) + " |")
             i += 1
     for line in text:
         if line.startswith("    PYTHONPATH=. python benchmarks/perf.py"):
@@ -425,14 +457,15 @@ def previous(path: Path, replaced: set[str]) -> tuple[list[str], list[str], list
     return rows, cmds, accs
 
 
-def run_case(c: Case, root: Path) -> dict:
+def run_case(c: Case, root: Path, cold: bool = False) -> dict:
     folder, desc = ensure_catalog(c, root)
     row: dict = {"case": c.name, "N": f"{c.items:,}", "k": c.classes, "V": c.views,
                  "in": f"{c.dtype}/{c.compression}" + ("/packed" if c.packed else "/list"),
                  "GB": desc["bytes"] / 1e9}
     print(f"[{c.name}] catalog {desc['bytes'] / 1e9:.2f} GB", flush=True)
-    row.update(io_floor(folder, c))
-    print(f"[{c.name}] io {row['io_read']:.2f} s read, {row['io_stream']:.2f} s streamed", flush=True)
+    row.update(io_floor(folder, c, cold))
+    print(f"[{c.name}] io {row['io_read']:.2f} s read ({row['io_read_cold']:.2f} s from the disk), "
+          f"{row['io_stream']:.2f} s streamed", flush=True)
     if c.numpy_floor:
         row.update(numpy_floor(folder, c))
         print(f"[{c.name}] numpy {row['np_total']:.2f} s", flush=True)
@@ -449,6 +482,12 @@ def run_case(c: Case, root: Path) -> dict:
         row[f"rss{w}"] = j["rss_peak"] / 1e9
         row["pairs"] = j["pairs"]
         row["acc"] = j["acc"]
+    if cold and c.numpy_floor and row["io_read_cold"] == row["io_read_cold"] and drop_page_cache():
+        # the nightly run's situation: the catalog on disk, not in memory
+        j = run_job(folder, c, max(c.workers), root / f"out-{c.name}-cold")
+        print(f"[{c.name}] job {max(c.workers)}w from the disk {j['total']:.2f} s", flush=True)
+        row["jcold_total"] = j["total"]
+        row["r_io_cold"] = j["total"] / row["io_read_cold"]
     jw = max(c.workers)
     jt = row[f"j{jw}_total"]
     row["r_np"] = jt / row["np_total"] if c.numpy_floor else float("nan")
@@ -513,6 +552,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", default="/tmp/pairwise-bench", help="where catalogs are generated (reused)")
     p.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     p.add_argument("--keep-data", action="store_true", help="keep the generated catalogs afterwards")
+    p.add_argument("--cold", action="store_true",
+                   help="also time the read and the 2-worker job from the disk (drops the page cache: root)")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of other cases already in --results (one table over several runs)")
     a = p.parse_args(argv)
@@ -521,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in [n.strip() for n in a.cases.split(",") if n.strip()]:
         c = CASES[name]
-        rows.append(run_case(c, root))
+        rows.append(run_case(c, root, a.cold))
         if not a.keep_data:
             shutil.rmtree(root / c.name, ignore_errors=True)
         print(table(rows), flush=True)
