@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pairwise_dask import moments as mom
+from pairwise_dask.arrays import inverse_norms
 from pairwise_dask.base import base_labels
 from pairwise_dask.masks import all_pairs, fit_masks, pair_ids, pairs_from_ids
 from pairwise_dask.moments import class_moments, filtered_moments
@@ -99,22 +100,31 @@ def test_pairs_grow_with_items_times_t_squared_not_k_squared():
     assert len(play_pairs(players, k)) <= n * t * (t - 1) // 2 < len(all_pairs(k))
 
 
-def test_segment_sum_class_moments_equal_onehot_gemm(monkeypatch):
+@pytest.mark.parametrize("k", [3, 70])
+def test_segment_sum_class_moments_equal_onehot_gemm(monkeypatch, k):
+    """Per-class moments (segment sums of float32 quanta) equal the one-hot GEMM on float64 quanta
+    bit for bit, with raw rows and inverse norms, empty classes, extreme entries and label runs
+    cut across the quantising blocks."""
     rng = np.random.default_rng(5)
     x = _unit(rng.standard_normal((1000, 16)))
-    labels = rng.integers(0, 70, 1000).astype(np.int32)
-    labels[labels == 3] = 4  # an empty class
+    x[:7] *= rng.choice([1e-30, 1e-8, 1e3, 1e9], size=(7, 1)).astype(np.float32)
+    labels = rng.integers(0, k, 1000).astype(np.int32)
+    labels[labels == 1] = 2  # an empty class
     keep = rng.random(1000) < 0.8
-    scale = rng.uniform(0.5, 2.0, 1000).astype(np.float32)  # raw rows with their inverse norms
-    monkeypatch.setattr(mom, "QUANT_ROWS", 37)  # label runs cut across the quantising blocks
-    for sc in (None, scale):
-        monkeypatch.setattr(mom, "ONEHOT_MAX_K", 10)
-        seg = class_moments(x, labels, keep, 70, scale=sc)
-        monkeypatch.setattr(mom, "ONEHOT_MAX_K", 1000)
-        gemm = class_moments(x, labels, keep, 70, scale=sc)
+    scale = inverse_norms(x, name="x")  # raw rows with their inverse norms
+    monkeypatch.setattr(mom, "QUANT_ROWS", 37)
+    onehot = np.zeros((1000, k))
+    onehot[np.flatnonzero(keep), labels[keep]] = 1.0
+    for rows, sc in ((x, scale), (x * scale[:, None], None)):
+        seg = class_moments(rows, labels, keep, k, scale=sc)
+        gemm = mom.set_moments(rows, onehot, scale=sc)
+        assert seg.n[1] == 0 and seg.n.sum() == keep.sum()
         np.testing.assert_array_equal(seg.n, gemm.n)
         np.testing.assert_array_equal(seg.s1, gemm.s1)
         np.testing.assert_array_equal(seg.s2, gemm.s2)
+        xq, xq2 = mom.quantize(rows, sc)  # and the one product of every row at once
+        np.testing.assert_array_equal(seg.s1, onehot.T @ xq)
+        np.testing.assert_array_equal(seg.s2, onehot.T @ xq2)
 
 
 def test_blocked_moments_equal_one_block(monkeypatch):
