@@ -156,11 +156,20 @@ _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, vectorised (uint64 arithmetic wraps, as intended)."""
-    x = np.asarray(x, dtype=np.uint64)
+    return mix64_inplace(np.array(x, dtype=np.uint64))
+
+
+def mix64_inplace(x: np.ndarray) -> np.ndarray:
+    """:func:`mix64` of a uint64 array, overwriting it (one temporary, not six)."""
+    t = np.empty_like(x)
     with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        for shift, mult in ((30, _M1), (27, _M2)):
+            np.right_shift(x, np.uint64(shift), out=t)
+            x ^= t
+            x *= mult
+        np.right_shift(x, np.uint64(31), out=t)
+        x ^= t
+    return x
 
 
 def hash_ids(column: object) -> np.ndarray:

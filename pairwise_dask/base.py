@@ -11,12 +11,22 @@ import numpy as np
 CHUNK_ROWS = 2048
 
 
+#: Columns of ``w`` are padded with zeros to a multiple of this: OpenBLAS's float32 kernels run a
+#: ragged edge (13 prompts, 78 pairs) on slow paths; 2048 × 768 @ 768 × 13 took 1.19 ms, padded to
+#: 16 columns 0.68 ms (the real columns' bits unchanged on this machine's OpenBLAS).
+PAD_COLS = 16
+
+
 def chunked_matmul(x: np.ndarray, w: np.ndarray, *, out_dtype: type = np.float32,
                    square: bool = False) -> np.ndarray:
     """``x @ w`` (``(x∘x) @ w`` with ``square``) computed on fixed-size, zero-padded row blocks
     (partition-invariant rounding). Squaring block by block never materialises ``x∘x``."""
-    n = x.shape[0]
-    out = np.empty((n, w.shape[1]), dtype=out_dtype)
+    n, cols = x.shape[0], w.shape[1]
+    out = np.empty((n, cols), dtype=out_dtype)
+    if cols % PAD_COLS:
+        wide = np.zeros((w.shape[0], cols + PAD_COLS - cols % PAD_COLS), dtype=w.dtype)
+        wide[:, :cols] = w
+        w = wide
     buf = np.zeros((CHUNK_ROWS, x.shape[1]), dtype=x.dtype) if (square or n % CHUNK_ROWS) else None
     for s in range(0, n, CHUNK_ROWS):
         blk = x[s:s + CHUNK_ROWS]
@@ -27,9 +37,8 @@ def chunked_matmul(x: np.ndarray, w: np.ndarray, *, out_dtype: type = np.float32
             else:
                 buf[:r] = blk
             buf[r:] = 0
-            out[s:s + r] = (buf @ w)[:r]
-        else:
-            out[s:s + CHUNK_ROWS] = blk @ w
+            blk = buf
+        out[s:s + r] = (blk @ w)[:r, :cols]
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .arrays import mix64
+from .arrays import mix64, mix64_inplace
 from .base import CHUNK_ROWS, chunked_matmul
 from .masks import PairMasks, top_dims
 
@@ -113,25 +113,36 @@ def masked_margin(x: np.ndarray, masks: PairMasks, pair: np.ndarray, raw: np.nda
     """Cosine margin ``x·w_p / ‖x|M_p‖`` of each item's pair ``pair[i]`` (``raw`` = ``x·w_p``).
 
     A discriminant's decision is its margin already (standard-deviation units): ``raw`` unchanged.
+    Row blocks of :data:`CHUNK_ROWS` keep the gathered ``(rows, m)`` entries in cache; each row's
+    norm is summed over its own entries only (no buffered casting), so it is partition-invariant.
     """
     if masks.decision == "discriminant":
         return np.asarray(raw, dtype=np.float32)
     x = np.ascontiguousarray(x)
-    # flat indices into the row-major block: a third faster than take_along_axis's index tuples
-    flat = masks.dims[pair] + (np.arange(len(x), dtype=np.int64) * x.shape[1])[:, None]
-    sub = np.take(x.reshape(-1), flat)
-    norm = np.sqrt(np.einsum("ij,ij->i", sub, sub, dtype=np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(norm > 0, raw / norm, 0.0)
-    return out.astype(np.float32)
+    n, d = x.shape
+    flat_x = x.reshape(-1)
+    out = np.empty(n, np.float32)
+    offsets = np.arange(min(n, CHUNK_ROWS), dtype=np.int64)[:, None] * d
+    for s in range(0, n, CHUNK_ROWS):
+        p = pair[s:s + CHUNK_ROWS]
+        # flat indices into the row-major block: a third faster than take_along_axis's index tuples
+        idx = masks.dims[p]
+        idx += offsets[:len(p)] + s * d
+        sub = np.take(flat_x, idx).astype(np.float64)
+        norm = np.sqrt(np.einsum("ij,ij->i", sub, sub))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s:s + len(p)] = np.where(norm > 0, raw[s:s + len(p)] / norm, 0.0)
+    return out
 
 
 def bracket_keys(id_hash: np.ndarray, seed: int, rnd: int, classes: np.ndarray) -> np.ndarray:
     """Random sort keys of the classes still in play: a pure function of (seed, id, round, class)."""
     with np.errstate(over="ignore"):
         salt = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ (np.uint64(rnd + 1) * _ROUND))
-        cls = mix64(classes.astype(np.uint64) * _CLASS + salt)
-    return mix64(id_hash[:, None] ^ cls)
+        # a class's key part depends on the class alone: hash each class once, then look it up
+        top = int(classes.max()) + 1 if classes.size else 0
+        cls = mix64(np.arange(top, dtype=np.uint64) * _CLASS + salt)
+    return mix64_inplace(id_hash[:, None] ^ cls[classes])
 
 
 class Result(NamedTuple):
