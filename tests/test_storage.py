@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import fsspec
 import pyarrow.parquet as pq
@@ -62,3 +63,17 @@ def test_storage_options_from_the_job_file_are_not_written(tmp_path):
     s = load_settings(str(job_file))
     assert s.storage_options == {"key": "SECRET"}
     assert "SECRET" not in repr(s) and s.fingerprint() == s.replace(storage_options={}).fingerprint()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc")
+def test_local_row_group_read_keeps_no_file_mapping(tmp_path):
+    """Local row groups are read through a memory map (no read-buffer copy); the columns must be
+    copies and the map closed, or the file's pages would sit in the worker's RSS."""
+    from pairwise_dask.io import read_row_group
+
+    make_catalog(tmp_path, n=300, row_group=100)
+    path = str(tmp_path / "items.parquet")
+    want = pq.ParquetFile(path).read_row_group(1, columns=["id", "emb_a"])
+    got = read_row_group(path, 1, ["id", "emb_a"])
+    assert got.column("emb_a").equals(want.column("emb_a")) and got.column("id").to_pylist() == want.column("id").to_pylist()
+    assert path not in Path("/proc/self/maps").read_text()
