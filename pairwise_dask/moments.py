@@ -171,7 +171,7 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
     order = np.argsort(lab, kind="stable")
     rows, lab = rows[order], lab[order]
     bounds = np.searchsorted(lab, np.arange(k + 1))
-    n, d = x.shape
+    d = x.shape[1]
     s1, s2 = np.zeros((k, d)), np.zeros((k, d))
     x = np.asarray(x, dtype=np.float32)
     block = np.empty((QUANT_ROWS, d), np.float32)
