@@ -526,7 +526,10 @@ BY_HAND = "## Notes on particular runs"
 
 NOTES = """\
 Reading the table: seconds are wall-clock. *IO read* is one `pyarrow.parquet.read_table` of the
-embedding columns; *IO stream* reads the same columns row group by row group into NumPy. *script*
+embedding columns with the catalog in the page cache (read once first, untimed), as the job finds
+it; *IO read cold* is the same read right after dropping the page cache (`--cold`, needs root), and
+*job 2w cold* the 2-worker job run again from the disk the same way (*cold job/IO* = their ratio);
+*IO stream* reads the same columns row group by row group into NumPy. *script*
 is a straightforward single-process NumPy script of the article's math (`straightforward_script`:
 read the table, normalise, argmax, float64 moments per class, masks, `X Wᵀ`, a vectorised bracket).
 *NumPy* is the same math in one process on arrays in RAM (the package's NumPy core; BLAS may use
@@ -546,8 +549,8 @@ one block's shape (k × 8192) @ (8192 × d) on this machine. For k = 1000 no rat
 This is a 2-core machine, sometimes shared with other work: absolute seconds are noisy, and the
 *np.dot GFLOP/s* column shows by how much (the same product measured 0.7 to 50 GFLOP/s at
 different moments). Ratios compare numbers from the same run, minutes apart. Catalogs up to 6 GB
-sit in the page cache once written (*IO* then measures decoding, not the disk); the 38.5 GB one
-cannot (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older code) are kept with their command
+fit in the page cache, so apart from the cold columns the floors and the job read them from memory;
+the 38.5 GB one cannot be cached (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older code) are kept with their command
 above; the notes below say which session each row comes from.
 """
 
