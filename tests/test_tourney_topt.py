@@ -12,6 +12,7 @@ from pairwise_dask.arrays import inverse_norms
 from pairwise_dask.base import base_labels
 from pairwise_dask.masks import all_pairs, fit_masks, pair_ids, pairs_from_ids
 from pairwise_dask.moments import class_moments, filtered_moments
+from pairwise_dask.passes import union_sorted
 from pairwise_dask.tourney import (gather_decisions, pair_decisions, play_bracket, play_bracket_gather,
                                    play_pairs, top_classes)
 
@@ -90,6 +91,9 @@ def test_play_pairs_is_the_set_of_possible_matches_and_merges_by_union():
     np.testing.assert_array_equal(play_pairs(players, k), want)
     merged = np.union1d(play_pairs(players[:77], k), play_pairs(players[77:], k))
     np.testing.assert_array_equal(merged, want)
+    # pass 1's merge (Statistics.__add__) joins the sorted sets by merging their runs
+    np.testing.assert_array_equal(union_sorted(play_pairs(players[:77], k), play_pairs(players[77:], k)), want)
+    np.testing.assert_array_equal(union_sorted(play_pairs(players[:0], k), play_pairs(players, k)), want)
     np.testing.assert_array_equal(pair_ids(pairs_from_ids(merged, k), k), merged)
 
 
