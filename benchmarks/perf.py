@@ -11,8 +11,8 @@ in the same run:
   float64 moments, masks, decisions, bracket), reusing the package's pure-NumPy core;
 - the job end to end (``pairwise_dask.job.run``: Parquet in, every output committed) on a
   ``LocalCluster`` of 1 and of 2 single-threaded worker processes, sampling each worker's RSS;
-- the statistics step's achieved GFLOP/s (the flops of the one-hot products it computes, over its time) against a plain
-  ``np.dot`` of the same shapes.
+- the statistics step's achieved GFLOP/s (the flops of the one-hot products it computes, over its
+  time) against a plain ``np.dot`` of the same shapes.
 
 It prints one table and writes it, with the machine, versions and command, to ``--results``
 (default ``benchmarks/RESULTS.md``). Timings on a shared machine are noisy; the ratios compare
@@ -170,8 +170,7 @@ def io_floor(folder: Path, c: Case, cold: bool = False) -> dict:
             out["io_read_cold"] = time.perf_counter() - t
             del tables
         for f in files:  # warm the page cache: untimed
-            del_ = pq.read_table(f, columns=cols)
-            del del_
+            pq.read_table(f, columns=cols)
         gc.collect()
         t = time.perf_counter()
         tables = [pq.read_table(f, columns=cols) for f in files]
@@ -413,7 +412,8 @@ COLUMNS = [
     ("io_read", "IO read s"), ("io_read_cold", "IO read cold s"), ("io_stream", "IO stream s"),
     ("script_total", "script s"), ("np_total", "NumPy s"), ("np_stats", "NumPy stats s"),
     ("np_tourney", "NumPy tourney s"),
-    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("jcold_total", "job 2w cold s"), ("j2_read", "2w read s"), ("j2_statistics", "2w stats s"),
+    ("j1_total", "job 1w s"), ("j2_total", "job 2w s"), ("jcold_total", "job 2w cold s"), ("j2_read", "2w read s"),
+    ("j2_statistics", "2w stats s"),
     ("j2_masks", "2w masks s"), ("j2_tourney", "2w tourney s"), ("j2_write", "2w write s"),
     ("r_script", "job/script"), ("r_np", "job/NumPy"), ("r_io", "job/IO"), ("r_io_cold", "cold job/IO"),
     ("speedup", "1→2w"),
@@ -549,9 +549,9 @@ one block's shape (k × 8192) @ (8192 × d) on this machine. For k = 1000 no rat
 This is a 2-core machine, sometimes shared with other work: absolute seconds are noisy, and the
 *np.dot GFLOP/s* column shows by how much (the same product measured 0.7 to 50 GFLOP/s at
 different moments). Ratios compare numbers from the same run, minutes apart. Catalogs up to 6 GB
-fit in the page cache, so apart from the cold columns the floors and the job read them from memory;
-the 38.5 GB one cannot be cached (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older code) are kept with their command
-above; the notes below say which session each row comes from.
+fit in the page cache, so apart from the cold columns the floors and the job read them from
+memory; the 38.5 GB one cannot be cached (disk ≈ 1.2 GB/s). Rows measured in earlier runs (older
+code) are kept with their command above; the notes below say which session each row comes from.
 """
 
 
