@@ -25,51 +25,44 @@ EXACT_ITEMS = 2 ** (53 - QUANT_BITS)
 MOMENT_ROWS = 8192
 
 
-_Q32 = np.float32(_Q)
-
-
-def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray, scale: np.ndarray | None = None,
-                  rows: np.ndarray | None = None) -> None:
-    """``out[:, :d] = rint(x·2**QUANT_BITS)`` and ``out[:, d:] = rint(x²·2**QUANT_BITS)``.
-
-    With ``scale`` (per-row inverse norms) ``x`` is first normalised into ``rows`` (a float32
-    buffer of its shape): the quanta are those of the normalised rows, never stored whole.
-
-    Both are computed in float32 and stored as float64: ``x·2**26`` is an exponent shift (exact) and
-    a float32 of magnitude ≥ 2**23 is already whole, so the first is the exact quantum of ``x``; the
-    second quantises float32's ``x²`` (relative error 2**-24), a deterministic function of ``x``
-    alone, which is all the order-free sums need. Half the memory traffic of doing it in float64.
-    """
-    d = x.shape[1]
-    if scale is not None:
-        np.multiply(x, scale[:, None], out=rows)
-        x = rows
-    np.multiply(x, _Q32, out=tmp)
-    np.rint(tmp, out=tmp)
-    out[:, :d] = tmp
-    np.multiply(x, x, out=tmp)
-    tmp *= _Q32
-    np.rint(tmp, out=tmp)
-    out[:, d:] = tmp
-
-
 _HALF_Q32 = np.float32(2.0 ** (QUANT_BITS // 2))
 
 
 def quantize_f32(z: np.ndarray, q: np.ndarray, scale: np.ndarray | None = None) -> None:
-    """In float32, in place: ``z ← x·2**(QUANT_BITS/2)`` (rows scaled by ``scale`` first) and
-    ``q ← rint(x·2**QUANT_BITS)``; then ``rint(z·z)`` is the quantum of ``x²``.
+    """The quanta of the rows ``x`` held in the float32 buffer ``z``, in place: ``q ← rint(x·2**26)``
+    and ``z ← x·2**13``, so that :func:`square_quanta` gives ``rint(x²·2**26)`` next. With
+    ``scale`` (per-row inverse norms) the quanta are those of the normalised rows.
 
-    Exactly the quanta of :func:`quantize_into`, without float64 buffers: scaling by a power of two
-    commutes with float32 rounding, so ``rint(z·z) = rint(fl(x·x)·2**26)`` and
-    ``rint(z·2**13) = rint(x·2**26)``; and each is a whole number held exactly in float32 (below
-    2**24 every integer is, above it every float32 is one), so summing them in float64 is exact.
+    All in float32, so no float64 buffer is written: ``x·2**26`` is an exponent shift (exact), and a
+    float32 of magnitude ≥ 2**23 is already whole, so ``q`` is the exact quantum of ``x``; scaling by
+    a power of two commutes with float32 rounding, so ``rint(z·z) = rint(fl(x·x)·2**26)``, float32's
+    ``x²`` quantised (relative error 2**-24), a deterministic function of ``x`` alone, which is all the
+    order-free sums need. Each quantum is a whole number held exactly in float32 (below 2**24 every
+    integer is, above it every float32 is one), so their float64 sums are exact.
     """
-    if scale is not None:  # the normalised row first, rounded as quantize_into rounds it
+    if scale is not None:  # the normalised row first
         np.multiply(z, scale[:, None], out=z)
     np.multiply(z, _HALF_Q32, out=z)
     np.multiply(z, _HALF_Q32, out=q)
     np.rint(q, out=q)
+
+
+def square_quanta(z: np.ndarray, q: np.ndarray) -> None:
+    """``q ← rint(x²·2**26)`` from ``z = x·2**13`` left by :func:`quantize_f32`."""
+    np.multiply(z, z, out=q)
+    np.rint(q, out=q)
+
+
+def quantize_into(x: np.ndarray, out: np.ndarray, tmp: np.ndarray, z: np.ndarray,
+                  scale: np.ndarray | None = None) -> None:
+    """``out[:, :d]`` and ``out[:, d:]``: the quanta of ``x`` and of ``x²`` (:func:`quantize_f32`)
+    as float64, for a product; ``tmp`` and ``z`` are float32 work buffers of ``x``'s shape."""
+    d = x.shape[1]
+    z[...] = x
+    quantize_f32(z, tmp, scale)
+    out[:, :d] = tmp
+    square_quanta(z, tmp)
+    out[:, d:] = tmp
 
 
 def quantize(x: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +70,7 @@ def quantize(x: np.ndarray, scale: np.ndarray | None = None) -> tuple[np.ndarray
     of the rows ``x · scale`` when ``scale`` is given."""
     x = np.asarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], 2 * x.shape[1]))
-    quantize_into(x, out, np.empty(x.shape, np.float32), scale,
-                  np.empty(x.shape, np.float32) if scale is not None else None)
+    quantize_into(x, out, np.empty(x.shape, np.float32), np.empty(x.shape, np.float32), scale)
     return out[:, :x.shape[1]], out[:, x.shape[1]:]
 
 
@@ -127,7 +119,7 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
     ``indicatorᵀ @ [Xq | Xq²]`` in float64: exact (see module docstring). ``x`` is quantised
     :data:`QUANT_ROWS` rows at a time into one reused ``(rows, 2d)`` buffer, each block's product
     added to the sums (exact integers, so the blocking changes no bit). ``scale``: per-row inverse
-    norms of raw rows ``x`` (see :func:`quantize_into`).
+    norms of raw rows ``x`` (see :func:`quantize_f32`).
     """
     n, d = x.shape
     # a contiguous (g, n) indicator: BLAS on the transposed view was 10× slower here (k = 13)
@@ -138,7 +130,7 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
     acc = np.zeros((ind_t.shape[0], 2 * d))
     buf = np.empty((QUANT_ROWS, 2 * d))
     tmp = np.empty((QUANT_ROWS, d), np.float32)
-    rows = np.empty((QUANT_ROWS, d), np.float32) if scale is not None else None
+    z = np.empty((QUANT_ROWS, d), np.float32)
     x = np.asarray(x, dtype=np.float32)
     # rows in no set add nothing: skip them (a kept share, refine's keep = 0.5, halves the work);
     # the sums are exact integers, so which rows are summed together changes no bit
@@ -149,8 +141,7 @@ def set_moments(x: np.ndarray, membership: np.ndarray, *, quantized: tuple[np.nd
     for s in range(0, m, QUANT_ROWS):
         r = min(QUANT_ROWS, m - s)
         sel = slice(s, s + r) if live is None else live[s:s + r]
-        quantize_into(x[sel], buf[:r], tmp[:r], None if scale is None else scale[sel],
-                      None if rows is None else rows[:r])
+        quantize_into(x[sel], buf[:r], tmp[:r], z[:r], None if scale is None else scale[sel])
         acc += ind_t[:, sel] @ buf[:r]
     return Moments(counts, acc[:, :d].copy(), acc[:, d:].copy())
 
@@ -183,8 +174,7 @@ def class_moments(x: np.ndarray, labels: np.ndarray, keep: np.ndarray, k: int,
             np.take(x, r, axis=0, out=z)
             quantize_f32(z, qz, None if scale is None else scale[r])
             s1[c] += np.add.reduce(qz, axis=0, dtype=np.float64)
-            np.multiply(z, z, out=qz)
-            np.rint(qz, out=qz)
+            square_quanta(z, qz)
             s2[c] += np.add.reduce(qz, axis=0, dtype=np.float64)
     return Moments(np.diff(bounds).astype(np.int64), s1, s2)
 
