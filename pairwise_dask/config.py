@@ -20,6 +20,7 @@ from .errors import COMMAND_LINE, BadInputError
 
 MODES = ("bracket", "round-robin", "top-t", "score")
 FINALS = ("fused", "confident-view")
+FUSIONS = ("llr", "mean")
 FIT_ON = ("fused", "view", "annotation")
 CACHE = ("auto", "on", "off")
 DECISIONS = ("cosine", "discriminant")
@@ -102,8 +103,12 @@ OPTIONS: tuple[Option, ...] = (
            "top-t or score (the best mean margin against every other class)", _one_of(MODES)),
     Option("top_t", "method", int, 16, "with mode top-t: classes (best base cosines) that enter the "
            "bracket", _range(2, None)),
-    Option("final", "method", str, "fused", "final label: fused (the tourney played on the views' mean "
-           "pair margins) or confident-view (the view with the larger margin)", _one_of(FINALS)),
+    Option("final", "method", str, "fused", "final label: fused (the mode played on the views' fused "
+           "pair margins, see fuse) or confident-view (the view with the larger margin)", _one_of(FINALS)),
+    Option("fuse", "method", str, "mean", "how final = fused adds up the views' pair margins: llr (each "
+           "view weighted, pair by pair, by how far apart the discriminant puts the pair's two classes "
+           "in that view: the views' log-likelihood ratios summed) or mean (every view the same; "
+           "always so for cosine decisions)", _one_of(FUSIONS)),
     Option("mix", "method", float, 1.0, "pair weights from prompt + mix × the class's mean item "
            "(0: the prompts alone, as in the article)", _range(0.0, None)),
     Option("refine", "method", int, 2, "extra rounds: re-estimate the statistics from the previous "
@@ -157,7 +162,8 @@ _SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns
 
 #: Options added after the first release, at the value that means the method as it was before
 #: them: the fingerprint leaves them out there, and an older summary.json without them had it.
-BEFORE_OPTION = {"decision": "cosine", "prior": 0.0, "rotate": "none", "keep_sample": 0, "rotate_dims": 0.0}
+BEFORE_OPTION = {"decision": "cosine", "prior": 0.0, "rotate": "none", "keep_sample": 0, "rotate_dims": 0.0,
+                 "fuse": "mean"}
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class Settings:
     mode: str = "score"
     top_t: int = 16
     final: str = "fused"
+    fuse: str = "mean"
     mix: float = 1.0
     refine: int = 2
     keep: float = 0.5
@@ -223,7 +230,7 @@ class Settings:
                              "storage_options"}}
         # options added later: left out at the values that mean "the method before they existed",
         # so a job that spells those out keeps the fingerprint (and the outputs) it had
-        for name in ("decision", "prior", "rotate", "keep_sample"):
+        for name in ("decision", "prior", "rotate", "keep_sample", "fuse"):
             if keep.get(name) == BEFORE_OPTION[name]:
                 keep.pop(name)
         if "rotate" not in keep:  # the sample and the axes kept only matter to a rotation

@@ -28,7 +28,7 @@ from .io import ClassSet, classes_from_table
 from .masks import PairMasks, fit_masks, resolve_dims
 from .model import FittedModel, load, save
 from .moments import Moments
-from .config import WORKER_MALLOC, Settings
+from .config import FUSIONS, WORKER_MALLOC, Settings
 from .passes import (Spec, Statistics, gram_partition, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -47,7 +47,7 @@ class PairwiseLabeler:
         ``name`` and one embedding column per view (or one shared ``embedding``).
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
-    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, mix, refine, keep, keep_sample, fit_on,
+    dims, seed, cos_min, diff_min, min_items, mode, top_t, final, fuse, mix, refine, keep, keep_sample, fit_on,
     decision, prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
     worker_malloc : as in ``[cluster]``: with ``"tuned"`` and an active distributed ``Client``, its workers
         get :class:`~pairwise_dask.allocator.TunedMalloc` when ``fit``, ``partial_fit`` or ``predict`` is called.
@@ -56,11 +56,14 @@ class PairwiseLabeler:
     def __init__(self, classes: str | Path | pa.Table | pd.DataFrame, *, views: Mapping[str, str],
                  id: str = "id", label: str = "", dims: float | None = _D.dims, seed: int = 0,
                  cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
-                 top_t: int = 16, final: str = _D.final, mix: float = _D.mix, refine: int = _D.refine,
+                 top_t: int = 16, final: str = _D.final, fuse: str = _D.fuse, mix: float = _D.mix,
+                 refine: int = _D.refine,
                  keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
                  prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
                  rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample,
                  worker_malloc: str = _D.worker_malloc) -> None:
+        if fuse not in FUSIONS:
+            raise ValueError(f"fuse = {fuse!r} is not one of {', '.join(FUSIONS)}")
         if worker_malloc not in WORKER_MALLOC:
             raise ValueError(f"worker_malloc = {worker_malloc!r} is not one of {', '.join(WORKER_MALLOC)}")
         self.classes = classes
@@ -69,6 +72,7 @@ class PairwiseLabeler:
         self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
+        self.fuse = fuse
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
         self.rotate_dims, self.keep_sample, self.worker_malloc = rotate_dims, keep_sample, worker_malloc
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
@@ -105,7 +109,7 @@ class PairwiseLabeler:
         return with_rotation(Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
-                    top_t=self.top_t, masks=dict(masks or {}), final=self.final, fit_on=self.fit_on,
+                    top_t=self.top_t, masks=dict(masks or {}), final=self.final, fuse=self.fuse, fit_on=self.fit_on,
                     keep_margin=self.keep_margin_), self.rotation_)
 
     def _keep_threshold(self, ddf: Any, spec: Spec, rows: int) -> float:
@@ -167,7 +171,7 @@ class PairwiseLabeler:
         params = {"dims": self.dims, "min_items": self.min_items, "cos_min": self.cos_min,
                   "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
                   "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
-                  "final": self.final, "mix": self.mix, "refine": self.refine, "keep": self.keep,
+                  "final": self.final, "fuse": self.fuse, "mix": self.mix, "refine": self.refine, "keep": self.keep,
                   "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
                   "rotate_sample": self.rotate_sample, "rotate_dims": self.rotate_dims,
                   "keep_sample": self.keep_sample, "base_keep_margin": self.keep_margin_}
@@ -244,7 +248,7 @@ class PairwiseLabeler:
                 "cos_min": p["cos_min"], "diff_min": p["diff_min"], "min_items": p["min_items"],
                 "mode": p.get("mode", "bracket"), "top_t": p.get("top_t", 16),
                 # models written before these options existed were the article's method
-                "final": p.get("final", "confident-view"), "mix": p.get("mix", 0.0),
+                "final": p.get("final", "confident-view"), "fuse": p.get("fuse", "mean"), "mix": p.get("mix", 0.0),
                 "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
                 "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0),
                 "rotate": "pca" if model.rotation else "none",

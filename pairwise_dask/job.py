@@ -159,7 +159,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
                 diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t,
-                final=s.final, fit_on=s.fit_on)
+                final=s.final, fuse=s.fuse, fit_on=s.fit_on)
     return Prepared(info, classes, spec)
 
 
@@ -701,7 +701,7 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
-            "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "mix": s.mix,
+            "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "fuse": s.fuse, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
             "rotate": s.rotate, "rotate_sample": s.rotate_sample, "rotate_dims": s.rotate_dims,
             "keep_sample": s.keep_sample,
@@ -754,7 +754,7 @@ def method_of(s: Settings) -> dict:
     """The ``[method]`` options as ``summary.json`` records them."""
     return {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
             "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
-            "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "mix": s.mix,
+            "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "fuse": s.fuse, "mix": s.mix,
             "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
             "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
             "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample}

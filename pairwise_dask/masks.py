@@ -94,7 +94,9 @@ class PairMasks:
     ``decision``: ``"cosine"`` (the above; margins are masked cosines) or ``"discriminant"``
     (:func:`discriminant_values`: ``w_ab`` and ``bias`` are a diagonal discriminant already in
     standard-deviation units, so ``x·w + bias`` is the margin itself); ``bias`` ``(P,)`` float32
-    is added to every decision (``None``: 0).
+    is added to every decision (``None``: 0). ``separation`` ``(P,)`` float32 (discriminant only):
+    each pair's discriminant scale ``Δ`` before the margins were divided by it, i.e. how many
+    within-class standard deviations apart the two sides lie (what ``fuse = "llr"`` weights by).
     """
 
     k: int
@@ -108,6 +110,7 @@ class PairMasks:
     anchors: np.ndarray | None = None
     bias: np.ndarray | None = None
     decision: str = "cosine"
+    separation: np.ndarray | None = None
 
     def sparse_values(self) -> np.ndarray:
         """``w_p`` on ``dims[p]``: ``(P, m)`` float32 (taken from ``weights`` when not stored)."""
@@ -128,7 +131,7 @@ def concat_masks(parts: list[PairMasks]) -> PairMasks:
         return None if getattr(first, name) is None else np.concatenate([getattr(p, name) for p in parts])
 
     return PairMasks(first.k, cat("pairs"), cat("dims"), cat("weights"), cat("n_a"), cat("n_b"), cat("fallback"),
-                     cat("values"), first.anchors, cat("bias"), first.decision)
+                     cat("values"), first.anchors, cat("bias"), first.decision, cat("separation"))
 
 
 def pair_lookup(pairs: np.ndarray, k: int) -> np.ndarray:
@@ -203,15 +206,18 @@ DISC_SHRINK = 0.5
 
 
 def discriminant_values(moments: Moments, classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray, *,
-                        per_pair: bool, min_items: int, prior: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        per_pair: bool, min_items: int,
+                        prior: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pair, a diagonal (shared-variance) Gaussian discriminant on its mask: ``(P, m)`` weights
-    on ``dims`` and a ``(P,)`` bias, both float32, scaled to standard-deviation units.
+    on ``dims``, a ``(P,)`` bias and the ``(P,)`` separation ``Δ``, all float32; weights and bias
+    are scaled to standard-deviation units.
 
     ``w = (μa − μb)/σ²`` on ``M_ab`` (``σ²`` the two sides' pooled variance + :data:`DISC_SHRINK` × its
     mean over the dimensions), ``bias = −w·(μa + μb)/2 + prior · log(n_a/n_b)``, both divided by
     the pair's discriminant scale ``Δ = sqrt(Σ_M (μa − μb)²/σ²)``: ``x·w + bias`` is the item's
     signed distance from the midpoint along the discriminant in within-class standard deviations,
     comparable across pairs and views (what round-robin, fusion and the review priority add up).
+    ``Δ`` itself (0 for a pair whose sides do not differ on the mask) is returned as the third value.
     A side with fewer than ``min_items`` items is its prompt scaled to the median norm of the
     other sets' means, with their mean variance.
     """
@@ -238,9 +244,10 @@ def discriminant_values(moments: Moments, classes: np.ndarray, pairs: np.ndarray
     bias = -(w * (ma + mb)).sum(axis=1) / 2.0
     if prior:
         bias = bias + prior * np.log(n[ia] / n[ib])
-    delta = np.sqrt((w * diff).sum(axis=1))
-    delta = np.where(delta > 0, delta, 1.0)
-    return (w / delta[:, None]).astype(np.float32), (bias / delta).astype(np.float32)
+    separation = np.sqrt((w * diff).sum(axis=1))
+    delta = np.where(separation > 0, separation, 1.0)
+    return ((w / delta[:, None]).astype(np.float32), (bias / delta).astype(np.float32),
+            separation.astype(np.float32))
 
 
 DECISIONS = ("cosine", "discriminant")
@@ -277,10 +284,10 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
             score[fb] = np.abs(classes[a[sl][fb]] - classes[b[sl][fb]])
         score[np.isnan(score)] = 0.0  # (±inf, perfect separation, ranks first as it is)
         dims[sl] = top_dims(score, m)
-    bias = None
+    bias = separation = None
     if decision == "discriminant":
         anchors = None
-        values, bias = discriminant_values(moments, classes, pairs, dims, per_pair=per_pair,
+        values, bias, separation = discriminant_values(moments, classes, pairs, dims, per_pair=per_pair,
                                            min_items=min_items, prior=prior)
     else:
         anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
@@ -290,4 +297,4 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
     if dense:
         weights = np.zeros((len(pairs), d), dtype=np.float32)
         np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
-    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, anchors, bias, decision)
+    return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, anchors, bias, decision, separation)

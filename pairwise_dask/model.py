@@ -136,10 +136,10 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
             anchors = np.asarray(at.column(v).combine_chunks().flatten()).reshape(len(names), -1)
         prompts = rotate_classes(classes[v], rotation[v]) if v in rotation else classes[v]
         base = prompts if anchors is None else anchors
-        decision, bias = params.get("decision", "cosine"), None
+        decision, bias, separation = params.get("decision", "cosine"), None, None
         if decision == "discriminant":  # rebuilt from the saved moments: the same function, the same bits
             k = len(names)
-            values, bias = discriminant_values(moments[v], prompts, pairs, dims,
+            values, bias, separation = discriminant_values(moments[v], prompts, pairs, dims,
                                                per_pair=len(moments[v].n) == k * k and k > 1,
                                                min_items=int(params.get("min_items", 1)),
                                                prior=float(params.get("prior", 0.0)))
@@ -150,5 +150,5 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
             weights = np.zeros((len(pairs), d), dtype=np.float32)
             np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
         masks[v] = PairMasks(len(names), pairs, dims, weights, n_a, n_b, fb, values=values, anchors=anchors,
-                             bias=bias, decision=decision)
+                             bias=bias, decision=decision, separation=separation)
     return FittedModel(names, classes, moments, masks, params, rotation)

@@ -45,7 +45,8 @@ class Spec:
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
     thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
     # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
-    final: str = "fused"  # final label: "fused" (bracket on the views' mean margins) | "confident-view"
+    final: str = "fused"  # final label: "fused" (the mode played on the views' fused margins) | "confident-view"
+    fuse: str = "mean"  # how views' pair margins fuse: "mean" | "llr" (weighted by each pair's separation Δ)
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
     round: str = ""  # a refine round's name: its passes share one tourney per cached block
@@ -493,10 +494,14 @@ def play_block(b: Block, spec: Spec) -> Played:
         margin[v] = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
     fused_of = None
     if fusable:
+        # llr needs every view's Δ: only discriminant masks have one (a cosine round fuses by the mean)
+        seps = [spec.masks[v].separation for v in views]
+        seps = seps if spec.fuse == "llr" and all(x is not None for x in seps) else None
+
         def fused_of(rows: np.ndarray) -> np.ndarray:
             return fuse_margins([pm[v][rows] if v in pm else
                                  pair_margins(b.views[v][rows], spec.masks[v], decisions[v][rows])
-                                 for v in views])
+                                 for v in views], seps)
     stack = np.stack([label[v] for v in views])        # (V, n)
     agree = (stack == stack[0]).all(axis=0)
     if fuse_final:  # (never top-t: its views are fitted on different pair sets, see fusable)

@@ -237,18 +237,35 @@ def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndar
     return out
 
 
-def fuse_margins(margins: list[np.ndarray]) -> np.ndarray:
-    """View fusion: the mean over views of their pair margins (same pair order in every view).
+def fuse_margins(margins: list[np.ndarray], separations: list[np.ndarray] | None = None) -> np.ndarray:
+    """View fusion of pair margins (same pair order in every view); one view: its margins unchanged.
 
-    Each view's margin is a cosine margin on that view's own mask, so the mean is the evidence of
-    all views together; with one view it is that view's margins unchanged.
+    Without ``separations``: the mean over views. Each view's margin is on that view's own mask
+    (a cosine margin, or a discriminant's in standard deviations), so the mean is the evidence of
+    all views together.
+
+    With ``separations`` (``fuse = "llr"``; each view's per-pair ``Δ``, see
+    :func:`~pairwise_dask.masks.discriminant_values`): ``Σ_v Δ_v m_v / sqrt(Σ_v Δ_v²)``. A
+    discriminant margin ``m`` is a log-likelihood ratio divided by ``Δ``, so this is the views'
+    log-likelihood ratios summed (independent views' evidence adds), put back in standard-deviation
+    units of the joint discriminant. A view that separates a pair better weighs more on that pair;
+    where no view separates it (every ``Δ`` = 0) the views weigh the same.
     """
     if len(margins) == 1:
         return margins[0]
-    out = margins[0].astype(np.float32, copy=True)
-    for m in margins[1:]:
-        out += m
-    out /= len(margins)
+    if separations is None:
+        out = margins[0].astype(np.float32, copy=True)
+        for m in margins[1:]:
+            out += m
+        out /= len(margins)
+        return out
+    sep = [np.asarray(s, np.float64) for s in separations]
+    joint = np.sqrt(sum(s * s for s in sep))
+    safe = np.where(joint > 0, joint, 1.0)
+    weights = [np.where(joint > 0, s / safe, 1.0 / np.sqrt(len(sep))).astype(np.float32) for s in sep]
+    out = np.multiply(margins[0], weights[0], dtype=np.float32)
+    for m, w in zip(margins[1:], weights[1:]):
+        out += m * w
     return out
 
 

@@ -37,7 +37,7 @@ def test_discriminant_is_the_diagonal_lda_in_std_units():
     classes = np.eye(2, 6, dtype=np.float32)
     pairs = all_pairs(2)
     dims = np.arange(6, dtype=np.int32)[None, :]
-    w, b = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
+    w, b, sep = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
     # by hand from the sample moments
     m, v = mom.mean_var()
     n = mom.n.astype(float)
@@ -46,6 +46,7 @@ def test_discriminant_is_the_diagonal_lda_in_std_units():
     ww = (m[0] - m[1]) / pooled
     delta = np.sqrt(ww @ (m[0] - m[1]))
     assert np.allclose(w[0], ww / delta, rtol=1e-5)
+    assert np.isclose(sep[0], delta, rtol=1e-5)  # the separation: Δ itself
     assert np.isclose(b[0], -(ww @ (m[0] + m[1])) / 2 / delta, rtol=1e-5)
     margin = x @ w[0] + b[0]
     assert ((margin >= 0) == (y == 0)).mean() > 0.95   # it separates the two blobs
@@ -58,8 +59,9 @@ def test_prior_shifts_the_bias_by_the_log_count_ratio():
     mom = class_moments(x, y, np.ones(len(y), bool), 2)
     classes = np.eye(2, 6, dtype=np.float32)
     pairs, dims = all_pairs(2), np.arange(6, dtype=np.int32)[None, :]
-    w0, b0 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
-    w1, b1 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1, prior=1.0)
+    w0, b0, s0 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1)
+    w1, b1, s1 = discriminant_values(mom, classes, pairs, dims, per_pair=False, min_items=1, prior=1.0)
+    assert np.array_equal(s0, s1)
     assert np.array_equal(w0, w1)
     m, _ = mom.mean_var()
     n = mom.n.astype(float)
@@ -126,7 +128,7 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
                            "cache", "partition_rows", "worker_malloc", "job_file", "storage_options", "decision", "prior", "rotate",
-                           "rotate_sample", "rotate_dims", "keep_sample"}}
+                           "rotate_sample", "rotate_dims", "keep_sample", "fuse"}}
     assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
@@ -381,3 +383,35 @@ def test_keep_sample_histogram_counts_the_sampled_rows_of_a_whole_block(tmp_path
     # a partition with no sampled item counts nothing (and plays nothing)
     empty = passes.margin_histogram_partition(table, spec, 1)
     assert empty.shape == want.shape and empty.sum() == 0
+
+
+def test_llr_fusion_in_the_job_is_the_views_separation_weighted_margins(client, tmp_path):
+    """fuse = llr: the final label is the mode played on Σ_v Δ_v m_v / √Σ Δ_v², with each view's Δ
+    from the saved model's masks; fuse = mean keeps the labels the job gave before the option."""
+    from pairwise_dask.tourney import decide, fuse_margins
+
+    from pairwise_dask.arrays import hash_ids
+
+    cat = make_catalog(tmp_path / "data", n=700, row_group=128)
+    opts = {"decision": "discriminant", "refine": 0, "fit_on": "view", "rotate": "none", "mode": "score"}
+    finals = {}
+    for fuse in ("llr", "mean"):
+        job.run(load_settings(None, {**cat, "out": str(tmp_path / fuse), "fuse": fuse, **opts}), client=client)
+        finals[fuse] = pq.read_table(tmp_path / fuse / "labels").column("final_label").to_pylist()
+    model = load(tmp_path / "llr" / "model")
+    t = pq.read_table(cat["items"])
+    margins, seps = [], []
+    for v, col in cat["views"]:
+        x = np.stack(t.column(col).to_numpy(zero_copy_only=False)).astype(np.float32)
+        m = model.masks[v]
+        assert m.separation is not None and (m.separation > 0).all()
+        margins.append(pair_decisions(x, m, 1.0 / np.linalg.norm(x, axis=1)))
+        seps.append(m.separation)
+    idx = model.masks["a"].pair_index()
+    ids = hash_ids(t.column("id").combine_chunks())
+    names = np.array(model.names)
+    for fuse, sep in (("llr", seps), ("mean", None)):
+        want, _ = decide(fuse_margins(margins, sep), model.masks["a"].pairs, idx, ids, mode="score", seed=0)
+        assert (names[want] == np.array(finals[fuse])).all()
+    # the two fusions label some items differently here (else the test above could not tell them apart)
+    assert finals["llr"] != finals["mean"]

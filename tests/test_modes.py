@@ -58,6 +58,22 @@ def test_fusion_of_one_view_is_that_view_and_of_two_is_their_mean():
     assert np.allclose(fuse_margins([a, b]), (a + b) / 2)
 
 
+def test_llr_fusion_sums_the_views_log_likelihood_ratios():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 30, 4)).astype(np.float32)
+    sa = np.array([1.0, 2.0, 0.0, 0.0], np.float32)
+    sb = np.array([1.0, 0.5, 3.0, 0.0], np.float32)
+    f = fuse_margins([a, b], [sa, sb])
+    # a discriminant margin is its LLR / Δ: the fused margin is the summed LLR / the joint Δ
+    joint = np.sqrt(sa.astype(float) ** 2 + sb ** 2)
+    want = (a * sa + b * sb) / np.where(joint > 0, joint, 1.0)
+    assert np.allclose(f[:, :3], want[:, :3], rtol=1e-6)
+    assert np.allclose(f[:, 0], (a[:, 0] + b[:, 0]) / np.sqrt(2))  # equal Δ: the sum over √V
+    assert np.array_equal(f[:, 2], b[:, 2])                        # a view with Δ = 0 adds nothing
+    assert np.allclose(f[:, 3], (a[:, 3] + b[:, 3]) / np.sqrt(2))  # nobody separates: the views weigh the same
+    assert fuse_margins([a], [sa]) is a
+
+
 def test_pair_margins_are_masked_cosines_with_the_decisions_signs():
     rng = np.random.default_rng(2)
     k, d, n = 4, 12, 80

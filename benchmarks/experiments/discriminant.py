@@ -231,6 +231,9 @@ def keep_mask(margin: np.ndarray, keep: float) -> np.ndarray:
     return margin >= margin_quantile(hist, 1.0 - keep)
 
 
+SAT = [0.0]
+
+
 def decide_any(margins, pairs, pidx, h, *, mode, seed, w=None):
     """The package's modes, plus "score": argmax of the mean signed margin (class_scores).
     ``w`` (session 4, mode "score" only): per-pair weights (P,) on the margins, normalised to mean 1."""
@@ -239,6 +242,8 @@ def decide_any(margins, pairs, pidx, h, *, mode, seed, w=None):
     k = pidx.shape[0]
     if w is not None:
         margins = margins * (w / w.mean()).astype(np.float32)[None, :]
+    if SAT[0]:  # session 7: saturated votes, tanh(m / τ) (τ → ∞: today's score; τ → 0: win counts)
+        margins = np.tanh(margins / SAT[0]).astype(np.float32)
     sc = class_scores(margins, pairs, k)
     lab = sc.argmax(1).astype(np.int32)
     part = np.partition(sc, k - 2, axis=1)
@@ -266,6 +271,18 @@ def keep_per_class(margin: np.ndarray, label: np.ndarray, k: int, keep: float) -
     return out
 
 
+def calibrate0(s: np.ndarray, how: str) -> np.ndarray:
+    """Session 7: round 0's zero-shot cosines with each class's bias over the catalog removed.
+    ``center``: minus the class's mean cosine over all items (a hub prompt, close to everything,
+    no longer wins by default); ``z``: also divided by its standard deviation."""
+    if not how:
+        return s
+    out = s - s.mean(axis=0, keepdims=True)
+    if how == "z":
+        out = out / s.std(axis=0, keepdims=True)
+    return out
+
+
 def soft_moments(x: np.ndarray, p: np.ndarray) -> Moments:
     """Moments weighted by a (n, k) membership in [0, 1] (float counts; same units as Moments)."""
     q = float(2 ** QUANT_BITS)
@@ -277,7 +294,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
         pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
         qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
-        score_w="", keep_on="score", pool_all=0.0) -> dict:
+        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0) -> dict:
+    SAT[0] = sat
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
         xs, cs = dict(xs), dict(cs)
@@ -294,7 +312,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
     if fit_on == "view":
         moms = {v: class_moments(xs[v], bases[v].label, np.ones(len(h), bool), k) for v in views}
     else:  # fused base label, keep most confident
-        s = sum(b.scores for b in bases.values())
+        s = sum(calibrate0(b.scores, cal0) for b in bases.values())
         lab = s.argmax(1).astype(np.int32)
         part = np.partition(s, k - 2, axis=1)
         marg = (part[:, -1] - part[:, -2]) / len(views)

@@ -37,6 +37,10 @@ def main() -> None:
     ap.add_argument("--data", default="/work/shared/data/debian")
     ap.add_argument("--work", default="/tmp/acc2-job")
     ap.add_argument("--rows", default="", help="comma-separated row numbers (0-based) to run; default all")
+    ap.add_argument("--opts", default="", help='JSON list of [name, options] rows instead of ROWS, e.g. '
+                    '\'[["defaults", {}], ["fuse mean", {"fuse": "mean"}]]\'')
+    ap.add_argument("--sets", default="all,A,B,syn", help="of all, A, B, syn, man")
+    ap.add_argument("--man", default="/tmp/acc2-man", help="make_manpages.py's catalog (set: man)")
     a = ap.parse_args()
     from distributed import Client, LocalCluster
 
@@ -47,11 +51,16 @@ def main() -> None:
     syn = synthetic_small.write(work / "synthetic")
     sets = [("all", deb, True), ("A", half_a, True), ("B", half_b, True),
             ("syn", load_dataset("syn", syn["items"], syn["classes"]), True)]
+    if "man" in a.sets.split(","):
+        sets.append(("man", load_dataset("man", f"{a.man}/items.parquet", f"{a.man}/classes.parquet"), True))
+    sets = [t for t in sets if t[0] in a.sets.split(",")]
     print("| job | set | acc a | acc b | final | agree | P@N | QA final acc | s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-        chosen = [ROWS[int(i)] for i in a.rows.split(",")] if a.rows else ROWS
+        import json
+        chosen = (json.loads(a.opts) if a.opts else
+                  [ROWS[int(i)] for i in a.rows.split(",")] if a.rows else ROWS)
         for name, opts in chosen:
             for tag, ds, qa in sets:
                 r = job_row(run_job(client, ds, work / "run", **opts), ["a", "b"])
