@@ -71,6 +71,7 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, prior = 1", {"prior": 1.0}),
     ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, refine = 3", {"refine": 3}),
     ("the session-2 defaults: mode = round-robin (most wins)", {"mode": "round-robin"}),
+    ("the defaults + fuse = llr (views weighted by each pair's separation)", {"fuse": "llr"}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means (cosine decisions); refine is skipped with fit_on = annotation.
