@@ -93,7 +93,7 @@ def _class_stats(mom: Moments, c: np.ndarray, min_items: int):
 
 
 def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, mix=0.0,
-                 mask_by="xv", ret_delta=False, shrink_ref=None, pool_all=0.0):
+                 mask_by="xv", ret_delta=False, shrink_ref=None, pool_all=0.0, var_mom=None, var_for="disc"):
     """Per-pair diagonal discriminant on the pair's mask (``m = d``: every dimension).
 
     ``prior``: per-class log prior (added as ``log π_a − log π_b``, in the margin's units after the
@@ -106,6 +106,12 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
     pairs = all_pairs(k)
     a, b = pairs[:, 0], pairs[:, 1]
     mu, var, n, small = _class_stats(mom, c, min_items)
+    var_sel = var
+    if var_mom is not None:  # session 7: variances (and their pooling counts) from another item set
+        _, var2, n2, _ = _class_stats(var_mom, c, min_items)
+        var, n = var2, n2
+        if var_for == "both":
+            var_sel = var2
     if mix > 0:
         mu = mu + mix * np.linalg.norm(mu, axis=1, keepdims=True) * c
         mu /= (1 + mix)
@@ -122,7 +128,7 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
         mask = np.ones((len(pairs), d), bool)
     else:
         if mask_by == "xv":
-            score = cross_deviation_ratio(mu[a], var[a], mu[b], var[b])
+            score = cross_deviation_ratio(mu[a], var_sel[a], mu[b], var_sel[b])
         else:  # "fisher": (μa−μb)²/σ² — the discriminant's own per-dim contribution
             score = diff ** 2 / pooled
         dims = top_dims(np.nan_to_num(score, nan=0.0), m)
@@ -294,7 +300,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
         pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
         qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
-        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0) -> dict:
+        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="") -> dict:
     SAT[0] = sat
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
@@ -325,6 +331,9 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         cnt = (np.bincount(lab, minlength=k) if prior == "base" else moms[views[0]].n) + 1.0
         logprior = temp_prior * np.log(cnt / cnt.sum())
     ens_acc = None
+    vmoms: dict = {}
+    if var_all and fit_on != "view":  # round 0: every item of its fused base label
+        vmoms = {v: class_moments(xs[v], lab, np.ones(len(lab), bool), k) for v in views}
     per_pair_sets = False
     grams = {v: xs[v].astype(np.float64).T @ xs[v] for v in views}  # round 0 (cosine) does not use them
     res = {}
@@ -349,7 +358,9 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                 margins[v], pairs, deltas[v] = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
                                                             prior=None if prior == "em" else logprior, mix=0.0,
                                                             mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v],
-                                                            pool_all=pool_all)
+                                                            pool_all=pool_all,
+                                                            var_mom=vmoms.get(v) if var_all else None,
+                                                            var_for=var_all or "disc")
         if prior == "em" and dec in ("disc", "qda"):  # Saerens EM on this round's likelihoods, then adjust
             llr = sum(margins[v].astype(np.float64) * deltas[v] for v in views)
             lp = temp_prior * em_prior(llr, pairs, k, None, temp=em_temp)
@@ -435,6 +446,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                     xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
                     cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
             new = {v: class_moments(xs[v], final, kp, k) for v in views}
+            if var_all:  # session 7: every item of each final label, for the variances
+                vmoms = {v: class_moments(xs[v], final, np.ones(len(final), bool), k) for v in views}
             # session 3: the moments of every round so far merged (exact sums; rot "within" excluded)
             moms = {v: moms[v] + new[v] for v in views} if (mom_acc and rot != "within") else new
             if pairkeep > 0:  # per-pair sets: side a of (a, b) = final a, kept, and a-vs-b fused margin ≥ pairkeep
