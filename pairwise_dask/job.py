@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,14 +32,14 @@ from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_cl
                  write_table)
 from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
 from .metrics import accuracy, macro_f1, weighted_f1
-from .model import FittedModel, load, save
+from .model import FittedModel, load, save, write_masks
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
-from .passes import (Histograms, Spec, Statistics, Tally, gram_partition, histogram_partition, ids_with_hash,
-                     label_partition, margin_bins, margin_histogram_partition, margin_quantile, merge, read_block,
-                     release_arrow_memory, rotate_block, statistics_partition)
+from .passes import (Histograms, RemoteMasks, Spec, Statistics, Tally, gram_partition, histogram_partition,
+                     ids_with_hash, join_masks, label_partition, margin_bins, margin_histogram_partition,
+                     margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -186,10 +186,18 @@ def shared(spec: Spec) -> Any:
     worker needs it, so the job survives losing every worker as long as a new one joins.
     Its key is a fresh name, not a token: tokenising hashes every array of the spec (0.8 s for the
     722 MB of masks of k = 1,000 classes), and each pass sends its own spec once either way.
+    Masks left on the workers (:class:`RemoteMasks`) are joined into it by a task on a worker.
     """
     from dask import delayed
 
-    return delayed(spec, name=f"Spec-{uuid.uuid4().hex}", traverse=False)
+    name = f"Spec-{uuid.uuid4().hex}"
+    remote = {v: m.chunks for v, m in spec.masks.items() if isinstance(m, RemoteMasks)}
+    if not remote:
+        return delayed(spec, name=name, traverse=False)
+    # masks still on the workers: joined there, into the spec every task of the pass uses
+    stub = replace(spec, masks={v: m for v, m in spec.masks.items() if v not in remote})
+    return delayed(join_masks, pure=False)(delayed(stub, traverse=False), tuple(spec.masks), remote,
+                                          dask_key_name=name)
 
 
 def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
@@ -290,9 +298,12 @@ def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: b
 
 def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
                    pair_ids: dict[str, np.ndarray] | None = None, *,
-                   per_pair: bool | None = None, refined: bool = False, client: Any = None) -> dict[str, PairMasks]:
+                   per_pair: bool | None = None, refined: bool = False, client: Any = None,
+                   keep_remote: bool = False) -> dict[str, PairMasks | RemoteMasks]:
     """Masks and weights of every view from merged moments (on the client; more than
-    :data:`PARALLEL_PAIRS` pairs in chunks on the workers of ``client``, when given).
+    :data:`PARALLEL_PAIRS` pairs in chunks on the workers of ``client``, when given). With
+    ``keep_remote`` those views' chunks stay on the workers (:class:`RemoteMasks`, for the passes
+    that follow; :func:`gather_masks` fetches them for the model).
 
     With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
     with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
@@ -321,7 +332,7 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
         else:
             masks[v] = fit_masks(moments[v], spec.classes[v], pairs=pairs, **kw)
     if remote:
-        masks.update(_fit_on_workers(client, remote, workers))
+        masks.update(_fit_on_workers(client, remote, workers, keep_remote=keep_remote))
     return {v: masks[v] for v in spec.classes}
 
 
@@ -329,11 +340,13 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
 PARALLEL_PAIRS = 100_000
 
 
-def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int) -> dict[str, PairMasks]:
+def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int, *,
+                    keep_remote: bool = False) -> dict[str, PairMasks | RemoteMasks]:
     """:func:`fit_masks` over chunks of each view's pairs as tasks, every view's in one graph (no
     idle worker between views), each view's joined in order: a pair's mask and weights depend on
     that pair and the (whole) moments only, so this equals one call per view.
-    ``fits``: view -> (moments, classes, pairs, keyword arguments)."""
+    ``fits``: view -> (moments, classes, pairs, keyword arguments). ``keep_remote``: the chunks
+    stay on the workers as futures (recomputed from their lineage if a worker is lost)."""
     from dask import delayed
 
     tasks, counts = [], {}
@@ -342,12 +355,23 @@ def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int) -> dict[str, P
         mom_f, cls_f = delayed(moments, pure=True, traverse=False), delayed(classes, pure=True, traverse=False)
         tasks += [delayed(fit_masks, pure=True)(mom_f, cls_f, pairs=ch, **kw) for ch in chunks]
         counts[v] = len(chunks)
-    parts = c.compute(tasks, sync=True)
-    out, i = {}, 0
+    parts = c.compute(tasks, sync=not keep_remote)
+    out: dict[str, PairMasks | RemoteMasks] = {}
+    i = 0
     for v, n in counts.items():
-        out[v] = concat_masks(parts[i:i + n])
+        kw = fits[v][3]
+        out[v] = (RemoteMasks(parts[i:i + n], kw["decision"]) if keep_remote else concat_masks(parts[i:i + n]))
         i += n
+    if keep_remote:  # the fit's own time: wait here, not in the next pass
+        _await(c, [f for m in out.values() for f in m.chunks], "pair masks", False)
     return out
+
+
+def gather_masks(c: Any, masks: dict[str, PairMasks | RemoteMasks]) -> dict[str, PairMasks]:
+    """Every view's masks on the client: the chunks of :class:`RemoteMasks` fetched and joined."""
+    remote = {v: m.chunks for v, m in masks.items() if isinstance(m, RemoteMasks)}
+    got = c.gather(remote) if remote else {}
+    return {v: concat_masks(got[v]) if v in got else m for v, m in masks.items()}
 
 
 def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool, label: str) -> float:
@@ -377,7 +401,8 @@ def base_spec(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progre
 
 
 def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistics,
-                  masks: dict[str, PairMasks], rows: int, *, progress: bool) -> tuple[Statistics, dict[str, PairMasks], list]:
+                  masks: dict[str, PairMasks | RemoteMasks], rows: int, *, progress: bool,
+                  keep_remote: bool = False) -> tuple[Statistics, dict[str, PairMasks | RemoteMasks], list]:
     """``s.refine`` rounds: label with the current masks, keep the ``keep`` most confident
     final labels, re-estimate the moments from them (one class set per label), refit the masks.
 
@@ -392,9 +417,33 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
                              label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
                                 label=f"refine {r + 1}/{s.refine}: statistics")
-        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True, client=c)
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True, client=c,
+                               keep_remote=keep_remote)
         thresholds.append(thr)
     return stats, masks, thresholds
+
+
+class MaskFacts(NamedTuple):
+    """What the summary and the model's parameters need of a view's masks: fetched instead of the
+    masks when those stay on the workers (k = 1,000: 3.6 MB instead of 361 MB per view)."""
+
+    pairs: np.ndarray
+    fallback: np.ndarray
+    width: int
+
+
+def _write_masks(spec: Spec, folder: Location) -> dict[str, MaskFacts]:
+    """On the worker holding the pass's joined masks: the model's masks files, and their facts.
+
+    The task secedes from the worker's thread pool first, so the worker keeps labelling meanwhile
+    (k = 1,000: 3-5 s of Parquet encoding, which would otherwise stall that worker's share).
+    """
+    from distributed import secede
+
+    with contextlib.suppress(ValueError):  # not on a distributed worker (a local scheduler)
+        secede()
+    write_masks(spec.masks, spec.names, folder)
+    return {v: MaskFacts(m.pairs, m.fallback, int(m.dims.shape[1])) for v, m in spec.masks.items()}
 
 
 def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
@@ -403,12 +452,14 @@ def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
     return tally
 
 
-def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Location, *, progress: bool) -> Tally:
-    """Pass 2: every partition labelled; each task writes its own part of ``labels/``."""
+def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Location, *, progress: bool,
+               spec_f: Any = None) -> Tally:
+    """Pass 2: every partition labelled; each task writes its own part of ``labels/``.
+    ``spec_f``: the pass's :func:`shared` spec, when the caller made it (default: from ``spec``)."""
     from dask import delayed
 
     labels_dir.mkdir()
-    spec_f = shared(spec)
+    spec_f = shared(spec) if spec_f is None else spec_f
     tasks = [delayed(_label_and_write, pure=True)(p, spec_f, labels_dir / f"part.{i:05d}.parquet")
              for i, p in enumerate(parts)]
     tally: Tally = _compute(c, tree_reduce(tasks, merge), "tourney and outputs", progress)
@@ -549,6 +600,8 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
+        from dask import delayed
+
         spec, parts = decoded_items(c, s, prep, parts, passes=_passes(s, True), progress=progress, echo=echo,
                                     timings=timings)
         t = time.perf_counter()
@@ -557,27 +610,41 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, client=c)
+        # a large taxonomy's masks stay on the workers that fitted them: the passes join them there
+        masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, client=c, keep_remote=True)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
-                                                 progress=progress)
+                                                 progress=progress, keep_remote=True)
         if thresholds:
             timings["refine"] = time.perf_counter() - t
         t = time.perf_counter()
-        model = FittedModel(prep.classes.names, prep.spec.classes, stats.moments, masks,
-                            _params(s, masks, stats.rows, spec, spec0.keep_margin, thresholds), spec.rotation)
-        # the client only waits while pass 2 runs on the workers: write the model meanwhile (k = 1,000:
-        # 3 s of Parquet off the critical path); leaving the block waits for it, even on an error
+        spec_f = shared(replace(spec, masks=masks))
+        remote = any(isinstance(m, RemoteMasks) for m in masks.values())
+        facts_f = None
+        if remote:  # a worker holding the joined masks writes them: they never come to the client
+            (staging / "model").mkdir()
+            facts_f = c.compute(delayed(_write_masks, pure=False)(spec_f, staging / "model"))
+        facts: dict[str, PairMasks | MaskFacts] = {}
+
+        def write_model() -> None:
+            facts.update(facts_f.result() if facts_f is not None else masks)
+            model = FittedModel(prep.classes.names, prep.spec.classes, stats.moments, {} if remote else masks,
+                                _params(s, facts, stats.rows, spec, spec0.keep_margin, thresholds), spec.rotation)
+            save(model, staging / "model", masks_written=remote)
+
+        # the client only waits while pass 2 runs on the workers: it writes the model meanwhile
+        # (k = 1,000: 3 s of Parquet off the critical path); leaving the block waits for it, even
+        # on an error
         with ThreadPoolExecutor(1, thread_name_prefix="pairwise-dask-model") as pool:
-            saved = pool.submit(save, model, staging / "model")
-            tally = label_pass(c, s, replace(spec, masks=masks), parts, staging / "labels", progress=progress)
+            saved = pool.submit(write_model)
+            tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress, spec_f=spec_f)
             timings["tourney"] = time.perf_counter() - t
             t = time.perf_counter()
             write_disagreements(tally, staging / "disagreements")
             saved.result()
         timings["write"] = time.perf_counter() - t
-        return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, masks)
+        return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, facts)
                 | ({"refine_thresholds": thresholds} if thresholds else {}))
 
     return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
@@ -627,12 +694,13 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         pairs = stats.pairs
         if old is not None and spec.top_t_active:  # pairs that could play in either batch
             pairs = {v: np.union1d(pairs[v], pair_ids(old.masks[v].pairs, spec.k)) for v in pairs}
-        masks = fit_pair_masks(s, spec, moments, pairs, client=c)
+        masks = fit_pair_masks(s, spec, moments, pairs, client=c, keep_remote=True)
         thresholds: list = []
         if s.refine and s.fit_on != "annotation":
             stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
-                                                 progress=progress)
+                                                     progress=progress, keep_remote=True)
             moments = stats.moments
+        masks = gather_masks(c, masks)  # the model's: on the client
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
                          _params(s, masks, items, spec, spec0.keep_margin, thresholds), spec.rotation),
@@ -695,10 +763,11 @@ def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarr
     return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
 
 
-def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, base_keep_margin: float = 0.0,
-            thresholds: list | tuple = ()) -> dict:
+def _params(s: Settings, masks: dict[str, PairMasks] | dict[str, PairMasks | MaskFacts], items: int, spec: Spec,
+            base_keep_margin: float = 0.0, thresholds: list | tuple = ()) -> dict:
+    width = {v: m.width if isinstance(m, MaskFacts) else int(m.dims.shape[1]) for v, m in masks.items()}
     return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
-            "dims": s.dims, "m": {v: int(m.dims.shape[1]) for v, m in masks.items()}, "min_items": s.min_items,
+            "dims": s.dims, "m": width, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "fuse": s.fuse, "mix": s.mix,
@@ -709,7 +778,7 @@ def _params(s: Settings, masks: dict[str, PairMasks], items: int, spec: Spec, ba
             "refine_thresholds": list(thresholds)}
 
 
-def _mask_summary(names: tuple[str, ...], m: PairMasks) -> dict:
+def _mask_summary(names: tuple[str, ...], m: PairMasks | MaskFacts) -> dict:
     return {"pairs": int(len(m.pairs)),
             "fallback_pairs": [f"{names[a]} / {names[b]}" for a, b in m.pairs[m.fallback]]}
 
@@ -718,7 +787,8 @@ def _counts(names: tuple[str, ...], arr: np.ndarray) -> dict[str, int]:
     return {n: int(c) for n, c in zip(names, arr)}
 
 
-def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally, masks: dict[str, PairMasks]) -> dict:
+def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally,
+                   masks: dict[str, PairMasks] | dict[str, PairMasks | MaskFacts]) -> dict:
     per_view = {}
     for v in s.view_names:
         pv: dict[str, Any] = {"base_counts": _counts(names, tally.base_counts[v]),

@@ -60,11 +60,24 @@ def masks_table(masks: dict[str, PairMasks], names: tuple[str, ...]) -> pa.Table
     return pa.concat_tables(parts)
 
 
-def save(model: FittedModel, folder: "str | Path | Location", storage_options: dict | None = None) -> None:
-    """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``."""
+def write_masks(masks: dict[str, PairMasks], names: tuple[str, ...], folder: Location) -> None:
+    """The masks' part of a model folder: ``masks.parquet``, and ``anchors.parquet`` when the pair
+    weights were built from class vectors other than the prompts (mix > 0)."""
+    write_table(masks_table(masks, names), folder / "masks.parquet")
+    anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in masks.items() if m.anchors is not None}
+    if anchors:
+        write_table(pa.table({"name": pa.array(names, pa.string()), **anchors}), folder / "anchors.parquet")
+
+
+def save(model: FittedModel, folder: "str | Path | Location", storage_options: dict | None = None, *,
+         masks_written: bool = False) -> None:
+    """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``.
+    ``masks_written``: :func:`write_masks` already ran for this folder (on the worker holding the
+    masks), so ``model.masks`` is not used."""
     folder = Location.of(folder, storage_options)
     folder.mkdir()
-    write_table(masks_table(model.masks, model.names), folder / "masks.parquet")
+    if not masks_written:
+        write_masks(model.masks, model.names, folder)
     rows = []
     for v, m in model.moments.items():
         g = len(m.n)
@@ -76,10 +89,6 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
     for v, c in model.classes.items():
         cls[v] = _fsl(c, pa.float32())
     write_table(pa.table(cls), folder / "classes.parquet")
-    # the class vectors the pair weights were built from, when not the prompts (mix > 0)
-    anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in model.masks.items() if m.anchors is not None}
-    if anchors:
-        write_table(pa.table({"name": pa.array(model.names, pa.string()), **anchors}), folder / "anchors.parquet")
     if model.rotation:  # one row per basis vector (column of R) and view
         write_table(pa.concat_tables([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
                                                 "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),

@@ -8,7 +8,7 @@ bracket, margins, the final label, and the partition's rows of the disagreement 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any, Callable
 
@@ -19,11 +19,30 @@ import pyarrow.compute as pc
 from .arrays import embedding_matrix, hash_ids, inverse_norms, to_arrow
 from .base import base_labels, chunked_matmul
 from .errors import BadInputError
-from .masks import PairMasks
+from .masks import PairMasks, concat_masks
 from .metrics import confusion
 from .moments import Moments, class_moments, filtered_moments, score_histograms
 from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
                       pair_margins, play_bracket, play_bracket_gather, play_pairs, top_classes)
+
+
+@dataclass(frozen=True)
+class RemoteMasks:
+    """A view's masks left on the workers that fitted them: its pairs' chunks, in order, as
+    references the scheduler resolves (Dask futures). Only the client's copy of a spec holds one:
+    :func:`~pairwise_dask.job.shared` joins the chunks into the spec on a worker
+    (:func:`join_masks`), so a large taxonomy's masks (722 MB at k = 1,000) reach the passes
+    worker to worker and never wait on a round trip through the client."""
+
+    chunks: list[Any]
+    decision: str
+
+
+def join_masks(stub: "Spec", order: tuple[str, ...], chunks: dict[str, list[PairMasks]]) -> "Spec":
+    """``stub`` with each view's mask chunks joined (pure; runs on a worker). ``order``: the
+    views of ``stub.masks`` as the client held them."""
+    masks = {v: stub.masks[v] if v in stub.masks else concat_masks(chunks[v]) for v in order}
+    return replace(stub, masks=masks)
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,8 @@ class Spec:
     seed: int = 0
     mode: str = "bracket"
     top_t: int = 16
-    masks: dict[str, PairMasks] = field(default_factory=dict)  # filled for pass 2
+    # filled for pass 2; on the client a view's may still be on the workers (RemoteMasks)
+    masks: dict[str, "PairMasks | RemoteMasks"] = field(default_factory=dict)
     check_ids: bool = False  # pass 2 carries id hashes when no pass 1 checked them (apply)
     thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
     # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above

@@ -172,6 +172,56 @@ def test_only_worker_dies_and_a_replacement_joins(big: Catalog, dask_procs: Dask
     _kill_during_tourney(big, dask_procs, tmp_path, addr, after_kill=dask_procs.start_worker)
 
 
+@pytest.mark.cluster
+def test_worker_killed_while_it_holds_the_masks(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many pairs (top-t): the masks are fitted in chunks on the workers and stay there
+    (``RemoteMasks``); a worker SIGKILLed in pass 2 takes its chunks and the joined spec with it,
+    and the scheduler recomputes them from their lineage: the same labels and model."""
+    import threading
+
+    from pairwise_dask import job
+    from pairwise_dask.config import load_settings
+
+    addr = dask_procs.start_scheduler()
+    dask_procs.start_worker()
+    dask_procs.start_worker()
+    dask_procs.wait_for_workers(2)
+    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # 24 classes' pairs: chunks on the workers
+    monkeypatch.setattr(job, "use_gather", lambda *a, **k: True)
+    calls: list[dict] = []
+    on_workers = job._fit_on_workers
+    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
+
+    def settings(out: Path):
+        return load_settings(str(_job(big, out, scheduler=addr)), {"mode": "top-t", "top_t": 5, "refine": 0,
+                                                                   "fit_on": "view", "rotate": "none"})
+
+    clean, out = tmp_path / "clean", tmp_path / "faulty"
+    job.run(settings(clean))
+    failure: list[BaseException] = []
+
+    def faulty() -> None:
+        try:
+            job.run(settings(out))
+        except BaseException as e:  # noqa: BLE001 - reported by the test thread
+            failure.append(e)
+
+    t = threading.Thread(target=faulty)
+    t.start()
+    try:
+        _wait_for(lambda: _staged_parts(out) >= 3 or not t.is_alive(), "pass 2 to start")
+        at_kill = _staged_parts(out)
+        kill_tree(dask_procs.workers[0])  # SIGKILL, mid-tourney: half the mask chunks are gone
+        assert not (out / "summary.json").exists() and at_kill < PARTS, "the job ended before the kill"
+    finally:
+        t.join(TIMEOUT)
+    assert not failure, failure
+    assert len(calls) == 2 and all(k["keep_remote"] for k in calls)
+    assert _labels(out) == _labels(clean)
+    assert tree_bytes(out, "labels", "model") == tree_bytes(clean, "labels", "model")
+
+
 # --- atomic commit: a job killed at any moment leaves the previous complete result or none ---
 
 class _Killed(BaseException):

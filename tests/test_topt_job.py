@@ -45,9 +45,10 @@ def test_masks_fitted_on_the_workers_equal_the_client_fit(tmp_path, client, monk
     monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: in chunks
     calls: list[int] = []
     fit_on_workers = job._fit_on_workers
-    monkeypatch.setattr(job, "_fit_on_workers", lambda *a: calls.append(1) or fit_on_workers(*a))
+    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or fit_on_workers(*a, **k))
     chunked, _ = _labels(tmp_path, "workers", client, True, monkeypatch)
     assert calls  # the chunked path ran (once per round, for every view at once)
+    assert all(k.get("keep_remote") for k in calls)  # and run left the chunks on the workers
     assert chunked.equals(one)
     for f in ("masks.parquet", "moments.parquet"):
         assert (tmp_path / "workers" / "model" / f).read_bytes() == (tmp_path / "client" / "model" / f).read_bytes()

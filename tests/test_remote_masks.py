@@ -1,0 +1,72 @@
+"""Masks fitted on the workers stay there (RemoteMasks): the passes join them on a worker, the
+model fetches them; on real worker processes, with the same bits as masks fitted on the client."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pairwise_dask import job
+from pairwise_dask.config import load_settings
+from pairwise_dask.masks import concat_masks, fit_masks
+from pairwise_dask.moments import class_moments
+from pairwise_dask.passes import RemoteMasks, Spec
+
+DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
+MODEL_FILES = ("masks.parquet", "moments.parquet", "classes.parquet")
+
+
+def test_shared_spec_joins_remote_chunks_on_a_worker(client):
+    rng = np.random.default_rng(0)
+    k, d, n = 6, 10, 400
+    c = rng.normal(size=(k, d)).astype(np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    mom = class_moments(x, (x @ c.T).argmax(1), np.ones(n, bool), k)
+    whole = fit_masks(mom, c, m=4, min_items=1, per_pair=False, dense=False)
+    chunks = [fit_masks(mom, c, m=4, min_items=1, per_pair=False, dense=False, pairs=p)
+              for p in np.array_split(whole.pairs, 3)]
+    futures = client.scatter(chunks)
+    spec = Spec("id", "", (("a", "a"), ("b", "b")), tuple("abcdef"), {"a": c, "b": c}, -1.0, 0.0, False,
+                masks={"a": RemoteMasks(futures, "cosine"), "b": whole})
+    joined = client.compute(job.shared(spec)).result()
+    assert list(joined.masks) == ["a", "b"]  # the views' order as the client had it
+    for name in ("pairs", "dims", "values", "n_a", "n_b", "fallback"):
+        assert np.array_equal(getattr(joined.masks["a"], name), getattr(whole, name))
+    assert joined.masks["b"] is not whole and np.array_equal(joined.masks["b"].dims, whole.dims)
+    got = job.gather_masks(client, spec.masks)
+    assert np.array_equal(got["a"].values, concat_masks(chunks).values) and got["b"] is whole
+
+
+def _run(tmp: Path, name: str, client, command=job.run, **kw) -> Path:
+    s = load_settings(str(DEMO), {"out": str(tmp / name), "mode": "top-t", "top_t": 3, **kw})
+    command(s, client=client)
+    return tmp / name
+
+
+@pytest.mark.parametrize("opts, fits", [
+    ({}, 3),  # the defaults: two refine rounds, discriminant masks
+    ({"refine": 0, "decision": "cosine", "mix": 1.0, "fit_on": "view", "rotate": "none"}, 1),  # anchors.parquet
+])
+def test_remote_masks_give_the_client_fits_labels_and_model(tmp_path, client, monkeypatch, opts, fits):
+    """Run and fit, masks chunked on two worker processes and kept there (the model's masks files
+    written by the worker that joins them), equal the same jobs with every mask fitted on the
+    client, bit for bit."""
+    here = _run(tmp_path, "here", client, **opts)
+    fit_here = _run(tmp_path, "fit-here", client, job.fit, **opts)
+    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: chunks on the workers
+    monkeypatch.setattr(job, "use_gather", lambda *a, **k: True)  # sparse masks: the chunked path
+    calls: list[dict] = []
+    on_workers = job._fit_on_workers
+    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
+    remote = _run(tmp_path, "remote", client, **opts)
+    fit_remote = _run(tmp_path, "fit-remote", client, job.fit, **opts)
+    assert len(calls) == 2 * fits and all(k["keep_remote"] for k in calls)
+    assert pq.read_table(remote / "labels").sort_by("id").equals(pq.read_table(here / "labels").sort_by("id"))
+    assert (pq.read_table(remote / "disagreements").equals(pq.read_table(here / "disagreements")))
+    files = MODEL_FILES + (("anchors.parquet",) if opts.get("mix") else ())
+    assert (here / "model" / "anchors.parquet").exists() == bool(opts.get("mix"))
+    for f in files:
+        assert (remote / "model" / f).read_bytes() == (here / "model" / f).read_bytes()
+        assert (fit_remote / "model" / f).read_bytes() == (fit_here / "model" / f).read_bytes()
