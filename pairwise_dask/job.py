@@ -355,15 +355,22 @@ def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int, *,
         mom_f, cls_f = delayed(moments, pure=True, traverse=False), delayed(classes, pure=True, traverse=False)
         tasks += [delayed(fit_masks, pure=True)(mom_f, cls_f, pairs=ch, **kw) for ch in chunks]
         counts[v] = len(chunks)
-    parts = c.compute(tasks, sync=not keep_remote)
+    if keep_remote:
+        # each view's chunks joined on a worker: the client holds one future per view, so the
+        # chunks themselves are freed once joined (the joined masks keep their lineage)
+        joined, i = {}, 0
+        for v, n in counts.items():
+            joined[v] = delayed(concat_masks, pure=True)(tasks[i:i + n])
+            i += n
+        futures = c.compute(list(joined.values()))
+        _await(c, futures, "pair masks", False)  # the fit's own time: wait here, not in the next pass
+        return {v: RemoteMasks([f], fits[v][3]["decision"]) for v, f in zip(joined, futures)}
+    parts = c.compute(tasks, sync=True)
     out: dict[str, PairMasks | RemoteMasks] = {}
     i = 0
     for v, n in counts.items():
-        kw = fits[v][3]
-        out[v] = (RemoteMasks(parts[i:i + n], kw["decision"]) if keep_remote else concat_masks(parts[i:i + n]))
+        out[v] = concat_masks(parts[i:i + n])
         i += n
-    if keep_remote:  # the fit's own time: wait here, not in the next pass
-        _await(c, [f for m in out.values() for f in m.chunks], "pair masks", False)
     return out
 
 

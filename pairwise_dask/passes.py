@@ -41,7 +41,8 @@ class RemoteMasks:
 def join_masks(stub: "Spec", order: tuple[str, ...], chunks: dict[str, list[PairMasks]]) -> "Spec":
     """``stub`` with each view's mask chunks joined (pure; runs on a worker). ``order``: the
     views of ``stub.masks`` as the client held them."""
-    masks = {v: stub.masks[v] if v in stub.masks else concat_masks(chunks[v]) for v in order}
+    masks = {v: stub.masks[v] if v in stub.masks else chunks[v][0] if len(chunks[v]) == 1 else concat_masks(chunks[v])
+             for v in order}
     return replace(stub, masks=masks)
 
 
