@@ -302,8 +302,8 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
                    keep_remote: bool = False) -> dict[str, PairMasks | RemoteMasks]:
     """Masks and weights of every view from merged moments (on the client; more than
     :data:`PARALLEL_PAIRS` pairs in chunks on the workers of ``client``, when given). With
-    ``keep_remote`` those views' chunks stay on the workers (:class:`RemoteMasks`, for the passes
-    that follow; :func:`gather_masks` fetches them for the model).
+    ``keep_remote`` those views' masks stay on the workers (:class:`RemoteMasks`, for the passes
+    that follow and for :func:`_write_masks`, which writes them into the model there).
 
     With the top-t bracket only the pairs some item can play (``pair_ids``, from pass 1) are fitted;
     with many of them the weights stay sparse ``(P, m)`` and the tourney gathers per match instead
@@ -372,13 +372,6 @@ def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int, *,
         out[v] = concat_masks(parts[i:i + n])
         i += n
     return out
-
-
-def gather_masks(c: Any, masks: dict[str, PairMasks | RemoteMasks]) -> dict[str, PairMasks]:
-    """Every view's masks on the client: the chunks of :class:`RemoteMasks` fetched and joined."""
-    remote = {v: m.chunks for v, m in masks.items() if isinstance(m, RemoteMasks)}
-    got = c.gather(remote) if remote else {}
-    return {v: concat_masks(got[v]) if v in got else m for v, m in masks.items()}
 
 
 def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool, label: str) -> float:
@@ -684,6 +677,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
+        from dask import delayed
+
         # an update keeps the model's filter thresholds: moments only add up under the same sets
         # an update keeps the model's basis too: moments only add up in the same coordinates
         spec_r, parts = decoded_items(c, s, prep, parts, passes=_passes(s, False), progress=progress, echo=echo,
@@ -707,14 +702,19 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
                                                      progress=progress, keep_remote=True)
             moments = stats.moments
-        masks = gather_masks(c, masks)  # the model's: on the client
+        remote = any(isinstance(m, RemoteMasks) for m in masks.values())
+        facts: dict[str, PairMasks | MaskFacts] = dict(masks) if not remote else {}
+        if remote:  # written by a worker that joins them, as in run: they never come to the client
+            (staging / "model").mkdir()
+            facts = c.compute(delayed(_write_masks, pure=False)(shared(replace(spec, masks=masks)),
+                                                                staging / "model")).result()
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks,
-                         _params(s, masks, items, spec, spec0.keep_margin, thresholds), spec.rotation),
-             staging / "model")
+        save(FittedModel(prep.classes.names, prep.spec.classes, moments, {} if remote else masks,
+                         _params(s, facts, items, spec, spec0.keep_margin, thresholds), spec.rotation),
+             staging / "model", masks_written=remote)
         return {"command": "update" if old is not None else "fit", "model_items": items,
-                "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in masks.items()},
-                "fallback_pairs": int(sum(int(m.fallback.sum()) for m in masks.values()))}
+                "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in facts.items()},
+                "fallback_pairs": int(sum(int(m.fallback.sum()) for m in facts.values()))}
 
     return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
 
