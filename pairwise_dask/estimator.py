@@ -57,8 +57,7 @@ class PairwiseLabeler:
                  id: str = "id", label: str = "", dims: float | None = _D.dims, seed: int = 0,
                  cos_min: float = -1.0, diff_min: float = 0.0, min_items: int = 5, mode: str = _D.mode,
                  top_t: int = 16, final: str = _D.final, fuse: str = _D.fuse, mix: float = _D.mix,
-                 refine: int = _D.refine,
-                 keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
+                 refine: int = _D.refine, keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
                  prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
                  rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample,
                  worker_malloc: str = _D.worker_malloc) -> None:

@@ -288,7 +288,7 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
     if decision == "discriminant":
         anchors = None
         values, bias, separation = discriminant_values(moments, classes, pairs, dims, per_pair=per_pair,
-                                           min_items=min_items, prior=prior)
+                                                       min_items=min_items, prior=prior)
     else:
         anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
         values = pair_values(anchors, pairs, dims)

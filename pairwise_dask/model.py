@@ -149,9 +149,9 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
         if decision == "discriminant":  # rebuilt from the saved moments: the same function, the same bits
             k = len(names)
             values, bias, separation = discriminant_values(moments[v], prompts, pairs, dims,
-                                               per_pair=len(moments[v].n) == k * k and k > 1,
-                                               min_items=int(params.get("min_items", 1)),
-                                               prior=float(params.get("prior", 0.0)))
+                                                           per_pair=len(moments[v].n) == k * k and k > 1,
+                                                           min_items=int(params.get("min_items", 1)),
+                                                           prior=float(params.get("prior", 0.0)))
         else:
             values = pair_values(base, pairs, dims)
         weights = None

@@ -64,3 +64,19 @@ def test_estimator_fit_with_samples_matches_the_job(client, tmp_path):
     assert lab.masks_table().equals(pq.read_table(tmp_path / "out" / "model" / "masks.parquet"))
     ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
     assert lab.predict(items).compute()["final_label"].astype(str).tolist() == ref["final_label"].astype(str).tolist()
+
+
+def test_estimator_fuse_llr_matches_the_job_and_bad_fuse_is_refused(client, tmp_path):
+    import pytest
+
+    cat = make_catalog(tmp_path / "data", n=500)
+    opts = {"refine": 0, "fit_on": "view", "rotate": "none", "decision": "discriminant", "fuse": "llr"}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    got = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), **opts).fit(items).predict(items).compute()
+    assert got["final_label"].astype(str).tolist() == ref["final_label"].astype(str).tolist()
+    # a saved model keeps its fusion
+    assert PairwiseLabeler.load(tmp_path / "out" / "model", views=dict(cat["views"])).fuse == "llr"
+    with pytest.raises(ValueError, match="fuse"):
+        PairwiseLabeler(cat["classes"], views=dict(cat["views"]), fuse="max")
