@@ -59,12 +59,17 @@ def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray,
         raise ValueError("a match between two classes whose pair has no mask (not collected in pass 1)")
     vals = masks.sparse_values()
     dims = masks.dims
+    x = np.ascontiguousarray(x)
+    d = x.shape[1]
     out = np.empty(pair.shape, dtype=np.float32)
+    offsets = np.arange(min(len(pair), CHUNK_ROWS), dtype=np.int64).reshape((-1,) + (1,) * pair.ndim) * d
     for s in range(0, len(pair), CHUNK_ROWS):
         p = pair[s:s + CHUNK_ROWS]
-        xs = x[s:s + CHUNK_ROWS]
-        sub = xs[np.arange(len(p))[:, None, None], dims[p]]  # (rows, h, m)
-        out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64), vals[p].astype(np.float64))
+        # flat indices into the row-major block and np.take: twice as fast as indexing x with
+        # (row, dims) index arrays; the same entries, summed in float64 as before (same bits)
+        sub = np.take(x[s:s + CHUNK_ROWS].reshape(-1), offsets[:len(p)] + np.take(dims, p, axis=0))
+        out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64),
+                                          np.take(vals, p, axis=0).astype(np.float64))
     if _affine(masks) and out.size:
         if scale is not None:
             out *= scale.reshape((-1,) + (1,) * (out.ndim - 1))
