@@ -92,6 +92,9 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("1m-packed-defaults", 1_000_000, packed=True, numpy_floor=False, defaults=True, catalog="1m-packed"),
     Case("k13-200k", 200_000, row_group=32768, packed=True),
     Case("k1000", 200_000, classes=1000, group_size=25, mode="top-t", top_t=16, row_group=32768, packed=True),
+    # the same catalog with the default method (rotation, fused keep, two refine rounds), top-t
+    Case("k1000-defaults", 200_000, classes=1000, group_size=25, row_group=32768, packed=True, workers=(2,),
+         numpy_floor=False, defaults=True, catalog="k1000", options=(("mode", "top-t"), ("top_t", 16))),
     # larger than memory (1.5× this machine's 23.6 GiB): one view, 2 workers only, a memory limit;
     # no in-RAM NumPy floor is possible, so the job is compared with streaming the column once
     Case("12.5m", 12_500_000, views=1, row_group=65536, workers=(2,), memory_limit="4GiB",
