@@ -38,8 +38,9 @@ from .report import write_report
 from .storage import Location
 from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
 from .passes import (Histograms, RemoteMasks, Spec, Statistics, Tally, gram_partition, histogram_partition,
-                     ids_with_hash, join_masks, label_partition, margin_bins, margin_histogram_partition,
-                     margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition)
+                     ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
+                     margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
+                     with_masks)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -163,13 +164,11 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
     return Prepared(info, classes, spec)
 
 
-def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | None) -> None:
+def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: SpecRef, h: int | None) -> None:
     """Name the duplicated id behind a repeated hash (a true 64-bit collision is let through)."""
-    from dask import delayed
-
     if h is None:
         return
-    found = c.compute([delayed(ids_with_hash)(p, spec_f, h) for p in parts])
+    found = c.compute([on_spec(ids_with_hash, p, spec_f, h, pure=False) for p in parts])
     ids = [i for f in found for i in f.result()]
     if len(set(ids)) < len(ids):
         raise BadInputError("appears more than once", file=s.items, column=s.id,
@@ -177,27 +176,44 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: Any, h: int | No
                             hint="Ids must be unique; drop or rename the duplicates")
 
 
-def shared(spec: Spec) -> Any:
+class SpecRef(NamedTuple):
+    """A pass's shared spec, as :func:`on_spec` hands it to the pass's tasks."""
+
+    stub: Any                  # the spec, without the masks left on the workers, as one graph task
+    order: tuple[str, ...]     # the views of the spec's masks
+    masks: dict[str, Any]      # view -> future of its masks on the workers (RemoteMasks); often empty
+
+
+def shared(spec: Spec) -> SpecRef:
     """The pass's small shared state as a single task of its graph, which every partition uses.
 
     Not ``client.scatter``: a scattered value lives only on workers, and when the workers holding
     it die (the cluster's only worker, say) the scheduler cannot recreate it and the whole pass is
     cancelled. A graph task is sent once, stays with the scheduler and is recomputed on whichever
     worker needs it, so the job survives losing every worker as long as a new one joins.
-    Its key is a fresh name, not a token: tokenising hashes every array of the spec (0.8 s for the
-    722 MB of masks of k = 1,000 classes), and each pass sends its own spec once either way.
-    Masks left on the workers (:class:`RemoteMasks`) are joined into it by a task on a worker.
+    Its key is a fresh name, not a token: tokenising hashes every array of the spec, and each pass
+    sends its own spec once either way. Masks left on the workers (:class:`RemoteMasks`) stay out
+    of it: :func:`on_spec` passes their futures beside it (recomputed from their lineage if lost).
     """
     from dask import delayed
 
-    name = f"Spec-{uuid.uuid4().hex}"
-    remote = {v: m.chunks for v, m in spec.masks.items() if isinstance(m, RemoteMasks)}
-    if not remote:
-        return delayed(spec, name=name, traverse=False)
-    # masks still on the workers: joined there, into the spec every task of the pass uses
-    stub = replace(spec, masks={v: m for v, m in spec.masks.items() if v not in remote})
-    return delayed(join_masks, pure=False)(delayed(stub, traverse=False), tuple(spec.masks), remote,
-                                          dask_key_name=name)
+    remote = {v: m.joined for v, m in spec.masks.items() if isinstance(m, RemoteMasks)}
+    stub = replace(spec, masks={v: m for v, m in spec.masks.items() if v not in remote}) if remote else spec
+    return SpecRef(delayed(stub, name=f"Spec-{uuid.uuid4().hex}", traverse=False), tuple(spec.masks), remote)
+
+
+def on_spec(fn: Callable[..., Any], first: Any, ref: SpecRef, *args: Any, pure: bool = True,
+            dask_key_name: str | None = None) -> Any:
+    """``delayed(fn)(first, spec, *args)`` for the spec ``ref`` stands for. Masks left on the
+    workers go beside the spec and the task itself puts them back in (:func:`with_masks`): a worker
+    fetches each view's masks once for all of the pass's tasks it runs, and no spec holding them
+    is ever built in one place and copied to the others."""
+    from dask import delayed
+
+    kw = {} if dask_key_name is None else {"dask_key_name": dask_key_name}
+    if not ref.masks:
+        return delayed(fn, pure=pure)(first, ref.stub, *args, **kw)
+    return delayed(with_masks, pure=pure)(fn, first, ref.stub, ref.order, ref.masks, *args, **kw)
 
 
 def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
@@ -205,12 +221,10 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
 
     The effective threshold of a class is the larger of the absolute one and its quantile's.
     """
-    from dask import delayed
-
     if not (s.cos_quantile > 0 or s.diff_quantile > 0):
         return spec
     spec_f = shared(spec)
-    root = tree_reduce([delayed(histogram_partition, pure=True)(p, spec_f) for p in parts], merge)
+    root = tree_reduce([on_spec(histogram_partition, p, spec_f) for p in parts], merge)
     hist: Histograms = _compute(c, root, "quantile filters", progress)
     thresholds = {}
     for v, h in hist.counts.items():
@@ -235,11 +249,9 @@ def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, pr
     sample by id hash, when the catalog is larger), then every view's principal axes."""
     if s.rotate != "pca":
         return spec
-    from dask import delayed
-
     spec_f = shared(spec)
     below = sample_below(rows, s.rotate_sample)
-    gram = _compute(c, tree_reduce([delayed(gram_partition, pure=True)(p, spec_f, below) for p in parts], merge),
+    gram = _compute(c, tree_reduce([on_spec(gram_partition, p, spec_f, below) for p in parts], merge),
                     "rotation: Grams", progress)
     return with_rotation(spec, {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), s.rotate_dims)
                                 for v in gram.n})
@@ -272,11 +284,10 @@ def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: i
 def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
     """Cached raw blocks turned into ``spec``'s basis; each raw block is released as soon as its
     rotated one exists (the caller's list is emptied), so memory holds about one copy."""
-    from dask import delayed
     from dask.base import tokenize
 
     spec_f = shared(spec)
-    rotated = c.persist([delayed(rotate_block, pure=True)(b, spec_f, dask_key_name=f"rotate-{tokenize(b.key, spec)}")
+    rotated = c.persist([on_spec(rotate_block, b, spec_f, dask_key_name=f"rotate-{tokenize(b.key, spec)}")
                          for b in blocks])
     blocks.clear()  # the only references to the raw futures: the scheduler frees each once used
     _await(c, rotated, "rotation: the kept blocks turned", progress)
@@ -287,10 +298,8 @@ def _rotate_blocks(c: Any, spec: Spec, blocks: list, *, progress: bool) -> list:
 def statistics_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool,
                     label: str = "statistics") -> Statistics:
     """Pass 1: per-partition moments merged by a tree reduction; duplicate ids named."""
-    from dask import delayed
-
     spec_f = shared(spec)
-    root = tree_reduce([delayed(statistics_partition, pure=True)(p, spec_f) for p in parts], merge)
+    root = tree_reduce([on_spec(statistics_partition, p, spec_f) for p in parts], merge)
     stats: Statistics = _compute(c, root, label, progress)
     _check_duplicates(c, s, parts, spec_f, stats.duplicate_hash)
     return stats
@@ -364,7 +373,7 @@ def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int, *,
             i += n
         futures = c.compute(list(joined.values()))
         _await(c, futures, "pair masks", False)  # the fit's own time: wait here, not in the next pass
-        return {v: RemoteMasks([f], fits[v][3]["decision"]) for v, f in zip(joined, futures)}
+        return {v: RemoteMasks(f, fits[v][3]["decision"]) for v, f in zip(joined, futures)}
     parts = c.compute(tasks, sync=True)
     out: dict[str, PairMasks | RemoteMasks] = {}
     i = 0
@@ -379,11 +388,9 @@ def keep_threshold(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, p
     counts (final margins with ``spec.masks``; fused base margins without), over the items of the
     keep sample (``keep_sample``: a fixed sample by id hash past that many items; only they are
     rotated and played, so a streamed catalog's threshold pass costs little more than its read)."""
-    from dask import delayed
-
     spec_f = shared(spec)
     below = sample_below(rows, s.keep_sample)
-    hist = _compute(c, tree_reduce([delayed(margin_histogram_partition, pure=True)(p, spec_f, below)
+    hist = _compute(c, tree_reduce([on_spec(margin_histogram_partition, p, spec_f, below)
                                     for p in parts], merge), label, progress)
     return margin_quantile(hist, 1.0 - s.keep, margin_bins(spec))
 
@@ -405,6 +412,8 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
                   keep_remote: bool = False) -> tuple[Statistics, dict[str, PairMasks | RemoteMasks], list]:
     """``s.refine`` rounds: label with the current masks, keep the ``keep`` most confident
     final labels, re-estimate the moments from them (one class set per label), refit the masks.
+    With a refine round, ``masks`` is emptied in place once the round holds its own copy of the
+    dict, so that the caller's reference does not keep masks left on the workers alive.
 
     Each round is two passes: a histogram of the final margins (its quantile is the keep
     threshold, exact under any partitioning), then the statistics of the kept items.
@@ -412,11 +421,15 @@ def refine_rounds(c: Any, s: Settings, spec: Spec, parts: list, stats: Statistic
     thresholds = []
     rounds = 0 if s.fit_on == "annotation" else s.refine  # refining would replace the annotation's sets
     for r in range(rounds):
-        spec_r = replace(spec, masks=masks, round=f"refine {r + 1}")
+        spec_r = replace(spec, masks=dict(masks), round=f"refine {r + 1}")
+        masks.clear()  # the caller's too: see below
         thr = keep_threshold(c, s, spec_r, parts, rows, progress=progress,
                              label=f"refine {r + 1}/{s.refine}: margins")
         stats = statistics_pass(c, s, replace(spec_r, keep_margin=thr), parts, progress=progress,
                                 label=f"refine {r + 1}/{s.refine}: statistics")
+        # this round's masks are done with: dropping the last reference frees them on the workers
+        # (RemoteMasks; 2.8 GB at k = 1,000 with dims = 0.5) before the next round's are fitted
+        del spec_r
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, per_pair=False, refined=True, client=c,
                                keep_remote=keep_remote)
         thresholds.append(thr)
@@ -432,7 +445,7 @@ class MaskFacts(NamedTuple):
     width: int
 
 
-def _write_masks(spec: Spec, folder: Location) -> dict[str, MaskFacts]:
+def _write_masks(folder: Location, spec: Spec) -> dict[str, MaskFacts]:
     """On the worker holding the pass's joined masks: the model's masks files, and their facts.
 
     The task secedes from the worker's thread pool first, so the worker keeps labelling meanwhile
@@ -453,14 +466,12 @@ def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
 
 
 def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Location, *, progress: bool,
-               spec_f: Any = None) -> Tally:
+               spec_f: SpecRef | None = None) -> Tally:
     """Pass 2: every partition labelled; each task writes its own part of ``labels/``.
     ``spec_f``: the pass's :func:`shared` spec, when the caller made it (default: from ``spec``)."""
-    from dask import delayed
-
     labels_dir.mkdir()
     spec_f = shared(spec) if spec_f is None else spec_f
-    tasks = [delayed(_label_and_write, pure=True)(p, spec_f, labels_dir / f"part.{i:05d}.parquet")
+    tasks = [on_spec(_label_and_write, p, spec_f, labels_dir / f"part.{i:05d}.parquet")
              for i, p in enumerate(parts)]
     tally: Tally = _compute(c, tree_reduce(tasks, merge), "tourney and outputs", progress)
     if spec.check_ids:
@@ -500,7 +511,6 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     by whichever worker needs them. Large catalogs (over :data:`CACHE_SHARE` of the workers' memory
     limits) stream, as before: memory stays bounded by a few partitions per worker.
     """
-    from dask import delayed
     from dask.base import tokenize
 
     if s.cache == "off" or passes < 2:
@@ -514,7 +524,7 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
         return parts
     t = time.perf_counter()
     spec_f = shared(spec)
-    blocks = c.persist([delayed(read_block, pure=True)(p, spec_f, dask_key_name=f"decode-{tokenize(p.key, spec)}")
+    blocks = c.persist([on_spec(read_block, p, spec_f, dask_key_name=f"decode-{tokenize(p.key, spec)}")
                         for p in parts])
     echo(f"Keeping the decoded items in worker memory ({need / 2**30:.1f} GiB): read once for {passes} passes")
     _await(c, blocks, "read and check", progress)  # so that "read" times the reading
@@ -600,8 +610,6 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        from dask import delayed
-
         spec, parts = decoded_items(c, s, prep, parts, passes=_passes(s, True), progress=progress, echo=echo,
                                     timings=timings)
         t = time.perf_counter()
@@ -624,7 +632,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         facts_f = None
         if remote:  # a worker holding the joined masks writes them: they never come to the client
             (staging / "model").mkdir()
-            facts_f = c.compute(delayed(_write_masks, pure=False)(spec_f, staging / "model"))
+            facts_f = c.compute(on_spec(_write_masks, staging / "model", spec_f, pure=False))
         facts: dict[str, PairMasks | MaskFacts] = {}
 
         def write_model() -> None:
@@ -677,8 +685,6 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        from dask import delayed
-
         # an update keeps the model's filter thresholds: moments only add up under the same sets
         # an update keeps the model's basis too: moments only add up in the same coordinates
         spec_r, parts = decoded_items(c, s, prep, parts, passes=_passes(s, False), progress=progress, echo=echo,
@@ -706,8 +712,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         facts: dict[str, PairMasks | MaskFacts] = dict(masks) if not remote else {}
         if remote:  # written by a worker that joins them, as in run: they never come to the client
             (staging / "model").mkdir()
-            facts = c.compute(delayed(_write_masks, pure=False)(shared(replace(spec, masks=masks)),
-                                                                staging / "model")).result()
+            facts = c.compute(on_spec(_write_masks, staging / "model", shared(replace(spec, masks=masks)),
+                                      pure=False)).result()
         timings["masks"] = time.perf_counter() - t
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, {} if remote else masks,
                          _params(s, facts, items, spec, spec0.keep_margin, thresholds), spec.rotation),

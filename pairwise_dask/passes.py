@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from .arrays import embedding_matrix, hash_ids, inverse_norms, to_arrow
 from .base import base_labels, chunked_matmul
 from .errors import BadInputError
-from .masks import PairMasks, concat_masks
+from .masks import PairMasks
 from .metrics import confusion
 from .moments import Moments, class_moments, filtered_moments, score_histograms
 from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
@@ -28,22 +28,22 @@ from .tourney import (class_scores, decide, fuse_margins, gather_decisions, mask
 
 @dataclass(frozen=True)
 class RemoteMasks:
-    """A view's masks left on the workers that fitted them: its pairs' chunks, in order, as
-    references the scheduler resolves (Dask futures). Only the client's copy of a spec holds one:
-    :func:`~pairwise_dask.job.shared` joins the chunks into the spec on a worker
-    (:func:`join_masks`), so a large taxonomy's masks (722 MB at k = 1,000) reach the passes
-    worker to worker and never wait on a round trip through the client."""
+    """A view's masks left on the worker that joined its fitted chunks, as a reference the
+    scheduler resolves (a Dask future). Only the client's copy of a spec holds one: each task of a
+    pass gets the masks as an argument of its own and puts them back into its spec on the worker
+    (:func:`with_masks`). So a large taxonomy's masks (722 MB at k = 1,000; 2.8 GB with
+    ``dims = 0.5``) never go through the client, and a worker holds at most one copy of each."""
 
-    chunks: list[Any]
+    joined: Any
     decision: str
 
 
-def join_masks(stub: "Spec", order: tuple[str, ...], chunks: dict[str, list[PairMasks]]) -> "Spec":
-    """``stub`` with each view's mask chunks joined (pure; runs on a worker). ``order``: the
-    views of ``stub.masks`` as the client held them."""
-    masks = {v: stub.masks[v] if v in stub.masks else chunks[v][0] if len(chunks[v]) == 1 else concat_masks(chunks[v])
-             for v in order}
-    return replace(stub, masks=masks)
+def with_masks(fn: Callable[..., Any], first: Any, stub: "Spec", order: tuple[str, ...],
+               masks: dict[str, PairMasks], *args: Any) -> Any:
+    """``fn(first, spec, *args)``, ``spec`` being ``stub`` with ``masks`` put back in, in the
+    views' ``order`` (pure; runs on a worker, by the task that needs the spec)."""
+    spec = replace(stub, masks={v: stub.masks[v] if v in stub.masks else masks[v] for v in order})
+    return fn(first, spec, *args)
 
 
 @dataclass(frozen=True)
@@ -478,7 +478,7 @@ def play_block(b: Block, spec: Spec) -> Played:
     (many classes, top-t) gather each match's decision instead and, like views fitted on
     different pair sets, cannot be fused: the final label is then the most confident view's.
     """
-    n, k = len(b.ids), spec.k
+    n = len(b.ids)
     views = list(b.views)
     first = spec.masks[views[0]]
     # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion

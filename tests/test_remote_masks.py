@@ -18,23 +18,29 @@ DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
 MODEL_FILES = ("masks.parquet", "moments.parquet", "classes.parquet")
 
 
-def test_shared_spec_joins_remote_chunks_on_a_worker(client):
+def _masks_seen(first, spec):
+    """What a task sees of its spec's masks (module level: tasks pickle it by reference)."""
+    return first, list(spec.masks), {v: (m.pairs, m.dims, m.values) for v, m in spec.masks.items()}
+
+
+def test_tasks_get_the_masks_left_on_the_workers(client):
     rng = np.random.default_rng(0)
     k, d, n = 6, 10, 400
     c = rng.normal(size=(k, d)).astype(np.float32)
     x = rng.normal(size=(n, d)).astype(np.float32)
     mom = class_moments(x, (x @ c.T).argmax(1), np.ones(n, bool), k)
     whole = fit_masks(mom, c, m=4, min_items=1, per_pair=False, dense=False)
-    chunks = [fit_masks(mom, c, m=4, min_items=1, per_pair=False, dense=False, pairs=p)
-              for p in np.array_split(whole.pairs, 3)]
-    futures = client.scatter(chunks)
+    [on_worker] = client.scatter([whole])
     spec = Spec("id", "", (("a", "a"), ("b", "b")), tuple("abcdef"), {"a": c, "b": c}, -1.0, 0.0, False,
-                masks={"a": RemoteMasks(futures, "cosine"), "b": whole})
-    joined = client.compute(job.shared(spec)).result()
-    assert list(joined.masks) == ["a", "b"]  # the views' order as the client had it
-    for name in ("pairs", "dims", "values", "n_a", "n_b", "fallback"):
-        assert np.array_equal(getattr(joined.masks["a"], name), getattr(whole, name))
-    assert joined.masks["b"] is not whole and np.array_equal(joined.masks["b"].dims, whole.dims)
+                masks={"a": RemoteMasks(on_worker, "cosine"), "b": whole})
+    ref = job.shared(spec)
+    # the spec task itself carries only the masks the client holds; the others go beside it
+    assert list(client.compute(ref.stub).result().masks) == ["b"] and ref.masks == {"a": on_worker}
+    first, order, seen = client.compute(job.on_spec(_masks_seen, 7, ref)).result()
+    assert first == 7 and order == ["a", "b"]  # the views' order as the client had it
+    for v in ("a", "b"):
+        for got, want in zip(seen[v], (whole.pairs, whole.dims, whole.values)):
+            assert np.array_equal(got, want)
 
 
 def _run(tmp: Path, name: str, client, command=job.run, **kw) -> Path:
