@@ -354,8 +354,9 @@ def _fit_on_workers(c: Any, fits: dict[str, tuple], workers: int, *,
     """:func:`fit_masks` over chunks of each view's pairs as tasks, every view's in one graph (no
     idle worker between views), each view's joined in order: a pair's mask and weights depend on
     that pair and the (whole) moments only, so this equals one call per view.
-    ``fits``: view -> (moments, classes, pairs, keyword arguments). ``keep_remote``: the chunks
-    stay on the workers as futures (recomputed from their lineage if a worker is lost)."""
+    ``fits``: view -> (moments, classes, pairs, keyword arguments). ``keep_remote``: each view's
+    chunks are joined on a worker and stay there, one future per view (recomputed from its lineage
+    if a worker is lost)."""
     from dask import delayed
 
     tasks, counts = [], {}
@@ -446,7 +447,8 @@ class MaskFacts(NamedTuple):
 
 
 def _write_masks(folder: Location, spec: Spec) -> dict[str, MaskFacts]:
-    """On the worker holding the pass's joined masks: the model's masks files, and their facts.
+    """On a worker, with the masks left there put back into ``spec``: the model's masks files, and
+    the facts the client needs of them.
 
     The task secedes from the worker's thread pool first, so the worker keeps labelling meanwhile
     (k = 1,000: 3-5 s of Parquet encoding, which would otherwise stall that worker's share).
@@ -457,6 +459,15 @@ def _write_masks(folder: Location, spec: Spec) -> dict[str, MaskFacts]:
         secede()
     write_masks(spec.masks, spec.names, folder)
     return {v: MaskFacts(m.pairs, m.fallback, int(m.dims.shape[1])) for v, m in spec.masks.items()}
+
+
+def _write_remote_masks(c: Any, spec_f: SpecRef, folder: Location) -> Any:
+    """With masks left on the workers: a future of :func:`_write_masks` into the model ``folder``
+    (so they never come to the client); ``None`` when the client holds every view's masks."""
+    if not spec_f.masks:
+        return None
+    folder.mkdir()
+    return c.compute(on_spec(_write_masks, folder, spec_f, pure=False))
 
 
 def _label_and_write(df: Any, spec: Spec, path: Location) -> Tally:
@@ -618,7 +629,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         stats = statistics_pass(c, s, spec0, parts, progress=progress)
         timings["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
-        # a large taxonomy's masks stay on the workers that fitted them: the passes join them there
+        # a large taxonomy's masks stay on the workers that fitted them (RemoteMasks)
         masks = fit_pair_masks(s, spec, stats.moments, stats.pairs, client=c, keep_remote=True)
         timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -628,18 +639,15 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             timings["refine"] = time.perf_counter() - t
         t = time.perf_counter()
         spec_f = shared(replace(spec, masks=masks))
-        remote = any(isinstance(m, RemoteMasks) for m in masks.values())
-        facts_f = None
-        if remote:  # a worker holding the joined masks writes them: they never come to the client
-            (staging / "model").mkdir()
-            facts_f = c.compute(on_spec(_write_masks, staging / "model", spec_f, pure=False))
+        facts_f = _write_remote_masks(c, spec_f, staging / "model")
         facts: dict[str, PairMasks | MaskFacts] = {}
 
         def write_model() -> None:
             facts.update(facts_f.result() if facts_f is not None else masks)
-            model = FittedModel(prep.classes.names, prep.spec.classes, stats.moments, {} if remote else masks,
+            model = FittedModel(prep.classes.names, prep.spec.classes, stats.moments,
+                                masks if facts_f is None else {},
                                 _params(s, facts, stats.rows, spec, spec0.keep_margin, thresholds), spec.rotation)
-            save(model, staging / "model", masks_written=remote)
+            save(model, staging / "model", masks_written=facts_f is not None)
 
         # the client only waits while pass 2 runs on the workers: it writes the model meanwhile
         # (k = 1,000: 3 s of Parquet off the critical path); leaving the block waits for it, even
@@ -708,16 +716,12 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
             stats, masks, thresholds = refine_rounds(c, s, spec, parts, stats, masks, prep.info.rows,
                                                      progress=progress, keep_remote=True)
             moments = stats.moments
-        remote = any(isinstance(m, RemoteMasks) for m in masks.values())
-        facts: dict[str, PairMasks | MaskFacts] = dict(masks) if not remote else {}
-        if remote:  # written by a worker that joins them, as in run: they never come to the client
-            (staging / "model").mkdir()
-            facts = c.compute(on_spec(_write_masks, staging / "model", shared(replace(spec, masks=masks)),
-                                      pure=False)).result()
+        facts_f = _write_remote_masks(c, shared(replace(spec, masks=masks)), staging / "model")
+        facts: dict[str, PairMasks | MaskFacts] = facts_f.result() if facts_f is not None else dict(masks)
         timings["masks"] = time.perf_counter() - t
-        save(FittedModel(prep.classes.names, prep.spec.classes, moments, {} if remote else masks,
+        save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks if facts_f is None else {},
                          _params(s, facts, items, spec, spec0.keep_margin, thresholds), spec.rotation),
-             staging / "model", masks_written=remote)
+             staging / "model", masks_written=facts_f is not None)
         return {"command": "update" if old is not None else "fit", "model_items": items,
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in facts.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in facts.values()))}
