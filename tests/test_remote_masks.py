@@ -2,6 +2,7 @@
 model fetches them; on real worker processes, with the same bits as masks fitted on the client."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,14 @@ def test_remote_masks_give_the_client_fits_labels_and_model(tmp_path, client, mo
     assert len(calls) == 2 * fits and all(k["keep_remote"] for k in calls)
     assert pq.read_table(remote / "labels").sort_by("id").equals(pq.read_table(here / "labels").sort_by("id"))
     assert (pq.read_table(remote / "disagreements").equals(pq.read_table(here / "disagreements")))
+    # the summary's mask facts came from the workers (MaskFacts) and the model's params too
+    for a, b in ((remote, here), (fit_remote, fit_here)):
+        sa, sb = (json.loads((x / "summary.json").read_text()) for x in (a, b))
+        assert sa["fallback_pairs"] == sb["fallback_pairs"]
+        for v in ("a", "b"):
+            assert {k: sa["per_view"][v][k] for k in ("pairs", "fallback_pairs")} == \
+                {k: sb["per_view"][v][k] for k in ("pairs", "fallback_pairs")}
+        assert (a / "model" / "params.json").read_text() == (b / "model" / "params.json").read_text()
     files = MODEL_FILES + (("anchors.parquet",) if opts.get("mix") else ())
     assert (here / "model" / "anchors.parquet").exists() == bool(opts.get("mix"))
     for f in files:
