@@ -65,9 +65,7 @@ def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray,
     offsets = np.arange(min(len(pair), CHUNK_ROWS), dtype=np.int64).reshape((-1,) + (1,) * pair.ndim) * d
     for s in range(0, len(pair), CHUNK_ROWS):
         p = pair[s:s + CHUNK_ROWS]
-        # flat indices into the row-major block and np.take: twice as fast as indexing x with
-        # (row, dims) index arrays; the same entries, summed in float64 as before (same bits)
-        sub = np.take(x[s:s + CHUNK_ROWS].reshape(-1), offsets[:len(p)] + np.take(dims, p, axis=0))
+        sub = _row_entries(x[s:s + CHUNK_ROWS], np.take(dims, p, axis=0), offsets)
         out[s:s + CHUNK_ROWS] = np.einsum("rhm,rhm->rh", sub.astype(np.float64),
                                           np.take(vals, p, axis=0).astype(np.float64))
     if _affine(masks) and out.size:
@@ -75,6 +73,13 @@ def gather_decisions(x: np.ndarray, masks: PairMasks, pair: np.ndarray,
             out *= scale.reshape((-1,) + (1,) * (out.ndim - 1))
         out += masks.bias[pair]
     return out
+
+
+def _row_entries(block: np.ndarray, cols: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``block[i, cols[i, ...]]`` of a C-contiguous row block, by flat indices and ``np.take``
+    (a third to a half faster than indexing with (row, column) index arrays or take_along_axis).
+    ``offsets``: ``arange(rows) · d``, shaped to broadcast against ``cols``, for at least its rows."""
+    return np.take(block.reshape(-1), offsets[:len(cols)] + cols)
 
 
 def use_gather(n_pairs: int, d: int, matches: int, m: int, *, ratio: float = 16.0) -> bool:
@@ -129,8 +134,7 @@ def masked_margin(x: np.ndarray, masks: PairMasks, pair: np.ndarray, raw: np.nda
     offsets = np.arange(min(n, CHUNK_ROWS), dtype=np.int64)[:, None] * d
     for s in range(0, n, CHUNK_ROWS):
         p = pair[s:s + CHUNK_ROWS]
-        # flat indices into the row-major block: a third faster than take_along_axis's index tuples
-        sub = np.take(x[s:s + CHUNK_ROWS].reshape(-1), offsets[:len(p)] + masks.dims[p]).astype(np.float64)
+        sub = _row_entries(x[s:s + CHUNK_ROWS], masks.dims[p], offsets).astype(np.float64)
         norm = np.sqrt(np.einsum("ij,ij->i", sub, sub))
         with np.errstate(invalid="ignore", divide="ignore"):
             out[s:s + len(p)] = np.where(norm > 0, raw[s:s + len(p)] / norm, 0.0)
