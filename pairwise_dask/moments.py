@@ -191,15 +191,20 @@ def cross_variance(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b:
     return r
 
 
-def cross_deviation_ratio(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b: np.ndarray) -> np.ndarray:
+def cross_deviation_ratio(mu_a: np.ndarray, var_a: np.ndarray, mu_b: np.ndarray, var_b: np.ndarray,
+                          sd_a: np.ndarray | None = None, sd_b: np.ndarray | None = None) -> np.ndarray:
     """The article's score ``r_j = sqrt(xv_j / (σ_A σ_B))`` (≥ 1; large = discriminative).
 
     A dimension where either side has zero spread gets ``+inf`` if the means differ (perfectly
-    separating) and 1 if they do not.
+    separating) and 1 if they do not. ``sd_a``/``sd_b``: ``sqrt(var_a)``/``sqrt(var_b)`` when the
+    caller has them (a set's appear in many pairs: taken once per set, not once per pair).
     """
     r = cross_variance(mu_a, var_a, mu_b, var_b)
-    denom = np.sqrt(var_a)
-    denom *= np.sqrt(var_b)
+    if sd_a is not None and sd_b is not None:
+        denom = sd_a * sd_b
+    else:
+        denom = np.sqrt(var_a)
+        denom *= np.sqrt(var_b)
     with np.errstate(divide="ignore", invalid="ignore"):
         r /= denom
         np.sqrt(r, out=r)

@@ -94,6 +94,17 @@ def test_degenerate_sets_scores():
     assert r[0] == 1.0 and np.isinf(r[1])  # equal constants: no evidence; different: separating
 
 
+def test_deviation_ratio_with_given_standard_deviations_is_the_same_bits():
+    """The mask step passes each set's sqrt(var), taken once: the same score, bit for bit."""
+    rng = np.random.default_rng(7)
+    mu, var = rng.normal(size=(2, 50)), rng.random((2, 50))
+    var[:, :3] = 0.0  # the degenerate branch too
+    mu[1, 1] = mu[0, 1]
+    plain = cross_deviation_ratio(mu[0], var[0], mu[1], var[1])
+    given = cross_deviation_ratio(mu[0], var[0], mu[1], var[1], np.sqrt(var[0]), np.sqrt(var[1]))
+    assert np.array_equal(plain, given) and np.isinf(plain[0]) and plain[1] == 1.0
+
+
 def test_pair_sets_with_diff_min_match_a_loop():
     x, labels, keep = _data(n=200, d=5, k=4)
     scores = x @ np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)

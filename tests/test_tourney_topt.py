@@ -169,8 +169,10 @@ def test_top_dims_partition_equals_stable_argsort(monkeypatch, block):
 
 
 @pytest.mark.parametrize("decision", ["cosine", "discriminant"])
-def test_masks_fitted_in_chunks_equal_one_fit(decision: str) -> None:
-    """The job fits many pairs in chunks on its workers: joined in order they are the one-call fit."""
+def test_masks_fitted_in_chunks_equal_one_fit(decision: str, monkeypatch) -> None:
+    """The job fits many pairs in chunks on its workers: joined in order they are the one-call fit;
+    and inside one call, the pairs scored :data:`FIT_CHUNK` at a time give the same bits too."""
+    from pairwise_dask import masks as masks_mod
     from pairwise_dask.masks import all_pairs, concat_masks, fit_masks
     from pairwise_dask.moments import class_moments
 
@@ -186,7 +188,10 @@ def test_masks_fitted_in_chunks_equal_one_fit(decision: str) -> None:
     kw = dict(m=6, min_items=5, per_pair=False, dense=False, mix=1.0, decision=decision, prior=0.5)
     whole = fit_masks(mom, cls, pairs=pairs, **kw)
     parts = concat_masks([fit_masks(mom, cls, pairs=ch, **kw) for ch in np.array_split(pairs, 4)])
+    monkeypatch.setattr(masks_mod, "FIT_CHUNK", 5)  # 36 pairs: 8 chunks, the last one short
+    chunked = fit_masks(mom, cls, pairs=pairs, **kw)
     assert whole.fallback.any()
-    for name in ("pairs", "dims", "n_a", "n_b", "fallback", "values", "anchors", "bias"):
-        a, b = getattr(whole, name), getattr(parts, name)
-        assert (a is None and b is None) or np.array_equal(a, b), name
+    for other in (parts, chunked):
+        for name in ("pairs", "dims", "n_a", "n_b", "fallback", "values", "anchors", "bias", "separation"):
+            a, b = getattr(whole, name), getattr(other, name)
+            assert (a is None and b is None) or np.array_equal(a, b), name
