@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .config import OPTIONS, load_settings, parse_views
-from .errors import BadInputError
+from .config import OPTIONS, check_model_method, load_settings, model_method, parse_views, read_job_file
+from .errors import COMMAND_LINE, BadInputError
 
 EXAMPLES = """\
 examples:
@@ -155,9 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = getattr(ns, "model", None)
         if model and "://" not in model:
             model = os.path.abspath(model)
-        if model and not overrides.get("classes"):
+        defaults = None
+        if model:
+            # apply and update label and fit as the model was fitted: its method is the default,
+            # and its classes the only classes (job.py names any option set otherwise)
+            if overrides.get("classes"):
+                raise BadInputError(f"{ns.command} takes the classes from the model ({model}/classes.parquet)",
+                                    file=COMMAND_LINE, hint="Drop --classes (a job file's `classes` is ignored here)")
             overrides["classes"] = model.rstrip("/") + "/classes.parquet"
-        settings = load_settings(ns.job, overrides)
+            from .model import read_params
+
+            so = overrides.get("storage_options") or (read_job_file(ns.job).get("storage_options") if ns.job else None)
+            params = read_params(model, so)
+            defaults = model_method(params)
+        settings = load_settings(ns.job, overrides, defaults=defaults)
+        if model:  # what still differs from the model was asked for (job file or flags): refuse it
+            check_model_method(settings, params, ns.command)
         from . import job
 
         if ns.command == "run":

@@ -78,6 +78,24 @@ def _rotate_dims_check(v: float) -> str | None:
     return None if v == 0 else _dims_check(v)
 
 
+def _memory_check(v: str) -> str | None:
+    # what LocalCluster accepts: "auto", a byte count with units ("4GiB"), or a fraction of the RAM
+    if v == "auto":
+        return None
+    try:
+        float(v)
+        return None
+    except ValueError:
+        pass
+    from dask.utils import parse_bytes
+
+    try:
+        parse_bytes(v)
+        return None
+    except (ValueError, TypeError):
+        return "is not a size such as 4GiB or 500MB, a share of the memory such as 0.4, or auto"
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("items", None, str, None, "items Parquet: a file, a folder or a glob", path=True),
     Option("classes", None, str, None, "classes Parquet: `name` and one embedding column per view "
@@ -144,7 +162,9 @@ OPTIONS: tuple[Option, ...] = (
            "empty: start a LocalCluster"),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
     Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
-    Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB)"),
+    Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB, or "
+           "a share of the machine's memory such as 0.4; auto: the memory shared out among the workers)",
+           _memory_check),
     Option("cache", "cluster", str, "auto", "keep the decoded items in the workers' memory between passes "
            "(read once instead of once per pass): auto (when they fit in a third of the workers' memory "
            "limits), on, off", _one_of(CACHE)),
@@ -363,12 +383,74 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
                     storage_options=dict(so), **kw)
 
 
-def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Settings from an optional job file, with ``overrides`` (flag values) taking precedence."""
-    values: dict[str, Any] = read_job_file(job_file) if job_file else {}
+def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None, *,
+                  defaults: dict[str, Any] | None = None) -> Settings:
+    """Settings from an optional job file, with ``overrides`` (flag values) taking precedence.
+
+    ``defaults`` (option key -> value, e.g. a saved model's method: :func:`model_method`) replace
+    the options' own defaults; the job file and the flags still take precedence over them.
+    """
+    values: dict[str, Any] = dict(defaults or {})
+    values.update(read_job_file(job_file) if job_file else {})
     for k, v in (overrides or {}).items():
         if v is None:
             continue
-        key = _BY_NAME[k].key if k in _BY_NAME else k
-        values[key] = v
+        opt = _BY_NAME.get(k)
+        if opt is not None:  # a flag's bad value is the command line's, not the job file's
+            v = _coerce(opt, v, COMMAND_LINE)
+        values[opt.key if opt is not None else k] = v
     return build_settings(values, where=job_file or COMMAND_LINE)
+
+
+def model_method(params: dict) -> dict[str, Any]:
+    """The ``[method]`` options a saved model was fitted with (its ``params.json``), by option key.
+
+    An option the model does not record (saved before the option existed) had the value that
+    means the method as it was then (:data:`BEFORE_OPTION`); one without such a value is left out.
+    """
+    out = {}
+    for o in OPTIONS:
+        if o.section != "method":
+            continue
+        v = params.get(o.name, BEFORE_OPTION.get(o.name))
+        if v is not None:
+            out[o.key] = v
+    return out
+
+
+#: Per command, the ``[method]`` options that may differ from a saved model's: ``apply`` plays its
+#: own tourney on the model's masks (every other option is built into them); ``update`` fits new
+#: masks as the model's were fitted, so only the labelling options are free.
+FREE_OF_MODEL = {"apply": frozenset({"seed", "mode", "top_t", "final", "fuse"}),
+                 "update": frozenset({"seed", "final", "fuse"})}
+
+
+def model_differences(s: Settings, params: dict, command: str) -> list[str]:
+    """``"dims = 10 (the model: 0.5)"`` for each option fixed by the model that ``s`` sets otherwise."""
+    def show(x: Any) -> str:
+        return f"{x:g}" if isinstance(x, float) else repr(x)
+
+    out = []
+    for key, v in model_method(params).items():
+        name = key.split(".", 1)[1]
+        if name not in FREE_OF_MODEL[command] and getattr(s, name) != v:
+            out.append(f"{name} = {show(getattr(s, name))} (the model: {show(v)})")
+    return out
+
+
+def check_model_method(s: Settings, params: dict, command: str) -> None:
+    """Refuse settings that differ from the model's where ``command`` cannot honour them, naming
+    every difference at once."""
+    diffs = model_differences(s, params, command)
+    if diffs:
+        raise BadInputError(f"{command} would use other settings than the model was fitted with: "
+                            + "; ".join(diffs),
+                            hint=f"{command} uses the model's method: drop these options from the flags and "
+                                 "the job file (the model's values are then used), or fit a new model")
+
+
+def with_model_method(s: Settings, params: dict, command: str) -> Settings:
+    """``s`` with the options the model fixes for ``command`` set to the model's values."""
+    fixed = {k.split(".", 1)[1]: _coerce(_BY_KEY[k], v, "the model's params.json")
+             for k, v in model_method(params).items() if k.split(".", 1)[1] not in FREE_OF_MODEL[command]}
+    return s.replace(**fixed)

@@ -325,8 +325,9 @@ class Commit:
     """
 
     def __init__(self, out: "str | Location", *, fingerprint: str, overwrite: bool,
-                 storage_options: dict | None = None, identity: dict | None = None) -> None:
+                 storage_options: dict | None = None, identity: dict | None = None, command: str = "run") -> None:
         self.out = Location.of(out, storage_options)
+        self.command = command  # run, fit, update, apply: a rerun replaces only its own command's output
         self.fingerprint = fingerprint
         self.identity = identity or {}  # items, classes, views, method: to say how another job differs
         self.overwrite = overwrite
@@ -353,6 +354,12 @@ class Commit:
                 old = json.loads(summary.read_text())
             except (OSError, ValueError):
                 old = {}
+            if isinstance(old, dict) and old.get("fingerprint") == self.fingerprint \
+                    and old.get("command", self.command) != self.command:
+                # same settings, another command: fit after run would drop the labels and review list
+                raise BadInputError(f"already holds the output of `{old['command']}`, which `{self.command}` "
+                                    "would replace", file=str(self.out),
+                                    hint="Choose another --out, or pass --overwrite to replace it")
             if not isinstance(old, dict) or old.get("fingerprint") != self.fingerprint:
                 what = _differences(old if isinstance(old, dict) else {}, self.identity)
                 raise BadInputError("already holds the output of a different job" + (f" ({what})" if what else ""),

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import __version__
-from .config import Settings
+from .config import Settings, check_model_method, with_model_method
 from .errors import COMMAND_LINE, BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, item_parts, write_json,
                  write_table)
@@ -84,6 +84,10 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
         log.addFilter(_DropBadInputLogs())
 
 
+#: Seconds to wait for ``s.scheduler`` to answer before the job gives up on it.
+SCHEDULER_TIMEOUT = 30
+
+
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
@@ -94,7 +98,13 @@ def connect(s: Settings, client: Any = None) -> Iterator[Any]:
 
     with contextlib.ExitStack() as stack:
         if client is None and s.scheduler:
-            client = stack.enter_context(Client(s.scheduler, timeout="30s"))
+            try:
+                client = stack.enter_context(Client(s.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s"))
+            except (OSError, ValueError) as e:  # refused, timed out, or not an address at all
+                raise BadInputError(f"cannot reach the Dask scheduler at {s.scheduler} ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else 'no answer'})",
+                                    hint="Start it (cluster/README.md) or fix [cluster] scheduler / --scheduler; "
+                                         "leave it empty to run on a LocalCluster") from None
         elif client is None:
             cluster = stack.enter_context(LocalCluster(
                 n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
@@ -558,11 +568,13 @@ def _await(c: Any, persisted: list, label: str, progress: bool) -> None:
             wait(persisted)
 
 
-def _execute(s: Settings, prep: Prepared, body: Body, *, client: Any, echo: Echo, t_start: float) -> dict:
+def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: Any, echo: Echo,
+             t_start: float) -> dict:
     """The frame every command shares: output check, cluster, partitions, staging, commit."""
     timings: dict[str, float] = {}
     commit = Commit(s.out, fingerprint=s.fingerprint(), overwrite=s.overwrite, storage_options=s.storage_options,
-                    identity={"items": s.items, "classes": s.classes, "views": dict(s.views), "method": method_of(s)})
+                    identity={"items": s.items, "classes": s.classes, "views": dict(s.views), "method": method_of(s)},
+                    command=command)
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
     try:
@@ -663,7 +675,7 @@ def run(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         return ({"command": "run"} | _label_summary(s, prep.classes.names, tally, facts)
                 | ({"refine_thresholds": thresholds} if thresholds else {}))
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, command="run", client=client, echo=echo, t_start=t_start)
 
 
 def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo = _silent,
@@ -677,19 +689,11 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     t_start = time.perf_counter()
     old = load(base_model, s.storage_options) if base_model else None
     if old is not None:
-        _check_compatible(s, old)
         if (s.refine and s.fit_on != "annotation") or old.params.get("refine_thresholds"):
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
                                 "which new items' base-label moments do not add to",
                                 hint="Fit again on all items, or use refine = 0 for models you update")
-        if bool(old.rotation) != (s.rotate == "pca"):
-            raise BadInputError(f"rotate = {s.rotate} differs from the model's "
-                                f"({'pca' if old.rotation else 'none'})",
-                                hint="Moments only add up in the same basis: use the model's rotate")
-        if old.rotation and old.params.get("rotate_dims", 0) != s.rotate_dims:
-            raise BadInputError(f"rotate_dims = {s.rotate_dims:g} differs from the model's "
-                                f"({old.params.get('rotate_dims', 0):g})",
-                                hint="Moments only add up over the same axes: use the model's rotate_dims")
+        _check_compatible(s, old, command="update")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
@@ -726,7 +730,8 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
                 "per_view": {v: _mask_summary(prep.classes.names, m) for v, m in facts.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in facts.values()))}
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, command="update" if old is not None else "fit", client=client, echo=echo,
+                    t_start=t_start)
 
 
 def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = False,
@@ -734,7 +739,8 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
     """Label items with a saved model: the tourney pass only, no statistics."""
     t_start = time.perf_counter()
     model = load(model_dir, s.storage_options)
-    _check_compatible(s, model)
+    _check_compatible(s, model, command="apply")
+    s = with_model_method(s, model.params, "apply")  # what the masks fix is the model's, and so recorded
     prep = prepare(s, _model_classes(model))
     spec = replace(with_rotation(prep.spec, {v: model.rotation[v] for v in s.view_names if v in model.rotation}),
                    masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
@@ -749,7 +755,7 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
         return {"command": "apply", "model": str(model_dir)} | _label_summary(s, prep.classes.names, tally,
                                                                                spec.masks)
 
-    return _execute(s, prep, body, client=client, echo=echo, t_start=t_start)
+    return _execute(s, prep, body, command="apply", client=client, echo=echo, t_start=t_start)
 
 
 def _passes(s: Settings, label: bool) -> int:
@@ -763,15 +769,15 @@ def _model_classes(model: FittedModel) -> ClassSet:
     return ClassSet(model.names, dict(model.classes), {v: f"model:{v}" for v in model.classes})
 
 
-def _check_compatible(s: Settings, model: FittedModel) -> None:
+def _check_compatible(s: Settings, model: FittedModel, *, command: str) -> None:
+    """The model has the settings' views, and (``update``) was fitted with the same method but for
+    the options :data:`~pairwise_dask.config.FREE_OF_MODEL` leaves free: every difference is named."""
     missing = [v for v in s.view_names if v not in model.classes]
     if missing:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
-    for key in ("cos_min", "diff_min", "cos_quantile", "diff_quantile"):
-        if key in model.params and float(model.params[key]) != float(getattr(s, key)):
-            raise BadInputError(f"{key} = {getattr(s, key)} differs from the model's {model.params[key]}",
-                                hint="Moments only add up under the same filters: use the model's settings")
+    if command == "update":
+        check_model_method(s, model.params, command)
 
 
 # --- summaries -----------------------------------------------------------------------------

@@ -103,14 +103,24 @@ def _read(loc: Location) -> pa.Table:
         return pq.read_table(f)
 
 
-def load(folder: "str | Path | Location", storage_options: dict | None = None) -> FittedModel:
-    """Read a ``model/`` folder written by :func:`save` (a local path or an fsspec URL)."""
+def _model_folder(folder: "str | Path | Location", storage_options: dict | None) -> Location:
     folder = Location.of(folder, storage_options)
     missing = [f for f in ("params.json", "classes.parquet", "moments.parquet", "masks.parquet")
                if not (folder / f).exists()]
     if missing:
         raise BadInputError(f"is not a saved model (no {', '.join(missing)})", file=str(folder),
                             hint="Point at the model/ folder a run, fit or update wrote")
+    return folder
+
+
+def read_params(folder: "str | Path | Location", storage_options: dict | None = None) -> dict:
+    """A saved model's ``params.json`` alone (the settings it was fitted with), without its arrays."""
+    return json.loads((_model_folder(folder, storage_options) / "params.json").read_text())
+
+
+def load(folder: "str | Path | Location", storage_options: dict | None = None) -> FittedModel:
+    """Read a ``model/`` folder written by :func:`save` (a local path or an fsspec URL)."""
+    folder = _model_folder(folder, storage_options)
     params = json.loads((folder / "params.json").read_text())
     cls = _read(folder / "classes.parquet")
     names = tuple(cls.column("name").to_pylist())

@@ -9,7 +9,9 @@ the exit code and the single line on stderr.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -304,6 +306,8 @@ JOB_CASES = [
     ("min_items 0", {"method": {"min_items": 0}}, "method.min_items = 0 must be ≥ 1", "min_items"),
     ("unknown mode", {"method": {"mode": "brackett"}}, "method.mode = 'brackett' must be one of", "mode"),
     ("negative partition_rows", {"cluster": {"partition_rows": -1}}, "must be ≥ 0", "partition_rows"),
+    ("memory_limit not a size", {"cluster": {"memory_limit": "lots"}}, "cluster.memory_limit = 'lots' is not a size",
+     "memory_limit"),
     ("view named twice (TOML)", {"raw": "[views]\na = \"emb_b\"\n"}, "is not valid TOML", "at that line"),
 ]
 
@@ -321,6 +325,31 @@ def test_job_file_errors(tmp_path: Path, edits: dict, what: str, hint: str | Non
     if hint:
         assert hint in (info.value.hint or ""), msg
     assert not out.exists()
+
+
+def test_a_flags_bad_value_is_the_command_lines_not_the_job_files(tmp_path: Path) -> None:
+    cat = make_catalog(tmp_path / "data")
+    path = cat.job_file(tmp_path / "out")
+    for flag, what in [({"memory_limit": "4 lots"}, "cluster.memory_limit = '4 lots'"),
+                       ({"seed": -1}, "method.seed = -1 must be ≥ 0")]:
+        with pytest.raises(BadInputError, match="^the command line: " + re.escape(what)) as info:
+            load_settings(str(path), flag)
+        assert info.value.file == COMMAND_LINE
+    for ok in ("4GiB", "500 MB", "0.4", "auto"):
+        assert load_settings(str(path), {"memory_limit": ok}).memory_limit == ok
+
+
+def test_an_unreachable_scheduler_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    """No traceback, no output folder: the address, what happened and what to do."""
+    monkeypatch.setattr(job, "SCHEDULER_TIMEOUT", 1)
+    cat = make_catalog(tmp_path / "data")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(BadInputError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}") as info:
+        job.run(cat.settings(tmp_path / "out", scheduler=f"tcp://127.0.0.1:{port}"))
+    assert "cluster/README.md" in info.value.hint
+    assert not (tmp_path / "out").exists()
 
 
 def test_dims_default_is_capped_at_d_and_explicit_dims_up_to_d_run(tmp_path: Path, client: Any) -> None:

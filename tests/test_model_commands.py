@@ -1,0 +1,94 @@
+"""``apply`` and ``update`` on the command line take a saved model's settings; commands do not
+replace each other's outputs. The CLI runs in this process against the session's real cluster."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pairwise_dask import cli, job
+from pairwise_dask.config import load_settings
+from pairwise_dask.model import read_params
+
+from catalogs import make_catalog
+
+#: an updatable model's method (as jobs/nightly.toml), every option unlike the defaults
+NIGHTLY = {"refine": 0, "fit_on": "view", "rotate": "none", "decision": "cosine", "dims": 5, "mix": 0.0,
+           "mode": "bracket", "min_items": 3}
+
+
+def _flags(cat: dict) -> list[str]:
+    return ["--items", cat["items"], "--views", ",".join(f"{v}={c}" for v, c in cat["views"])]
+
+
+def _main(client, *args: str) -> int:
+    return cli.main([*args, "--scheduler", client.scheduler.address, "--quiet"])
+
+
+@pytest.fixture
+def fitted(client, tmp_path: Path) -> tuple[dict, Path]:
+    cat = make_catalog(tmp_path / "data", n=400)
+    job.fit(load_settings(None, {**cat, "out": str(tmp_path / "fit"), **NIGHTLY}), client=client)
+    return cat, tmp_path / "fit" / "model"
+
+
+def test_update_and_apply_without_options_use_the_models_method(client, fitted, tmp_path):
+    cat, model = fitted
+    new = make_catalog(tmp_path / "new", n=300, seed=1)
+    assert _main(client, "update", str(model), *_flags(new), "--out", str(tmp_path / "upd")) == 0
+    before, after = read_params(model), read_params(tmp_path / "upd" / "model")
+    for name, value in NIGHTLY.items():
+        assert before[name] == after[name] == value, name
+    assert after["items"] == 400 + 300
+    # the same update from the API, the model's settings spelt out: the same model, byte for byte
+    job.fit(load_settings(None, {**new, "label": "", "classes": str(model / "classes.parquet"),
+                                 "out": str(tmp_path / "api"), **NIGHTLY}), client=client, base_model=str(model))
+    for f in ("moments.parquet", "masks.parquet"):
+        assert pq.read_table(tmp_path / "api" / "model" / f).equals(pq.read_table(tmp_path / "upd" / "model" / f))
+
+    assert _main(client, "apply", str(model), *_flags(new), "--out", str(tmp_path / "applied")) == 0
+    summary = json.loads((tmp_path / "applied" / "summary.json").read_text())
+    assert {k: summary["method"][k] for k in NIGHTLY} == NIGHTLY  # what the labels were made with
+    assert summary["classes"]["path"] == str(model / "classes.parquet")
+    # the API labels with the model's method whatever defaults its settings carry, and records it;
+    # the tourney's own options (mode here) are the settings'
+    api = job.apply(load_settings(None, {**new, "label": "", "out": str(tmp_path / "applied-api"), "mode": "bracket"}),
+                    str(model), client=client)
+    assert {k: api["method"][k] for k in NIGHTLY} == NIGHTLY
+    assert pq.read_table(tmp_path / "applied-api" / "labels").equals(pq.read_table(tmp_path / "applied" / "labels"))
+
+
+def test_options_the_model_fixes_are_refused_all_at_once(client, fitted, tmp_path, capsys):
+    cat, model = fitted
+    out = tmp_path / "x"
+    assert _main(client, "apply", str(model), *_flags(cat), "--out", str(out), "--dims", "10", "--refine", "3") == 2
+    err = capsys.readouterr().err
+    assert "dims = 10 (the model: 5)" in err and "refine = 3 (the model: 0)" in err and "fit a new model" in err
+    assert _main(client, "update", str(model), *_flags(cat), "--out", str(out), "--rotate", "pca",
+                 "--decision", "discriminant") == 2
+    err = capsys.readouterr().err
+    assert "rotate = 'pca' (the model: 'none')" in err and "decision = 'discriminant'" in err
+    assert _main(client, "apply", str(model), *_flags(cat), "--out", str(out),
+                 "--classes", cat["classes"]) == 2
+    assert "takes the classes from the model" in capsys.readouterr().err
+    assert not out.exists()
+    # the tourney's own options are free: another seed and mode label with the same masks
+    assert _main(client, "apply", str(model), *_flags(cat), "--out", str(out), "--seed", "7",
+                 "--mode", "round-robin") == 0
+    method = json.loads((out / "summary.json").read_text())["method"]
+    assert method["seed"] == 7 and method["mode"] == "round-robin" and method["dims"] == 5
+
+
+def test_fit_does_not_replace_a_runs_output(client, tmp_path, capsys):
+    cat = make_catalog(tmp_path / "data", n=300)
+    flags = [*_flags(cat), "--classes", cat["classes"], "--out", str(tmp_path / "out"), "--refine", "0"]
+    assert _main(client, "run", *flags) == 0
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert _main(client, "fit", *flags) == 2
+    assert "already holds the output of `run`" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert _main(client, "run", *flags) == 0  # the same command again: replaced, as ever
+    assert _main(client, "fit", *flags, "--overwrite") == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["command"] == "fit"
