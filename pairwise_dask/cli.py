@@ -19,22 +19,51 @@ examples:
   pairwise-dask run job.toml --scheduler tcp://10.0.0.5:8786   # on a running Dask cluster
 
 Outputs under OUT: labels/ (one row per item), disagreements/ (the review list, most certain
-errors first), model/ (pair masks and moments), summary.json. The folder holds a complete result
-exactly when summary.json is there; outputs are staged and renamed into place only at the end.
+errors first), model/ (pair masks and moments), summary.json, and report.html (one page: figures,
+the top of the review list). The folder holds a complete result exactly when summary.json is
+there; outputs are staged and renamed into place only at the end.
 """
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
+#: What each command writes under --out (its flag's help).
+OUT_HELP = {"run": "output folder: labels/, disagreements/, model/, summary.json, report.html",
+            "fit": "output folder: model/ (moments, masks, classes, params.json), summary.json, report.html",
+            "update": "output folder of the updated model: model/, summary.json, report.html",
+            "apply": "output folder: labels/, disagreements/, summary.json, report.html"}
+#: The [method] group's title per command: apply and update take the saved model's method.
+METHOD_TITLE = {
+    "apply": "method: the model's; only seed, mode, top_t, final and fuse may be set otherwise "
+             "(the others are built into its masks)",
+    "update": "method: the model's; only seed, final and fuse may be set otherwise (the new masks "
+              "are fitted as the model's were)"}
+
+
+def _json_object(text: str) -> dict:
+    """``--storage-options``: a JSON object, or a usage error that says so."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); e.g. '{{\"anon\": true}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"anon\": true}'")
+    return value
+
+
+def _add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
     p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
-    p.add_argument("--storage-options", metavar="JSON", type=json.loads,
+    p.add_argument("--storage-options", metavar="JSON", type=_json_object,
                    help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),
-              "method": p.add_argument_group("method ([method] in the job file)"),
+              "method": p.add_argument_group(METHOD_TITLE.get(command, "method ([method] in the job file)")),
               "cluster": p.add_argument_group("cluster ([cluster] in the job file)")}
     for o in OPTIONS:
         g = groups[o.section]
         default = "" if o.default in (None, "") else f" (default: {o.default})"
+        if o.name == "out" or (o.name == "classes" and command in ("apply", "update")):
+            g.add_argument(o.cli, dest=o.name, type=o.type, metavar=o.name.upper(), help=OUT_HELP[command]
+                           if o.name == "out" else "not for this command: the model's own classes are used")
+            continue
         if o.type is bool:
             g.add_argument(o.cli, action="store_true", default=None, help=o.help)
         else:
@@ -95,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         if name in ("apply", "update"):
             cmd.add_argument("model", help="a saved model/ folder (from run, fit or update)")
-        _add_run_flags(cmd)
+        _add_run_flags(cmd, name)
     from . import prompts  # light: the model is imported only when the command runs
 
     prompts.configure_parser(sub.add_parser("classes", help=prompts.HELP, description=prompts.DESCRIPTION,
@@ -173,14 +202,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_model_method(settings, params, ns.command)
         from . import job
 
+        bars = not quiet and sys.stdout.isatty()  # progress bars redraw a line: not for logs and pipes
         if ns.command == "run":
-            summary = job.run(settings, progress=not quiet, echo=echo)
+            summary = job.run(settings, progress=bars, echo=echo)
         elif ns.command == "fit":
-            summary = job.fit(settings, progress=not quiet, echo=echo)
+            summary = job.fit(settings, progress=bars, echo=echo)
         elif ns.command == "update":
-            summary = job.fit(settings, progress=not quiet, echo=echo, base_model=model)
+            summary = job.fit(settings, progress=bars, echo=echo, base_model=model)
         else:
-            summary = job.apply(settings, model, progress=not quiet, echo=echo)
+            summary = job.apply(settings, model, progress=bars, echo=echo)
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2

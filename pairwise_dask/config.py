@@ -156,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
            _range(0, None)),
     Option("rotate_dims", "method", float, 0.0, "rotate = pca: keep only the first principal axes, a count or "
            "a fraction of d below 1 (0: all). Every later pass then works on fewer coordinates (d/2: about "
-           "half the work, −0.004 final accuracy on the Debian data); base labels still use the whole vectors",
+           "half the work, −0.006 final accuracy on the Debian data); base labels still use the whole vectors",
            _rotate_dims_check),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),

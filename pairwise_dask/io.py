@@ -78,7 +78,10 @@ def inspect_items(s: Settings) -> ItemsInfo:
         try:
             meta = _parquet_file(f, s.storage_options).metadata
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
-            raise BadInputError(f"is not a readable Parquet file ({e})", file=f) from None
+            raise BadInputError(f"is not a readable Parquet file ({e})", file=f,
+                                hint="Convert it to Parquet first, e.g. pandas.read_csv(...).to_parquet(...) with "
+                                     "each embedding as a list of floats; or point at the Parquet files only "
+                                     "(a folder or a glob such as 'items/*.parquet')") from None
         rows += meta.num_rows
         groups += meta.num_row_groups
         fs = meta.schema.to_arrow_schema()

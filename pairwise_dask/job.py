@@ -533,6 +533,7 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     limits) stream, as before: memory stays bounded by a few partitions per worker.
     """
     from dask.base import tokenize
+    from dask.utils import format_bytes
 
     if s.cache == "off" or passes < 2:
         return parts
@@ -540,14 +541,14 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     limits = [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
     room = sum(limits) if limits and all(limits) else 0
     if s.cache == "auto" and need > room * CACHE_SHARE:
-        echo(f"Streaming the items in each of {passes} passes ({need / 2**30:.1f} GiB decoded; cache = auto keeps "
-             f"them only within a third of the workers' {room / 2**30:.1f} GiB)")
+        echo(f"Streaming the items in each of {passes} passes ({format_bytes(need)} decoded; cache = auto keeps "
+             f"them only within a third of the workers' {format_bytes(room)})")
         return parts
     t = time.perf_counter()
     spec_f = shared(spec)
     blocks = c.persist([on_spec(read_block, p, spec_f, dask_key_name=f"decode-{tokenize(p.key, spec)}")
                         for p in parts])
-    echo(f"Keeping the decoded items in worker memory ({need / 2**30:.1f} GiB): read once for {passes} passes")
+    echo(f"Keeping the decoded items in worker memory ({format_bytes(need)}): read once for {passes} passes")
     _await(c, blocks, "read and check", progress)  # so that "read" times the reading
     timings["read"] = time.perf_counter() - t
     return blocks

@@ -214,7 +214,11 @@ def read_block(df: Any, spec: Spec, *, rotate: bool = True) -> Block:
         unknown = pc.and_(pc.is_null(pos), pc.is_valid(annotation))
         if pc.any(unknown).as_py():
             i = int(np.flatnonzero(np.asarray(unknown))[0])
-            raise BadInputError(f"holds the annotation {annotation[i].as_py()!r}, which is not a class",
+            # every distinct unknown value of the partition, not one per run: fix them all at once
+            bad = pc.unique(annotation.filter(unknown)).to_pylist()
+            more = (f"; {len(bad)} values of this partition are not classes: "
+                    + ", ".join(repr(b) for b in bad[:8]) + (", …" if len(bad) > 8 else "")) if len(bad) > 1 else ""
+            raise BadInputError(f"holds the annotation {annotation[i].as_py()!r}, which is not a class{more}",
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -361,7 +361,7 @@ def _histogram(counts: np.ndarray, view: str, margin_max: float = MARGIN_MAX, un
         out.append(f'<text class="tick" x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{lab}</text>')
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#64748b"/>'
                f'<text class="axis" x="{left + pw / 2:.1f}" y="{h - 6}" text-anchor="middle">'
-               f'{unit} of the deciding match</text></svg>')
+               f'{unit}</text></svg>')
     return "".join(out)
 
 
@@ -440,14 +440,19 @@ def _headline(s: dict) -> str:
     if "final" in s:
         cards.append(_card("accuracy:final", "accuracy final label", _f(s["final"]["accuracy"]),
                            f"macro F1 {_f(s['final'].get('macro_f1'))}", s["final"]["accuracy"]))
-    for v, pv in s["per_view"].items():
-        ch = int(pv.get("changed", 0))
-        cards.append(_card(f"changed:{v}", f"changed view {v}", f"{ch:,}",
-                           f"{ch / max(items, 1):.1%} of items: tourney ≠ base", ch))
-    d = s.get("disagreements", {})
-    rows = int(d.get("rows", 0))
-    parts = ", ".join(f"{_e(k)} {int(v):,}" for k, v in d.items() if k != "rows")
-    cards.append(_card("review", "review list", f"{rows:,}", parts or "rows in disagreements/", rows))
+    if "labelled_items" in s:  # fit and update write a model, no labels: nothing changed, no review list
+        for v, pv in s["per_view"].items():
+            ch = int(pv.get("changed", 0))
+            cards.append(_card(f"changed:{v}", f"changed view {v}", f"{ch:,}",
+                               f"{ch / max(items, 1):.1%} of items: tourney ≠ base", ch))
+        d = s.get("disagreements", {})
+        rows = int(d.get("rows", 0))
+        parts = ", ".join(f"{_e(k)} {int(v):,}" for k, v in d.items() if k != "rows")
+        cards.append(_card("review", "review list", f"{rows:,}", parts or "rows in disagreements/", rows))
+    if "model_items" in s:
+        mi = int(s["model_items"])
+        cards.append(_card("model", "model", f"{mi:,}", "items in the model's statistics" +
+                           (" (the saved model's and these)" if s.get("command") == "update" else ""), mi))
     pairs = sum(int(pv.get("pairs", 0)) for pv in s["per_view"].values())
     fb = int(s.get("fallback_pairs", 0))
     cards.append(_card("fallback", "fallback pairs", f"{fb:,}", f"of {pairs:,} pairs had too few items", fb))
@@ -491,14 +496,23 @@ def _comparison_section(data: ReportData) -> str:
     return "".join(out)
 
 
-def _margins_section(data: ReportData) -> str:
+#: What a view's ``margin_V`` measures, by mode (the unit follows the decision: see :func:`collect`).
+MARGIN_MEANING = {"bracket": "the margin of its final match", "top-t": "the margin of its final match",
+                  "round-robin": "its margin over its closest rival",
+                  "score": "how far its mean pair margin leads the runner-up class's"}
+
+
+def _margins_section(data: ReportData, method: dict) -> str:
     if not data.rows:
         return ""
     figs = "".join(f'<div class="panel">{_histogram(data.margins[v], v, data.margin_max, data.margin_unit)}</div>' for v in data.views)
     key = (f' <span style="color:{TOURNEY_COLOUR}">■</span> views agree '
            f'<span style="color:{DISAGREE_COLOUR}">■</span> views disagree.') if len(data.views) > 1 else ""
-    return ('<h2 id="margins">Margins</h2><p class="note">How clearly each item\'s tourney label won its '
-            f'deciding match (cosine margin on the pair\'s mask; small means a near tie).{key}</p>'
+    unit = ("within-class standard deviations of the pair's discriminant" if method.get("decision") == "discriminant"
+            else "cosine on the pair's mask")
+    meaning = MARGIN_MEANING.get(str(method.get("mode")), "its margin")
+    return ('<h2 id="margins">Margins</h2><p class="note">How clearly each item\'s tourney label won: '
+            f'{_e(meaning)}, in {_e(unit)} (mode {_e(method.get("mode", "?"))}). Small means a near tie.{key}</p>'
             f'<div class="row">{figs}</div>')
 
 
@@ -583,9 +597,11 @@ def render(data: ReportData, summary: dict) -> str:
     sub = (f"run <code>{_e(s.get('run_id', ''))}</code> · items <code>{_e(s['items'].get('path', ''))}</code> · "
            f"classes <code>{_e(s['classes'].get('path', ''))}</code> · mode {_e(m.get('mode', '?'))}, "
            f"m = {_e(_dims(m))}, seed {_e(m.get('seed', '?'))}")
-    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in (("heatmap", "heat maps"), ("classes", "per class"),
-                                                               ("margins", "margins"), ("fallback", "fallback pairs"),
-                                                               ("review", "review list")))
+    labelled = "labelled_items" in s
+    sections = ((("heatmap", "heat maps"), ("classes", "per class"), ("margins", "margins")) if data.rows and data.comparison
+                else (("margins", "margins"),) if data.rows else ()) + (("fallback", "fallback pairs"),) + \
+        ((("review", "review list"),) if labelled else ())
+    nav = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in sections)
     vers = s.get("versions", {})
     foot = (f"pairwise-dask {_e(s.get('version', ''))} · "
             + " · ".join(f"{_e(k)} {_e(v)}" for k, v in vers.items())
@@ -595,8 +611,8 @@ def render(data: ReportData, summary: dict) -> str:
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
             f"<h1>{_e(title)}</h1><div class=\"sub\">{sub}</div><div class=\"sub\">{nav}</div>"
-            f"{_headline(s)}{_comparison_section(data)}{_margins_section(data)}"
-            f"{_fallback_section(data, s)}{_review_section(data, s)}"
+            f"{_headline(s)}{_comparison_section(data)}{_margins_section(data, m)}"
+            f"{_fallback_section(data, s)}{_review_section(data, s) if labelled else ''}"
             f"<footer>{foot}</footer></main></body></html>\n")
 
 

@@ -116,6 +116,10 @@ def _empty(cat: Catalog) -> None:
     cat.write_items(cat.items.slice(0, 0))
 
 
+def _csv_items(cat: Catalog) -> None:
+    cat.items_path.write_text("id,emb_a,emb_b\nit-0,0.1,0.2\n")
+
+
 def _one_class(cat: Catalog) -> None:
     cat.write_classes(cat.classes.slice(0, 1))
 
@@ -141,6 +145,7 @@ def _class_dim(cat: Catalog) -> None:
 def _unknown_annotation(cat: Catalog) -> None:
     labels = cat.items.column("label").to_pylist()
     labels[17] = "no such class"
+    labels[30] = labels[40] = "another"  # the error lists the partition's distinct unknown values
     cat.write_items(replace_column(cat.items, "label", pa.array(labels)))
 
 
@@ -166,7 +171,9 @@ CASES = [
     Case("null id", _null_id, "items", "id", None, "null id (the row after id 'it-00012')"),
     Case("float ids", _float_ids, "items", "id", None, "strings or integers"),
     Case("empty catalog", _empty, "items", None, None, "empty catalog"),
-    Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017", "not a class"),
+    Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017",
+         "2 values of this partition are not classes: 'no such class', 'another'"),
+    Case("items not Parquet (a CSV)", _csv_items, "items", None, None, "is not a readable Parquet file"),
     Case("one class", _one_class, "classes", None, None, "at least two"),
     Case("duplicate class names", _duplicate_class, "classes", "name", None, "'class0' appears twice"),
     Case("class views != item views", _class_views, "classes", None, None, "no embedding column for view 'a'"),

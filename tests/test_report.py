@@ -166,7 +166,7 @@ def _fake_run(out: Path, names: list[str], n: int, *, parts: int, seed: int = 0)
         pq.write_table(dis, out / "disagreements" / f"part.{i:05d}.parquet")
     conf = lambda a, b: np.bincount(a * k + b, minlength=k * k).reshape(k, k)  # noqa: E731
     ok = np.arange(n) >= 5
-    return {"run_id": "fake", "version": "0", "items": {"path": "items.parquet", "rows": n},
+    return {"run_id": "fake", "version": "0", "items": {"path": "items.parquet", "rows": n}, "labelled_items": n,
             "classes": {"path": "classes.parquet", "names": names}, "views": {"x": "emb_x"},
             "method": {"min_items": 5, "m": {"x": 10}},
             "per_view": {"x": {"changed": int((base != label).sum()), "pairs": k * (k - 1) // 2,
@@ -222,7 +222,24 @@ def test_write_report_replaces_an_older_page(tmp_path: Path) -> None:
 def test_an_output_without_labels_still_gets_a_page(tmp_path: Path) -> None:
     """A fit writes only model/: the page says so instead of drawing empty figures."""
     summary = _fake_run(tmp_path / "x", ["a", "b"], 10, parts=1)
-    summary.pop("disagreements")
+    for key in ("disagreements", "labelled_items", "agreement_weighted_f1"):
+        summary.pop(key)
+    summary |= {"command": "fit", "model_items": 10}
     page = parse(write_report(tmp_path, summary))
-    assert "holds no labels" in "".join(page.text)
+    text = "".join(page.text)
+    assert "holds no labels" in text and "review list" not in text.lower()
+    metrics = page.metrics()
+    assert metrics["model"] == "10" and not any(k.startswith(("changed:", "review")) for k in metrics)
+    # every link of the page's navigation leads to a section it has
+    ids = {a["id"] for _, a in page.tags if a.get("id")}
+    hrefs = [a["href"][1:] for a in page.all("a") if (a.get("href") or "").startswith("#")]
+    assert hrefs and set(hrefs) <= ids, (hrefs, ids)
     assert_offline(page)
+
+
+def test_every_navigation_link_of_a_run_page_has_its_section(demo_run: tuple[Path, dict]) -> None:
+    out, _ = demo_run
+    page = parse(out / "report.html")
+    ids = {a["id"] for _, a in page.tags if a.get("id")}
+    hrefs = [a["href"][1:] for a in page.all("a") if (a.get("href") or "").startswith("#")]
+    assert set(hrefs) == {"heatmap", "classes", "margins", "fallback", "review"} and set(hrefs) <= ids
