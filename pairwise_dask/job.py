@@ -37,7 +37,7 @@ from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
-from .passes import (Histograms, RemoteMasks, Spec, Statistics, Tally, gram_partition, histogram_partition,
+from .passes import (Histograms, RemoteMasks, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
                      ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
                      with_masks)
@@ -501,9 +501,9 @@ def label_pass(c: Any, s: Settings, spec: Spec, parts: list, labels_dir: Locatio
 
 
 def write_disagreements(tally: Tally, folder: Location) -> None:
-    """The review list, most certain errors first (stable: ties keep the catalog's order)."""
+    """The review list, most certain errors first (:func:`~pairwise_dask.passes.review_order`)."""
     dis = tally.disagreements
-    dis = dis.take(pc.sort_indices(dis, [("priority", "descending")]))
+    dis = dis.take(review_order(dis))
     folder.mkdir()
     write_table(dis, folder / "part.00000.parquet")
 

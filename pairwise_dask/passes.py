@@ -563,6 +563,18 @@ def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.n
     return np.where(proposed != current, pr, 0.0).astype(np.float64)
 
 
+def review_order(dis: pa.Table) -> pa.Array:
+    """Row order of a review list: every row whose annotation is contradicted (``reason``
+    ``annotation`` or ``annotation+views``) first, each tier by ``priority`` descending; stable, so
+    ties keep their order. The list is for reviewing the annotation: a row where only the views
+    split, the annotation backed by the final label, never outranks one where it is contradicted."""
+    if "reason" not in dis.column_names:
+        return pc.sort_indices(dis, [("priority", "descending")])
+    key = pa.table({"contradicted": pc.match_substring(dis.column("reason"), "annotation"),
+                    "priority": dis.column("priority")})
+    return pc.sort_indices(key, [("contradicted", "descending"), ("priority", "descending")])
+
+
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     """Pass 2 on one partition: the labels table (output contract) and its tally."""
     b = block_of(df, spec)
@@ -591,9 +603,10 @@ def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:
     dissent = np.where(stack[0] != final, stack[0], stack[-1])  # a view's label ≠ final (if any)
     # The current label is the annotation where there is one, else the dissenting view's label; the
     # proposed one is the final label, or (annotation = final, views split) the dissenting view's.
-    # Priority = evidence for proposed over current: positive where the annotation is contradicted,
-    # negative where a view disagrees but the evidence backs the annotation, so every contradicted
-    # annotation ranks above every merely contested one (the review list is for the annotation).
+    # Priority = evidence for proposed over current (the annotation where there is one). The review
+    # list puts every contradicted annotation above every merely contested one (review_order): the
+    # priority alone does not, as a contradicted annotation with a good score of its own can come
+    # out negative (Debian, 10% flipped: 40% of them), below a contested row's.
     has_ann = (ann >= 0) if ann is not None else np.zeros(n, bool)
     current = np.where(has_ann, ann if ann is not None else 0, dissent)
     proposed = np.where(has_ann & ~ann_differs, dissent, final)

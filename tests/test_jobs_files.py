@@ -37,8 +37,12 @@ def test_nightly_fit_then_apply_then_update(client, tmp_path):
 def test_qa_job_gives_a_ranked_review_list(client, tmp_path):
     s = load_settings(str(JOBS / "qa.toml"), {"out": str(tmp_path / "qa")})
     job.run(s, client=client)
-    dis = pq.read_table(tmp_path / "qa" / "disagreements").to_pandas()
-    assert len(dis) and dis.priority.is_monotonic_decreasing
+    table = pq.read_table(tmp_path / "qa" / "disagreements")
+    dis = table.to_pandas()
+    # contradicted annotations first, each tier by priority
+    contradicted = dis.reason.str.contains("annotation")
+    assert len(dis) and contradicted.is_monotonic_decreasing
+    assert dis.priority[contradicted].is_monotonic_decreasing and dis.priority[~contradicted].is_monotonic_decreasing
     assert set(dis.reason) <= {"annotation", "views", "annotation+views"}
     summary = json.loads((tmp_path / "qa" / "summary.json").read_text())
     assert summary["method"]["fit_on"] == "annotation"

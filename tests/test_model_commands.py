@@ -92,3 +92,20 @@ def test_fit_does_not_replace_a_runs_output(client, tmp_path, capsys):
     assert _main(client, "run", *flags) == 0  # the same command again: replaced, as ever
     assert _main(client, "fit", *flags, "--overwrite") == 0
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["command"] == "fit"
+
+
+def test_update_refuses_a_refined_model_and_a_view_it_lacks(client, tmp_path):
+    from pairwise_dask.errors import BadInputError
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    job.fit(load_settings(None, {**cat, "out": str(tmp_path / "refined"), "refine": 1, "rotate": "none"}), client=client)
+    model = tmp_path / "refined" / "model"
+    assert _main(client, "update", str(model), *_flags(cat), "--out", str(tmp_path / "u")) == 2
+    with pytest.raises(BadInputError, match="refine > 0 cannot be updated"):
+        job.fit(load_settings(None, {**cat, "out": str(tmp_path / "u"), "refine": 0, "rotate": "none"}),
+                client=client, base_model=str(model))
+    job.fit(load_settings(None, {**cat, "out": str(tmp_path / "plain"), **NIGHTLY}), client=client)
+    with pytest.raises(BadInputError, match=r"the model has no view\(s\) c"):
+        job.fit(load_settings(None, {**cat, "views": (("c", "emb_a"),), "out": str(tmp_path / "u"), **NIGHTLY}),
+                client=client, base_model=str(tmp_path / "plain" / "model"))
+    assert not (tmp_path / "u").exists()

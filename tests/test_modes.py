@@ -128,6 +128,9 @@ def test_review_priority_ranks_broad_losers_first():
     m[1, idx[0, 1]], m[1, idx[1, 2]], m[1, idx[0, 2]] = 0.2, 0.4, 0.0
     pr = review_priority(m, pairs, k, np.array([0, 0]), np.array([1, 1]))
     assert pr[0] > 0 > pr[1]  # item 1's label 1 is, on balance, not beaten (it beats 2)
+    # by hand: class scores (mean signed margin against the 2 others) item 0: 0.1, −0.2, 0.1;
+    # item 1: 0.1, 0.1, −0.2; priority = ½·score(proposed) − score(current)
+    assert np.allclose(pr, [0.5 * 0.1 + 0.2, 0.5 * 0.1 - 0.1])
     assert review_priority(m, pairs, k, np.array([0, 2]), np.array([0, 2])).tolist() == [0.0, 0.0]
     assert np.allclose(class_scores(m, pairs, k).sum(1), 0)  # every match's margin won and lost once
 
@@ -269,3 +272,16 @@ def test_bracket_block_margins_equal_the_every_pair_path():
     assert np.allclose(full.fused_of(rows), fused[rows], rtol=1e-5, atol=1e-6)
     assert np.array_equal(lazy.final, np.where(lazy.margin["a"] >= lazy.margin["b"], lazy.label["a"],
                                                lazy.label["b"]))
+
+
+def test_agreement_and_accuracy_figures_by_hand():
+    """Weighted F1 (the article's agreement), macro F1 and accuracy of a worked confusion matrix."""
+    from pairwise_dask.metrics import accuracy, confusion, macro_f1, weighted_f1
+
+    conf = np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]])  # truth rows; class 2 absent on both sides
+    f1 = [2 * 3 / (4 + 5), 2 * 4 / (6 + 5)]
+    assert np.isclose(weighted_f1(conf), (4 * f1[0] + 6 * f1[1]) / 10)
+    assert np.isclose(macro_f1(conf), (f1[0] + f1[1]) / 2)
+    assert accuracy(conf) == 0.7
+    truth, pred = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), np.array([0, 0, 0, 1, 0, 0, 1, 1, 1, 1])
+    assert np.array_equal(confusion(truth, pred, 3), conf)

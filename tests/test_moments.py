@@ -127,6 +127,35 @@ def test_pair_sets_with_diff_min_match_a_loop():
                 assert np.array_equal(per_pair.s1[a * 4 + b], per_class.s1[a])
 
 
+def test_cos_min_and_diff_min_filter_the_sets_like_a_loop():
+    """Both filters at once, against the sets written out by hand (METHOD.md §2)."""
+    x, _, _ = _data(n=300, d=5, k=4, seed=4)
+    scores = x @ np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    labels = scores.argmax(1).astype(np.int32)
+    top = scores.max(1)
+    cos_min = float(np.quantile(top, 0.4))
+    xq, xq2 = quantize(x)
+    per_class = filtered_moments(x, scores, labels, cos_min=cos_min, diff_min=0.0, per_pair=False)
+    per_pair = filtered_moments(x, scores, labels, cos_min=cos_min, diff_min=0.2, per_pair=True)
+    for a in range(4):
+        rows = (labels == a) & (top >= cos_min)
+        assert 0 < per_class.n[a] == rows.sum() < (labels == a).sum()
+        assert np.array_equal(per_class.s2[a], xq2[rows].sum(axis=0))
+        for b in set(range(4)) - {a}:
+            rows_ab = rows & (scores[:, a] - scores[:, b] >= 0.2)
+            assert per_pair.n[a * 4 + b] == rows_ab.sum()
+            assert np.array_equal(per_pair.s1[a * 4 + b], xq[rows_ab].sum(axis=0))
+
+
+def test_quanta_round_to_nearest():
+    """A value's quantum is the nearest multiple of 2**-QUANT_BITS (not truncated)."""
+    q = 2.0 ** -QUANT_BITS
+    x = np.array([[0.3 * q, 0.7 * q, -0.7 * q, 5.49 * q, 5.51 * q, 0.5]], np.float32)
+    xq, xq2 = quantize(x)
+    assert xq[0].tolist() == [0, 1, -1, 5, 6, 0.5 / q]
+    assert xq2[0, -1] == 0.25 / q and xq2[0, 1] == 0  # x² quantised too: (0.7q)² rounds to 0
+
+
 def test_exactness_bound_is_documented():
     assert EXACT_ITEMS == 2 ** (53 - QUANT_BITS)
     ind = np.ones((3, 1))

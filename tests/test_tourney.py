@@ -41,6 +41,33 @@ def test_bracket_depends_on_id_and_seed_not_on_row_position():
     assert ((a >= 0) & (a < k)).all()
 
 
+def test_bracket_draw_depends_on_the_id_and_the_round():
+    """Items with the same decisions but other ids play other brackets; each round draws anew."""
+    from pairwise_dask.tourney import bracket_keys
+
+    k, n = 3, 600
+    # rock-paper-scissors: 0 beats 1, 1 beats 2, 2 beats 0; the winner is decided by the draw
+    d, idx = np.zeros((n, 3), np.float32), pair_lookup(all_pairs(k), k)
+    d[:, idx[0, 1]], d[:, idx[1, 2]], d[:, idx[0, 2]] = 1.0, 1.0, -1.0
+    h = hash_ids(pa.array([f"id{i}" for i in range(n)]))
+    won = np.bincount(play_bracket(d, idx, h, seed=5).label, minlength=k)
+    assert (won > n / 6).all(), won  # each class wins for some ids: the draw is per item
+    cls = np.broadcast_to(np.arange(k), (n, k))
+    r0, r1 = bracket_keys(h, 5, 0, cls), bracket_keys(h, 5, 1, cls)
+    assert (r0 != r1).all() and (r0 != bracket_keys(h, 6, 0, cls)).all()
+    # the round's order differs between rounds for most items (not one draw reused)
+    assert (np.argsort(r0, axis=1) != np.argsort(r1, axis=1)).any(axis=1).mean() > 0.7
+
+
+def test_round_robin_ties_go_to_the_larger_summed_margin():
+    k = 3
+    pairs, idx = all_pairs(k), pair_lookup(all_pairs(k), k)
+    m = np.zeros((2, 3), np.float32)  # a 3-cycle: every class has one win
+    m[0, idx[0, 1]], m[0, idx[1, 2]], m[0, idx[0, 2]] = 0.1, 0.5, -0.2  # sums: 0 -0.1, 1 +0.4, 2 -0.3
+    m[1, idx[0, 1]], m[1, idx[1, 2]], m[1, idx[0, 2]] = 0.6, 0.1, -0.2  # sums: 0 +0.4, 1 -0.5, 2 +0.1
+    assert play_round_robin(m, m, pairs, k).tolist() == [1, 0]
+
+
 def test_round_robin_most_wins():
     rank = np.array([[0, 3, 1, 2], [2, 1, 0, 3]])
     d, idx = _decisions_for_ranking(rank, 4)
