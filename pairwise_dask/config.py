@@ -314,7 +314,8 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
             if key in ("views", "class_columns"):
                 for v, col in value.items():
                     if not isinstance(col, str):
-                        raise BadInputError(f"{key}.{v} = {col!r} is not a column name", file=str(path))
+                        raise BadInputError(f"{key}.{v} = {col!r} is not a column name", file=str(path),
+                                            hint=f"Write it as {v} = \"column_name\"")
                 values[key] = tuple((str(v), col) for v, col in value.items())
                 continue
             for sub, v in value.items():
@@ -369,12 +370,13 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
                                 hint="Each view reads its own embedding column")
     if kw["fit_on"] == "annotation" and not kw["label"]:
         raise BadInputError("fit_on = annotation needs the annotation column", file=where,
-                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = predicted")
+                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = fused (the default) or view")
     class_columns = tuple(values.get("class_columns") or ())
     for v, _ in class_columns:
         if v not in names:
             raise BadInputError(f"class_columns names view {v!r}, which is not among the views "
-                                f"({', '.join(names)})", file=where)
+                                f"({', '.join(names)})", file=where,
+                                hint="Each [class_columns] key is a view name of [views]")
     so = values.get("storage_options") or {}
     if not isinstance(so, dict):
         raise BadInputError(f"storage_options = {so!r} is not a table of options", file=where,

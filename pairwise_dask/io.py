@@ -221,7 +221,8 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
                             hint=f"The classes file needs a `name` column; it has {', '.join(table.column_names)}")
     names_col = table.column("name")
     if names_col.null_count:
-        raise BadInputError("holds a null class name", file=where, column="name")
+        raise BadInputError("holds a null class name", file=where, column="name",
+                            hint="Give every class a name (it is the label written to the outputs)")
     names = [str(n) for n in names_col.to_pylist()]
     if len(names) < 2:
         raise BadInputError(f"holds {len(names)} class(es); the tourney needs at least two",

@@ -109,7 +109,7 @@ def fill(template: str, name: str) -> str:
     for p in PLACEHOLDERS:
         if p in template:
             return template.replace(p, name)
-    raise BadInputError(f"template {template!r} holds no {{}}")
+    raise BadInputError(f"template {template!r} holds no {{}}", hint="Mark where the class name goes, e.g. \"a photo of a {}\"")
 
 
 def _average(emb: np.ndarray, k: int, t: int) -> np.ndarray:
@@ -237,7 +237,8 @@ def _read_names(ns: argparse.Namespace) -> list[str]:
     try:
         lines = Path(ns.names_file).read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise BadInputError(f"cannot be read ({e.strerror})", file=ns.names_file) from None
+        raise BadInputError(f"cannot be read ({e.strerror})", file=ns.names_file,
+                            hint="Give a text file with one class name per line, or pass --names") from None
     return [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pytest
+import pyarrow.parquet as pq
 
 from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
 from pairwise_dask import job
@@ -116,6 +117,23 @@ def _empty(cat: Catalog) -> None:
     cat.write_items(cat.items.slice(0, 0))
 
 
+def _null_inside(cat: Catalog) -> None:
+    rows = [list(r) for r in matrix(cat.items, "emb_b")]
+    rows[21][3] = None
+    cat.write_items(replace_column(cat.items, "emb_b", pa.array(rows, pa.list_(pa.float32()))))
+
+
+def _int_values(cat: Catalog) -> None:
+    rows = [[int(v * 100) for v in r] for r in matrix(cat.items, "emb_b")]
+    cat.write_items(replace_column(cat.items, "emb_b", pa.array(rows, pa.list_(pa.int32()))))
+
+
+def _null_class_name(cat: Catalog) -> None:
+    names = cat.classes.column("name").to_pylist()
+    names[2] = None
+    cat.write_classes(replace_column(cat.classes, "name", pa.array(names, pa.string())))
+
+
 def _csv_items(cat: Catalog) -> None:
     cat.items_path.write_text("id,emb_a,emb_b\nit-0,0.1,0.2\n")
 
@@ -174,6 +192,14 @@ CASES = [
     Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017",
          "2 values of this partition are not classes: 'no such class', 'another'"),
     Case("items not Parquet (a CSV)", _csv_items, "items", None, None, "is not a readable Parquet file"),
+    Case("null inside an embedding", _null_inside, "items", "emb_b", "it-00021", "null value inside an embedding"),
+    Case("integer embeddings", _int_values, "items", "emb_b", None, "holds int32, not floats"),
+    Case("null class name", _null_class_name, "classes", "name", None, "null class name"),
+    Case("no views", lambda cat: {"views": ()}, "job", None, None, "no views given"),
+    Case("view name not an identifier", lambda cat: {"views": (("a b", "emb_a"),)}, "job", None, None,
+         "view name 'a b' is not a plain identifier"),
+    Case("fit_on annotation without one", lambda cat: {"fit_on": "annotation", "label": ""}, "job", None, None,
+         "fit_on = annotation needs the annotation column"),
     Case("one class", _one_class, "classes", None, None, "at least two"),
     Case("duplicate class names", _duplicate_class, "classes", "name", None, "'class0' appears twice"),
     Case("class views != item views", _class_views, "classes", None, None, "no embedding column for view 'a'"),
@@ -222,6 +248,37 @@ def test_bad_input_leaves_out_as_it_was(case: Case, previous: bool, tmp_path: Pa
         job.run(cat.settings(out, **overrides, overwrite=previous), client=client)
     _check_message(info.value, case, cat, out)
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("what", ["missing", "empty folder", "types differ", "out is a file"])
+def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: Path) -> None:
+    """Errors about whole paths name the path (or the file that differs) and leave nothing behind."""
+    cat = make_catalog(tmp_path / "data")
+    out, items = tmp_path / "out", str(cat.items_path)
+    phrase, file = "", items
+    if what == "missing":
+        items = file = str(tmp_path / "nowhere.parquet")
+        phrase = "does not exist"
+    elif what == "empty folder":
+        (tmp_path / "empty").mkdir()
+        items = file = str(tmp_path / "empty")
+        phrase = "holds no Parquet files"
+    elif what == "types differ":
+        folder = tmp_path / "two"
+        folder.mkdir()
+        shutil.copy(cat.items_path, folder / "a.parquet")
+        rows = list(matrix(cat.items, "emb_a").astype(np.float64))
+        pq.write_table(replace_column(cat.items, "emb_a", pa.array(rows, pa.list_(pa.float64()))), folder / "b.parquet")
+        items, file = str(folder), str(folder / "b.parquet")
+        phrase = "has type list<element: double> here but fixed_size_list"
+    else:
+        out.write_text("not a folder")
+        file, phrase = str(out), "exists and is not a folder"
+    before = snapshot(tmp_path)
+    with pytest.raises(BadInputError, match=re.escape(phrase)) as info:
+        job.run(cat.settings(out, items=items))
+    assert info.value.file == file and info.value.hint
+    assert snapshot(tmp_path) == before
 
 
 def test_nonexistent_parents_of_out_are_not_left_behind(tmp_path: Path, client: Any) -> None:
