@@ -80,3 +80,23 @@ def test_estimator_fuse_llr_matches_the_job_and_bad_fuse_is_refused(client, tmp_
     assert PairwiseLabeler.load(tmp_path / "out" / "model", views=dict(cat["views"])).fuse == "llr"
     with pytest.raises(ValueError, match="fuse"):
         PairwiseLabeler(cat["classes"], views=dict(cat["views"]), fuse="max")
+
+
+def test_estimator_refuses_to_update_refined_moments_and_duplicate_ids(client, tmp_path):
+    import pandas as pd
+    import pytest
+
+    from pairwise_dask.errors import BadInputError
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=1, rotate="none").fit(items)
+    before = lab.masks_table()
+    with pytest.raises(BadInputError, match="refine > 0 cannot be updated"):
+        lab.partial_fit(items)
+    assert lab.masks_table().equals(before)  # the fitted model is left as it was
+    df = items.compute()
+    twice = dd.from_pandas(pd.concat([df, df.iloc[[7]]]).reset_index(drop=True), npartitions=3)  # in another partition
+    with pytest.raises(BadInputError, match="duplicated id") as info:
+        PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0).fit(twice)
+    assert info.value.column == "id"
