@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 
 from .errors import BadInputError
 from .io import ClassSet, classes_from_table
-from .masks import PairMasks, fit_masks, resolve_dims
-from .model import FittedModel, load, save
+from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
+from .model import FittedModel, load, model_fit_options, save
 from .moments import Moments
 from .config import FUSIONS, WORKER_MALLOC, Settings
-from .passes import (Spec, Statistics, gram_partition, label_partition, margin_bins, margin_histogram_partition,
+from .passes import (Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
 #: The job's defaults (one source of truth: the settings object).
@@ -218,8 +218,11 @@ class PairwiseLabeler:
         self._tune_workers()
         spec = self._spec(self._class_set(), self.model_.masks)
         meta = _labels_meta(spec, ddf._meta[self.id].dtype)
-        return ddf.map_partitions(_predict_partition, dask.delayed(spec, pure=True), meta=meta,
-                                  enforce_metadata=False, clear_divisions=True)
+        # the top-t bracket may need pairs the fit never met: each partition adds their masks from
+        # the model's moments (the same masks wherever they are made: lazily, no extra pass)
+        extra = ((self.model_.moments, model_fit_options(self.model_.params)) if spec.top_t_active else None)
+        return ddf.map_partitions(_predict_partition, dask.delayed(spec, pure=True), dask.delayed(extra, pure=True),
+                                  meta=meta, enforce_metadata=False, clear_divisions=True)
 
     def masks_table(self) -> pa.Table:
         """The fitted pair masks (``model/masks.parquet``'s columns)."""
@@ -274,7 +277,12 @@ def _labels_meta(spec: Spec, id_dtype: Any) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def _predict_partition(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+def _predict_partition(df: pd.DataFrame, spec: Spec, extra: tuple | None = None) -> pd.DataFrame:
+    if extra is not None:  # top-t: the masks of the pairs this partition's items can play
+        moments, options = extra
+        needed = pairs_partition(df, spec).pairs
+        spec = replace(spec, masks={v: with_pairs(m, moments[v], spec.classes[v], needed[v], **options)
+                                    for v, m in spec.masks.items()})
     table, _ = label_partition(df, spec)
     out = table.to_pandas(types_mapper=pd.ArrowDtype)
     out.index = df.index

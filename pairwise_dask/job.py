@@ -30,14 +30,14 @@ from .config import Settings, check_model_method, with_model_method
 from .errors import COMMAND_LINE, BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, item_parts, write_json,
                  write_table)
-from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims
+from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims, with_pairs
 from .metrics import accuracy, macro_f1, weighted_f1
-from .model import FittedModel, load, save, write_masks
+from .model import FittedModel, load, model_fit_options, save, write_masks
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
-from .passes import (Histograms, RemoteMasks, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
+from .passes import (Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
                      ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
                      with_masks)
@@ -747,6 +747,11 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
                    masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
+        nonlocal spec
+        if spec.top_t_active:
+            t = time.perf_counter()
+            spec = replace(spec, masks=complete_masks(c, spec, model, parts, progress=progress))
+            timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
@@ -757,6 +762,17 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
                                                                                spec.masks)
 
     return _execute(s, prep, body, command="apply", client=client, echo=echo, t_start=t_start)
+
+
+def complete_masks(c: Any, spec: Spec, model: FittedModel, parts: list, *, progress: bool) -> dict[str, PairMasks]:
+    """The model's masks plus those of every pair the items can play in the top-t bracket that
+    the model lacks (new items may rank classes in combinations its fit never saw), from the
+    moments the model keeps (:func:`~pairwise_dask.masks.with_pairs`: the masks a fit that had met
+    those pairs would have saved). One more pass over the items, on their base labels only."""
+    needed: PairSet = _compute(c, tree_reduce([on_spec(pairs_partition, p, shared(spec)) for p in parts], merge),
+                               "top-t: the pairs the items can play", progress)
+    return {v: with_pairs(m, model.moments[v], spec.classes[v], needed.pairs[v], **model_fit_options(model.params))
+            for v, m in spec.masks.items()}
 
 
 def _passes(s: Settings, label: bool) -> int:

@@ -310,3 +310,20 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
         weights = np.zeros((len(pairs), d), dtype=np.float32)
         np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
     return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, anchors, bias, decision, separation)
+
+
+def with_pairs(masks: PairMasks, moments: Moments, classes: np.ndarray, ids: np.ndarray, *, min_items: int,
+               mix: float = 0.0, prior: float = 0.0) -> PairMasks:
+    """``masks`` plus the masks of the pairs among ``ids`` (:func:`pair_ids`) it lacks, fitted from
+    the ``moments`` it was fitted from, with its own width, form and decision (the other keywords
+    as that fit's; per-pair sets when the moments have ``k²`` rows): a pair's mask depends on its
+    two sides' moments alone, so these are exactly the masks a fit that had included the pairs
+    would have made. ``masks`` itself when none is missing."""
+    missing = np.setdiff1d(ids, pair_ids(masks.pairs, masks.k), assume_unique=True)
+    if not len(missing):
+        return masks
+    k = masks.k
+    extra = fit_masks(moments, classes, pairs=pairs_from_ids(missing, k), m=int(masks.dims.shape[1]),
+                      min_items=min_items, per_pair=len(moments.n) == k * k and k > 1,
+                      dense=masks.weights is not None, mix=mix, decision=masks.decision, prior=prior)
+    return concat_masks([masks, extra])

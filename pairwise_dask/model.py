@@ -103,6 +103,12 @@ def _read(loc: Location) -> pa.Table:
         return pq.read_table(f)
 
 
+def model_fit_options(params: dict) -> dict:
+    """The :func:`~pairwise_dask.masks.with_pairs` keywords of a saved model's fit (its params)."""
+    return {"min_items": int(params.get("min_items", 1)), "mix": float(params.get("mix", 0.0)),
+            "prior": float(params.get("prior", 0.0))}
+
+
 def _model_folder(folder: "str | Path | Location", storage_options: dict | None) -> Location:
     folder = Location.of(folder, storage_options)
     missing = [f for f in ("params.json", "classes.parquet", "moments.parquet", "masks.parquet")

@@ -307,6 +307,23 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
 
 
 @dataclass
+class PairSet:
+    """Per view, the sorted ids of the pairs the top-t bracket can play (merged as a set union)."""
+
+    pairs: dict[str, np.ndarray]
+
+    def __add__(self, o: "PairSet") -> "PairSet":
+        return PairSet({v: union_sorted(self.pairs[v], o.pairs[v]) for v in self.pairs})
+
+
+def pairs_partition(df: Any, spec: Spec) -> PairSet:
+    """The pairs a partition's items can play in the top-t bracket (their base classes only: no
+    rotation, no moments). ``apply`` needs them to give a saved model the masks it lacks."""
+    b = block_of(df, spec, rows=False)
+    return PairSet({v: play_pairs(players_of(b, spec, v), spec.k) for v in b.views})
+
+
+@dataclass
 class Histograms:
     """Pass 0 (only for quantile filters): per view, per class histograms of top-1 cosine and margin."""
 

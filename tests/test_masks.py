@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairwise_dask.masks import all_pairs, fit_masks
+from pairwise_dask.masks import all_pairs, fit_masks, pair_ids, with_pairs
 from pairwise_dask.moments import filtered_moments, quantize, QUANT_BITS
 
 
@@ -82,3 +82,22 @@ def test_fallback_pairs_use_the_prompts_largest_differences() -> None:
         if b == 3:
             assert masks.dims[p].tolist() == _top(np.abs(cls[a] - cls[b]), 6)
     assert all_pairs(k).tolist() == masks.pairs.tolist()
+
+
+@pytest.mark.parametrize("decision,per_pair", [("cosine", False), ("discriminant", False), ("cosine", True)])
+def test_pairs_added_later_are_the_masks_a_full_fit_makes(decision: str, per_pair: bool) -> None:
+    """with_pairs (apply's top-t completion) fits only the missing pairs, bit for bit as one fit of all."""
+    x, y, k = _sets(seed=5)
+    scores = (np.eye(k)[y] * 0.5 + np.random.default_rng(6).random((len(y), k)) * 0.6).astype(np.float32)
+    labels = scores.argmax(1).astype(np.int32)
+    mom = filtered_moments(x, scores, labels, cos_min=-1.0, diff_min=0.2 if per_pair else 0.0, per_pair=per_pair)
+    cls = np.random.default_rng(7).normal(size=(k, x.shape[1])).astype(np.float32)
+    kw = dict(m=5, min_items=2, per_pair=per_pair, dense=False, mix=0.5, decision=decision, prior=0.3)
+    full = fit_masks(mom, cls, **kw)
+    part = fit_masks(mom, cls, pairs=full.pairs[[0, 4]], **kw)
+    grown = with_pairs(part, mom, cls, pair_ids(full.pairs, k)[::-1].copy(), min_items=2, mix=0.5, prior=0.3)
+    assert with_pairs(full, mom, cls, pair_ids(full.pairs, k), min_items=2, mix=0.5, prior=0.3) is full
+    order = np.argsort(pair_ids(grown.pairs, k))
+    for name in ("pairs", "dims", "values", "n_a", "n_b", "fallback", "bias", "separation"):
+        a, b = getattr(full, name), getattr(grown, name)
+        assert (a is None and b is None) or np.array_equal(a, b[order]), name

@@ -2,6 +2,7 @@
 dense product path (on the demo data, where both fit in memory)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -52,3 +53,47 @@ def test_masks_fitted_on_the_workers_equal_the_client_fit(tmp_path, client, monk
     assert chunked.equals(one)
     for f in ("masks.parquet", "moments.parquet"):
         assert (tmp_path / "workers" / "model" / f).read_bytes() == (tmp_path / "client" / "model" / f).read_bytes()
+
+
+def test_apply_gives_a_top_t_model_the_masks_of_pairs_its_fit_never_met(tmp_path, client):
+    """New items rank classes in combinations the fit never saw: apply (and the estimator's
+    predict) add those pairs' masks from the model's moments, the masks a fuller fit would have."""
+    import dask.dataframe as dd
+    import numpy as np
+
+    from pairwise_dask import PairwiseLabeler
+    from pairwise_dask.masks import pair_ids, with_pairs
+    from pairwise_dask.model import load, model_fit_options, save
+
+    from catalogs import make_catalog
+
+    cat = make_catalog(tmp_path / "data", n=400, k=20, d=16)
+    t = pq.read_table(cat["items"])
+    for name, part in (("A", t.slice(0, 60)), ("B", t.slice(60))):
+        (tmp_path / name).mkdir()
+        pq.write_table(part, tmp_path / name / "items.parquet", row_group_size=100)
+    opts = {"mode": "top-t", "top_t": 3, "refine": 0, "rotate": "none", "fit_on": "view", "dims": 4, "label": ""}
+    job.fit(load_settings(None, {**cat, "items": str(tmp_path / "A" / "items.parquet"), "out": str(tmp_path / "fit"),
+                                 **opts}), client=client)
+    model = load(tmp_path / "fit" / "model")
+    new = {**cat, "items": str(tmp_path / "B" / "items.parquet"), **opts}
+    summary = job.apply(load_settings(None, {**new, "out": str(tmp_path / "applied")}), str(tmp_path / "fit" / "model"),
+                        client=client)
+    assert summary["labelled_items"] == 340
+    assert all(summary["per_view"][v]["pairs"] > len(model.masks[v].pairs) for v in ("a", "b"))  # pairs were added
+    # the reference: the model with every pair's mask made up front, then applied (nothing to add)
+    everything = np.arange(20 * 20, dtype=np.int64)
+    everything = everything[everything // 20 < everything % 20]
+    full = {v: with_pairs(m, model.moments[v], model.classes[v], everything, **model_fit_options(model.params))
+            for v, m in model.masks.items()}
+    assert all(len(m.pairs) == 190 for m in full.values())
+    save(replace(model, masks=full), tmp_path / "full" / "model")
+    job.apply(load_settings(None, {**new, "out": str(tmp_path / "applied-full")}), str(tmp_path / "full" / "model"),
+              client=client)
+    got, want = (pq.read_table(tmp_path / d / "labels").sort_by("id") for d in ("applied", "applied-full"))
+    assert got.equals(want)
+    # the estimator adds them lazily, partition by partition: the same labels
+    pred = PairwiseLabeler.load(tmp_path / "fit" / "model", views=dict(cat["views"])).predict(
+        dd.read_parquet(new["items"], dtype_backend="pyarrow", split_row_groups=True)).compute()
+    assert pred["final_label"].astype(str).tolist() == got.column("final_label").to_pylist()
+    assert pair_ids(model.masks["a"].pairs, 20).size < 190
