@@ -93,6 +93,12 @@ def test_discriminant_masks_in_the_tourney_functions():
     g = gather_decisions(x, masks, pair)
     assert np.allclose(g, np.take_along_axis(dec, pair, axis=1), atol=1e-5)
     assert np.array_equal(masked_margin(x, masks, pair[:, 0], g[:, 0]), g[:, 0])
+    # raw rows with their inverse norms (how the job holds them): a discriminant depends on the
+    # rows' scale, so both paths must apply it, before the bias
+    raw = x * rng.uniform(0.5, 3.0, size=(n, 1)).astype(np.float32)
+    scale = (1.0 / np.linalg.norm(raw, axis=1)).astype(np.float32)
+    assert np.allclose(pair_decisions(raw, masks, scale), dec, atol=1e-5)
+    assert np.allclose(gather_decisions(raw, masks, pair, scale), g, atol=1e-5)
 
 
 def test_a_class_without_items_falls_back_to_its_prompt():

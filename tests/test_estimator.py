@@ -100,3 +100,16 @@ def test_estimator_refuses_to_update_refined_moments_and_duplicate_ids(client, t
     with pytest.raises(BadInputError, match="duplicated id") as info:
         PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0).fit(twice)
     assert info.value.column == "id"
+
+
+def test_estimator_plays_the_jobs_bracket_with_the_same_default_seed(client, tmp_path):
+    """In mode bracket the labels depend on the seed's draw: the estimator's default is the job's."""
+    cat = make_catalog(tmp_path / "data", n=400, k=6)
+    opts = {"refine": 0, "mode": "bracket", "final": "confident-view"}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    got = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", **opts).fit(items).predict(items).compute()
+    assert got["label_a"].astype(str).tolist() == ref["label_a"].astype(str).tolist()
+    other = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", seed=1, **opts).fit(items)
+    assert other.predict(items).compute()["label_a"].astype(str).tolist() != ref["label_a"].astype(str).tolist()

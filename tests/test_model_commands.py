@@ -70,6 +70,11 @@ def test_options_the_model_fixes_are_refused_all_at_once(client, fitted, tmp_pat
                  "--decision", "discriminant") == 2
     err = capsys.readouterr().err
     assert "rotate = 'pca' (the model: 'none')" in err and "decision = 'discriminant'" in err
+    # every option the masks are made from is fixed for update, mix and min_items included
+    assert _main(client, "update", str(model), *_flags(cat), "--out", str(out), "--mix", "0.5",
+                 "--min-items", "7", "--dims", "6") == 2
+    err = capsys.readouterr().err
+    assert "mix = 0.5 (the model: 0)" in err and "min_items = 7 (the model: 3)" in err and "dims = 6" in err
     assert _main(client, "apply", str(model), *_flags(cat), "--out", str(out),
                  "--classes", cat["classes"]) == 2
     assert "takes the classes from the model" in capsys.readouterr().err
