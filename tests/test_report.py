@@ -1,6 +1,8 @@
 """report.html: parses, embeds its figures, needs no network, and its numbers match the run."""
 from __future__ import annotations
 
+import re
+
 import json
 import math
 from html.parser import HTMLParser
@@ -111,10 +113,20 @@ def test_demo_report_numbers_match_the_summary(demo_run: tuple[Path, dict]) -> N
     for pair, a in summary["agreement_weighted_f1"].items():
         base, tour = (float(x) for x in m[f"agreement:{pair}"].split("|"))
         assert (base, tour) == (a["base"], a["tourney"])
+    html_text = (out / "report.html").read_text(encoding="utf-8")
+
+    def shown(metric: str) -> str:  # a card's visible value, tags stripped
+        value = re.search(rf'data-metric="{re.escape(metric)}"[^>]*>.*?<div class="v">(.*?)</div>', html_text).group(1)
+        return re.sub(r"<[^>]+>", "", value)
+
     for v, pv in summary["per_view"].items():
         base, tour = (float(x) for x in m[f"accuracy:{v}"].split("|"))
         assert (base, tour) == (pv["accuracy_base"], pv["accuracy_tourney"])
+        # and the page shows them in that order: base → tourney
+        assert shown(f"accuracy:{v}") == f"{pv['accuracy_base']:.3f} → {pv['accuracy_tourney']:.3f}"
         assert int(m[f"changed:{v}"]) == pv["changed"]
+    for pair, a in summary["agreement_weighted_f1"].items():
+        assert shown(f"agreement:{pair}") == f"{a['base']:.3f} → {a['tourney']:.3f}"
     assert float(m["accuracy:final"]) == summary["final"]["accuracy"]
     assert int(m["review"]) == summary["disagreements"]["rows"]
     assert int(m["fallback"]) == summary["fallback_pairs"]
