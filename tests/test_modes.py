@@ -285,3 +285,31 @@ def test_agreement_and_accuracy_figures_by_hand():
     assert accuracy(conf) == 0.7
     truth, pred = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), np.array([0, 0, 0, 1, 0, 0, 1, 1, 1, 1])
     assert np.array_equal(confusion(truth, pred, 3), conf)
+
+
+def test_a_class_with_too_few_items_keeps_its_prompt_in_the_prototypes():
+    """mix moves a class vector towards its items' mean only when it has min_items of them."""
+    rng = np.random.default_rng(9)
+    k, d = 3, 6
+    cls = rng.normal(size=(k, d)).astype(np.float32)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    y = np.array([0] * 2 + [1] * 40 + [2] * 40)  # class 0: two items only
+    x = rng.normal(size=(len(y), d)).astype(np.float32)
+    mom = class_moments(x, y, np.ones(len(y), bool), k)
+    proto = prototypes(cls, mom, mix=1.0, per_pair=False, min_items=5)
+    assert np.allclose(proto[0], cls[0], atol=1e-6)
+    assert not np.allclose(proto[1], cls[1], atol=1e-3) and np.isclose(np.linalg.norm(proto[1]), 1, atol=1e-5)
+
+
+def test_refined_statistics_use_the_keep_share_of_most_confident_items(client, tmp_path):
+    """A refine round's moments hold about ``keep`` of the items: those of largest final margin."""
+    cat = make_catalog(tmp_path / "data", n=1000)
+    counts = {}
+    for keep in (0.3, 0.6):
+        s = load_settings(None, {**cat, "out": str(tmp_path / f"k{keep}"), "refine": 1, "keep": keep,
+                                 "keep_sample": 0})
+        job.fit(s, client=client)
+        model = load(tmp_path / f"k{keep}" / "model")
+        counts[keep] = {v: int(m.n.sum()) for v, m in model.moments.items()}
+        for v, n in counts[keep].items():  # one set per final label: each kept item counted once
+            assert abs(n - keep * 1000) <= 25, (keep, v, n)
