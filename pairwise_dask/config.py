@@ -427,17 +427,19 @@ FREE_OF_MODEL = {"apply": frozenset({"seed", "mode", "top_t", "final", "fuse"}),
                  "update": frozenset({"seed", "final", "fuse"})}
 
 
+def _fixed_by_model(params: dict, command: str) -> dict[str, Any]:
+    """Option name -> the model's value, for every option the model fixes for ``command``."""
+    return {k.split(".", 1)[1]: v for k, v in model_method(params).items()
+            if k.split(".", 1)[1] not in FREE_OF_MODEL[command]}
+
+
 def model_differences(s: Settings, params: dict, command: str) -> list[str]:
     """``"dims = 10 (the model: 0.5)"`` for each option fixed by the model that ``s`` sets otherwise."""
     def show(x: Any) -> str:
         return f"{x:g}" if isinstance(x, float) else repr(x)
 
-    out = []
-    for key, v in model_method(params).items():
-        name = key.split(".", 1)[1]
-        if name not in FREE_OF_MODEL[command] and getattr(s, name) != v:
-            out.append(f"{name} = {show(getattr(s, name))} (the model: {show(v)})")
-    return out
+    return [f"{name} = {show(getattr(s, name))} (the model: {show(v)})"
+            for name, v in _fixed_by_model(params, command).items() if getattr(s, name) != v]
 
 
 def check_model_method(s: Settings, params: dict, command: str) -> None:
@@ -453,6 +455,5 @@ def check_model_method(s: Settings, params: dict, command: str) -> None:
 
 def with_model_method(s: Settings, params: dict, command: str) -> Settings:
     """``s`` with the options the model fixes for ``command`` set to the model's values."""
-    fixed = {k.split(".", 1)[1]: _coerce(_BY_KEY[k], v, "the model's params.json")
-             for k, v in model_method(params).items() if k.split(".", 1)[1] not in FREE_OF_MODEL[command]}
-    return s.replace(**fixed)
+    return s.replace(**{name: _coerce(_BY_NAME[name], v, "the model's params.json")
+                        for name, v in _fixed_by_model(params, command).items()})

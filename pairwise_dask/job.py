@@ -747,19 +747,19 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
                    masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        nonlocal spec
-        if spec.top_t_active:
+        played = spec
+        if spec.top_t_active:  # new items may need pairs the model lacks
             t = time.perf_counter()
-            spec = replace(spec, masks=complete_masks(c, spec, model, parts, progress=progress))
+            played = replace(spec, masks=complete_masks(c, spec, model, parts, progress=progress))
             timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        tally = label_pass(c, s, spec, parts, staging / "labels", progress=progress)
+        tally = label_pass(c, s, played, parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
         timings["write"] = time.perf_counter() - t
         return {"command": "apply", "model": str(model_dir)} | _label_summary(s, prep.classes.names, tally,
-                                                                               spec.masks)
+                                                                               played.masks)
 
     return _execute(s, prep, body, command="apply", client=client, echo=echo, t_start=t_start)
 

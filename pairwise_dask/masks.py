@@ -239,7 +239,7 @@ def discriminant_values(moments: Moments, classes: np.ndarray, pairs: np.ndarray
     w_out, bias_out = np.empty((len(pairs), m), np.float32), np.empty(len(pairs), np.float32)
     sep_out = np.empty(len(pairs), np.float32)
     # chunks of pairs: each pair's numbers are its own (bit for bit the same as one pass over all),
-    # and the float64 temporaries stay (chunk, m) instead of (P, m) (k = 1000: 2.8 GB at m = 384)
+    # and the float64 temporaries stay (chunk, m) instead of (P, m) (k = 1,000, m = 384: ~86 MB each per fit task)
     for s in range(0, len(pairs), FIT_CHUNK):
         sl = slice(s, s + FIT_CHUNK)
         ja, jb, dm = ia[sl], ib[sl], dims[sl]
