@@ -86,6 +86,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("100k-f16", 100_000, row_group=16384, dtype="float16"),
     Case("100k-snappy", 100_000, row_group=16384, compression="snappy"),
     Case("1m", 1_000_000),
+    # the issue's own catalog: float32 lists, snappy (its 6.2 GB, 29 s read, 91 s script)
+    Case("1m-snappy", 1_000_000, compression="snappy"),
     Case("1m-packed", 1_000_000, packed=True),
     Case("1m-f16-packed", 1_000_000, dtype="float16", packed=True),
     # the default method (rotate = pca, discriminant, refine = 2): what its accuracy costs

@@ -36,11 +36,11 @@ from .model import FittedModel, load, model_fit_options, save, write_masks
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
-from .rotation import kept_axes, rotate_classes, rotation_from_gram, sample_below, truncate
+from .rotation import axes_of, kept_axes, rotate_classes, sample_below
 from .passes import (Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
                      ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
-                     with_masks)
+                     with_remote)
 from .tourney import use_gather
 
 SPLIT_EVERY = 8
@@ -192,6 +192,7 @@ class SpecRef(NamedTuple):
     stub: Any                  # the spec, without the masks left on the workers, as one graph task
     order: tuple[str, ...]     # the views of the spec's masks
     masks: dict[str, Any]      # view -> future of its masks on the workers (RemoteMasks); often empty
+    rotation: Any = None       # the future of the spec's rotation on the workers (Spec.rotation_ref)
 
 
 def shared(spec: Spec) -> SpecRef:
@@ -202,28 +203,32 @@ def shared(spec: Spec) -> SpecRef:
     cancelled. A graph task is sent once, stays with the scheduler and is recomputed on whichever
     worker needs it, so the job survives losing every worker as long as a new one joins.
     Its key is a fresh name, not a token: tokenising hashes every array of the spec, and each pass
-    sends its own spec once either way. Masks left on the workers (:class:`RemoteMasks`) stay out
-    of it: :func:`on_spec` passes their futures beside it (recomputed from their lineage if lost).
+    sends its own spec once either way. Masks left on the workers (:class:`RemoteMasks`) and a
+    rotation already there (``Spec.rotation_ref``) stay out of it: :func:`on_spec` passes their
+    futures beside it (recomputed from their lineage if lost).
     """
     from dask import delayed
 
     remote = {v: m.joined for v, m in spec.masks.items() if isinstance(m, RemoteMasks)}
     stub = replace(spec, masks={v: m for v, m in spec.masks.items() if v not in remote}) if remote else spec
-    return SpecRef(delayed(stub, name=f"Spec-{uuid.uuid4().hex}", traverse=False), tuple(spec.masks), remote)
+    if spec.rotation_ref is not None:
+        stub = replace(stub, rotation={}, rotation_ref=None)
+    return SpecRef(delayed(stub, name=f"Spec-{uuid.uuid4().hex}", traverse=False), tuple(spec.masks), remote,
+                   spec.rotation_ref)
 
 
 def on_spec(fn: Callable[..., Any], first: Any, ref: SpecRef, *args: Any, pure: bool = True,
             dask_key_name: str | None = None) -> Any:
-    """``delayed(fn)(first, spec, *args)`` for the spec ``ref`` stands for. Masks left on the
-    workers go beside the spec and the task itself puts them back in (:func:`with_masks`): a worker
-    fetches each view's masks once for all of the pass's tasks it runs, and no spec holding them
-    is ever built in one place and copied to the others."""
+    """``delayed(fn)(first, spec, *args)`` for the spec ``ref`` stands for. Masks and a rotation
+    left on the workers go beside the spec and the task itself puts them back in
+    (:func:`with_remote`): a worker fetches each once for all of the pass's tasks it runs, and no
+    spec holding them is ever built in one place and copied to the others."""
     from dask import delayed
 
     kw = {} if dask_key_name is None else {"dask_key_name": dask_key_name}
-    if not ref.masks:
+    if not ref.masks and ref.rotation is None:
         return delayed(fn, pure=pure)(first, ref.stub, *args, **kw)
-    return delayed(with_masks, pure=pure)(fn, first, ref.stub, ref.order, ref.masks, *args, **kw)
+    return delayed(with_remote, pure=pure)(fn, first, ref.stub, ref.order, ref.masks, ref.rotation, *args, **kw)
 
 
 def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, progress: bool) -> Spec:
@@ -246,12 +251,28 @@ def quantile_thresholds_pass(c: Any, s: Settings, spec: Spec, parts: list, *, pr
     return replace(spec, thresholds=thresholds)
 
 
-def with_rotation(spec: Spec, rotation: dict[str, np.ndarray]) -> Spec:
-    """``spec`` reading items as ``x·R`` and holding the prompts in the same basis."""
+def with_rotation(spec: Spec, rotation: dict[str, np.ndarray], ref: Any = None) -> Spec:
+    """``spec`` reading items as ``x·R`` and holding the prompts in the same basis; ``ref``: a
+    future of ``rotation`` on the workers, which the passes use instead of shipping the arrays."""
     if not rotation:
         return spec
-    return replace(spec, rotation=dict(rotation), base_classes=dict(spec.classes),
+    return replace(spec, rotation=dict(rotation), rotation_ref=ref, base_classes=dict(spec.classes),
                    classes={v: rotate_classes(c, rotation[v]) for v, c in spec.classes.items()})
+
+
+def rotation_on_workers(c: Any, spec: Spec) -> Spec:
+    """``spec`` with a rotation the client holds (a saved model's) sent to the workers once, as a
+    task of its own (recomputed from its data if its worker is lost), instead of with every pass."""
+    import dask
+
+    if not spec.rotation or spec.rotation_ref is not None:
+        return spec
+    # sent once on purpose: Dask's "large graph" warning (past 10 MB) would tell the user to do
+    # what this does
+    size = sum(r.nbytes for r in spec.rotation.values())
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": max(size * 2, 10 * 2**20)}):
+        ref = c.submit(dict, spec.rotation, key=f"rotation-{uuid.uuid4().hex}")
+    return replace(spec, rotation_ref=ref)
 
 
 def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool) -> Spec:
@@ -259,12 +280,17 @@ def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, pr
     sample by id hash, when the catalog is larger), then every view's principal axes."""
     if s.rotate != "pca":
         return spec
+    from dask import delayed
+
     spec_f = shared(spec)
     below = sample_below(rows, s.rotate_sample)
-    gram = _compute(c, tree_reduce([on_spec(gram_partition, p, spec_f, below) for p in parts], merge),
-                    "rotation: Grams", progress)
-    return with_rotation(spec, {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), s.rotate_dims)
-                                for v in gram.n})
+    gram = tree_reduce([on_spec(gram_partition, p, spec_f, below) for p in parts], merge)
+    # the axes are found on a worker and stay there for the passes (a (d, d) Gram and a (d, r)
+    # basis per view: 134 + 64 MB at d = 4,096); the client fetches the basis once, for the prompts
+    # and the model
+    axes = c.compute(delayed(axes_of)(gram, s.rotate_dims))
+    _await(c, [axes], "rotation: Grams", progress)
+    return with_rotation(spec, axes.result(), ref=axes)
 
 
 def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: int, progress: bool, echo: Echo,
@@ -278,7 +304,7 @@ def decoded_items(c: Any, s: Settings, prep: Prepared, parts: list, *, passes: i
     rotates what it reads (passes of base labels none, keep-threshold passes their sample only).
     """
     if rotation is not None or s.rotate != "pca":
-        spec = with_rotation(prep.spec, rotation or {})
+        spec = rotation_on_workers(c, with_rotation(prep.spec, rotation or {}))
         return spec, cache_blocks(c, s, prep.info, spec, parts, passes=passes, progress=progress, echo=echo,
                                   timings=timings)
     blocks = cache_blocks(c, s, prep.info, prep.spec, parts, passes=passes + 1, progress=progress, echo=echo,
@@ -747,10 +773,10 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
                    masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
-        played = spec
+        played = rotation_on_workers(c, spec)
         if spec.top_t_active:  # new items may need pairs the model lacks
             t = time.perf_counter()
-            played = replace(spec, masks=complete_masks(c, spec, model, parts, progress=progress))
+            played = replace(played, masks=complete_masks(c, played, model, parts, progress=progress))
             timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         tally = label_pass(c, s, played, parts, staging / "labels", progress=progress)

@@ -38,11 +38,16 @@ class RemoteMasks:
     decision: str
 
 
-def with_masks(fn: Callable[..., Any], first: Any, stub: "Spec", order: tuple[str, ...],
-               masks: dict[str, PairMasks], *args: Any) -> Any:
-    """``fn(first, spec, *args)``, ``spec`` being ``stub`` with ``masks`` put back in, in the
-    views' ``order`` (pure; runs on a worker, by the task that needs the spec)."""
-    spec = replace(stub, masks={v: stub.masks[v] if v in stub.masks else masks[v] for v in order})
+def with_remote(fn: Callable[..., Any], first: Any, stub: "Spec", order: tuple[str, ...],
+                masks: dict[str, PairMasks], rotation: dict[str, np.ndarray] | None, *args: Any) -> Any:
+    """``fn(first, spec, *args)``, ``spec`` being ``stub`` with what stayed on the workers put back
+    in: ``masks`` in the views' ``order``, and ``rotation`` unless None (pure; runs on a worker,
+    by the task that needs the spec)."""
+    spec = stub
+    if masks:
+        spec = replace(spec, masks={v: stub.masks[v] if v in stub.masks else masks[v] for v in order})
+    if rotation is not None:
+        spec = replace(spec, rotation=rotation)
     return fn(first, spec, *args)
 
 
@@ -75,6 +80,9 @@ class Spec:
     # as x·R (rotate = pca; r = d unless rotate_dims); ``classes`` then holds the rotated prompts
     # and ``base_classes`` the prompts as given: base labels are cosines of the rows as read
     base_classes: dict[str, np.ndarray] = field(default_factory=dict)
+    # the client's copy only: a future of ``rotation`` already on the workers (64 MB a view at
+    # d = 4,096), which the passes fetch there instead of carrying it in every pass's graph
+    rotation_ref: Any = field(default=None, compare=False, repr=False)
 
     @property
     def k(self) -> int:

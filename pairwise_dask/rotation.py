@@ -72,6 +72,12 @@ def rotation_from_gram(n: int, s1: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vec, dtype=np.float32)
 
 
+def axes_of(gram: Gram, dims: float) -> dict[str, np.ndarray]:
+    """Every view's rotation from its merged Gram, truncated to ``dims`` axes (runs on a worker:
+    the ``(d, d)`` Grams never travel, and the client fetches the result once)."""
+    return {v: truncate(rotation_from_gram(gram.n[v], gram.s1[v], gram.g[v]), dims) for v in gram.n}
+
+
 def kept_axes(d: int, dims: float) -> int:
     """``r``, the principal axes ``rotate_dims`` keeps of ``d``: a count, a fraction of ``d`` below
     1, or 0 for all of them."""

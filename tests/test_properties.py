@@ -6,6 +6,7 @@ Hypothesis runs derandomized (a fixed example sequence), so every run of the sui
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -221,6 +222,25 @@ def test_degenerate_shapes_complete(name: str, tmp_path: Path, client: Any) -> N
     assert (summary["fallback_pairs"] > 0) == fallback
     if name == "d=2":  # the default m is half of d: one of the two dimensions
         assert len(pq.read_table(out / "model" / "masks.parquet").column("dims").to_pylist()[0]) == 1
+
+
+def test_wide_rotation_is_not_in_the_passes_graphs(tmp_path: Path, client: Any) -> None:
+    """rotate = pca at d = 4,096: the (d, d) basis (64 MB) is found on a worker and every pass
+    fetches it there, for run and for a saved model's update and apply (sent once). No pass ships
+    it in its graph: Dask warns of a "large graph" past 10 MB. The labels are the run's."""
+    cat = make_catalog(tmp_path / "data", n=24, d=4096, k=3)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        job.run(cat.settings(out, dims=None, min_items=2, refine=0), client=client)
+        job.fit(cat.settings(tmp_path / "m", dims=None, min_items=2, refine=0), client=client)
+        job.fit(cat.settings(tmp_path / "m2", dims=None, min_items=2, refine=0), client=client,
+                base_model=str(tmp_path / "m" / "model"))
+        job.apply(cat.settings(tmp_path / "a"), str(tmp_path / "m" / "model"), client=client)
+    assert [str(w.message) for w in seen if "large graph" in str(w.message)] == []
+    assert pq.read_table(tmp_path / "m" / "model" / "rotation.parquet").num_rows == 2 * 4096
+    ran, applied = (pq.read_table(p / "labels").sort_by("id") for p in (out, tmp_path / "a"))
+    assert applied.column("final_label").equals(ran.column("final_label"))
 
 
 def test_partition_with_zero_rows(tmp_path: Path, client: Any) -> None:
