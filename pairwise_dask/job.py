@@ -260,19 +260,36 @@ def with_rotation(spec: Spec, rotation: dict[str, np.ndarray], ref: Any = None) 
                    classes={v: rotate_classes(c, rotation[v]) for v, c in spec.classes.items()})
 
 
-def rotation_on_workers(c: Any, spec: Spec) -> Spec:
-    """``spec`` with a rotation the client holds (a saved model's) sent to the workers once, as a
-    task of its own (recomputed from its data if its worker is lost), instead of with every pass."""
+def _send_once(c: Any, value: Any, what: str) -> Any:
+    """A future of ``value`` (which the client holds) on the workers: sent once, as a task of its
+    own whose data the scheduler keeps, so it is recomputed if its worker is lost (a scattered
+    value would not be). Dask's "large graph" warning (past 10 MB) would tell the user to do what
+    this does, so it is raised past this one send."""
     import dask
+    from dask.sizeof import sizeof
 
+    size = sizeof(value)
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": max(size * 2, 10 * 2**20)}):
+        return c.submit(_same, value, key=f"{what}-{uuid.uuid4().hex}")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def rotation_on_workers(c: Any, spec: Spec) -> Spec:
+    """``spec`` with a rotation the client holds (a saved model's) sent to the workers once
+    (:func:`_send_once`) instead of with every pass."""
     if not spec.rotation or spec.rotation_ref is not None:
         return spec
-    # sent once on purpose: Dask's "large graph" warning (past 10 MB) would tell the user to do
-    # what this does
-    size = sum(r.nbytes for r in spec.rotation.values())
-    with dask.config.set({"distributed.admin.large-graph-warning-threshold": max(size * 2, 10 * 2**20)}):
-        ref = c.submit(dict, spec.rotation, key=f"rotation-{uuid.uuid4().hex}")
-    return replace(spec, rotation_ref=ref)
+    return replace(spec, rotation_ref=_send_once(c, dict(spec.rotation), "rotation"))
+
+
+def masks_on_workers(c: Any, spec: Spec) -> Spec:
+    """``spec`` with the masks the client holds (a saved model's: 722 MB at k = 1,000) sent to
+    the workers once (:func:`_send_once`) and used there like masks fitted there (:class:`RemoteMasks`)."""
+    return replace(spec, masks={v: m if isinstance(m, RemoteMasks) else RemoteMasks(_send_once(c, m, "masks"), m.decision)
+                                for v, m in spec.masks.items()})
 
 
 def rotation_pass(c: Any, s: Settings, spec: Spec, parts: list, rows: int, *, progress: bool) -> Spec:
@@ -779,7 +796,7 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
             played = replace(played, masks=complete_masks(c, played, model, parts, progress=progress))
             timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
-        tally = label_pass(c, s, played, parts, staging / "labels", progress=progress)
+        tally = label_pass(c, s, masks_on_workers(c, played), parts, staging / "labels", progress=progress)
         timings["tourney"] = time.perf_counter() - t
         t = time.perf_counter()
         write_disagreements(tally, staging / "disagreements")
@@ -795,7 +812,8 @@ def complete_masks(c: Any, spec: Spec, model: FittedModel, parts: list, *, progr
     the model lacks (new items may rank classes in combinations its fit never saw), from the
     moments the model keeps (:func:`~pairwise_dask.masks.with_pairs`: the masks a fit that had met
     those pairs would have saved). One more pass over the items, on their base labels only."""
-    needed: PairSet = _compute(c, tree_reduce([on_spec(pairs_partition, p, shared(spec)) for p in parts], merge),
+    no_masks = shared(replace(spec, masks={}))  # the base labels alone: the masks stay on the client
+    needed: PairSet = _compute(c, tree_reduce([on_spec(pairs_partition, p, no_masks) for p in parts], merge),
                                "top-t: the pairs the items can play", progress)
     return {v: with_pairs(m, model.moments[v], spec.classes[v], needed.pairs[v], **model_fit_options(model.params))
             for v, m in spec.masks.items()}

@@ -83,3 +83,32 @@ def test_remote_masks_give_the_client_fits_labels_and_model(tmp_path, client, mo
     for f in files:
         assert (remote / "model" / f).read_bytes() == (here / "model" / f).read_bytes()
         assert (fit_remote / "model" / f).read_bytes() == (fit_here / "model" / f).read_bytes()
+
+
+def test_apply_sends_the_models_masks_to_the_workers_once(tmp_path, client):
+    """``apply`` (top-t, so with its pair-collecting pass too): the saved model's masks and
+    rotation go to the workers once, not inside each pass's graph. With Dask's "large graph"
+    threshold below the masks' size, no pass warns; the labels are the fitted run's."""
+    import warnings
+
+    import dask
+
+    from fixtures import make_catalog
+
+    cat = make_catalog(tmp_path / "data", n=400, d=64, k=60)
+    opts = {"dims": 0.5, "mode": "top-t", "top_t": 8}
+    job.run(cat.settings(tmp_path / "run", **opts), client=client)
+    model = tmp_path / "run" / "model"
+    from dask.sizeof import sizeof
+
+    from pairwise_dask.model import load
+
+    size = sum(sizeof(m) for m in load(str(model)).masks.values())
+    assert size > 200_000
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": size // 2}), \
+            warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        job.apply(cat.settings(tmp_path / "apply", mode="top-t", top_t=8), str(model), client=client)
+    assert [str(w.message)[:40] for w in seen if "large graph" in str(w.message)] == []
+    ran, applied = (pq.read_table(tmp_path / p / "labels").sort_by("id") for p in ("run", "apply"))
+    assert applied.column("final_label").equals(ran.column("final_label"))
