@@ -353,3 +353,30 @@ def test_cli_killed_leaves_previous_result_or_none(small: Catalog, reference: di
     assert res.returncode == 0, res.stderr
     assert tree_bytes(out, "labels", "model", "disagreements") == reference
     assert not [p for p in out.iterdir() if p.name.startswith((pio.STAGING_PREFIX, pio.TRASH_PREFIX))]
+
+
+@pytest.mark.cluster
+def test_a_value_sent_once_survives_losing_its_worker() -> None:
+    """``apply`` sends a saved model's masks and rotation to the workers once (``job._send_once``),
+    not by ``scatter``: the scheduler keeps the task's data, so when the worker holding it dies the
+    value is made again on another worker (a scattered value would be lost with its worker)."""
+    import logging
+
+    import numpy as np
+    from distributed import Client, LocalCluster
+
+    from pairwise_dask.job import _send_once
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
+        c.wait_for_workers(2)
+        value = {"a": np.arange(1000.0)}
+        fut = _send_once(c, value, "test")
+        fut.result()
+        (holder,) = c.who_has(fut)[fut.key]
+        with pytest.raises(Exception):  # the worker dies before it can answer
+            c.run(os._exit, 1, workers=[holder])
+        _wait_for(lambda: holder not in c.scheduler_info()["workers"], "the worker's removal")
+        again = fut.result(timeout=TIMEOUT)
+        np.testing.assert_array_equal(again["a"], value["a"])
+        assert c.who_has(fut)[fut.key] and holder not in c.who_has(fut)[fut.key]
