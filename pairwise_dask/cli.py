@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.configure_parser(sub.add_parser("classes", help=prompts.HELP, description=prompts.DESCRIPTION,
                                             epilog=prompts.EXAMPLES,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
+    from . import pack
+
+    pack.configure_parser(sub.add_parser("pack", help=pack.HELP, description=pack.DESCRIPTION, epilog=pack.EXAMPLES,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter))
     return p
 
 
@@ -177,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .prompts import run_command
 
         return run_command(ns)
+    if ns.command == "pack":
+        from .pack import run_command as run_pack
+
+        return run_pack(ns)
     quiet = ns.quiet or ns.json
     echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
     try:

@@ -1,0 +1,116 @@
+"""``pairwise-dask pack``: list embedding columns rewritten as packed fixed_size_binary, bit for
+bit, keeping files, row groups and other columns; the job's outputs are the same on either."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fixtures import fsl, make_catalog, run_cli
+from pairwise_dask import job
+from pairwise_dask.errors import BadInputError
+from pairwise_dask.pack import pack_catalog, pack_column
+
+
+def _rows(col: pa.ChunkedArray | pa.Array, dtype: type) -> np.ndarray:
+    """A packed column's values back as an (n, d) array of ``dtype``."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return np.frombuffer(arr.buffers()[1], dtype=dtype).reshape(len(arr), -1)
+
+
+@pytest.mark.parametrize("value_type,width,dtype", [(pa.float32(), 4, np.float32), (pa.float16(), 2, np.float16),
+                                                    (pa.float64(), 4, np.float32)])
+def test_values_are_copied_bit_for_bit(value_type: pa.DataType, width: int, dtype: type) -> None:
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(value_type.to_pandas_dtype())
+    for col in (fsl(x, value_type), pa.array(list(x), pa.list_(value_type))):
+        packed = pack_column(col, name="e")
+        assert packed.type == pa.binary(5 * width)
+        np.testing.assert_array_equal(_rows(packed, dtype), x.astype(dtype))  # float64: the job's float32
+
+
+def test_bad_embeddings_name_the_file_column_and_row(tmp_path: Path) -> None:
+    bad = pa.table({"id": ["x", "y", "z"], "e": pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32()))})
+    pq.write_table(bad, tmp_path / "items.parquet")
+    with pytest.raises(BadInputError, match=r"items\.parquet, column 'e', row id 'y': holds a null embedding"):
+        pack_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "out"))
+    mixed = pa.table({"id": ["x", "y"], "e": pa.array([[1.0, 2.0], [3.0]], pa.list_(pa.float32()))})
+    pq.write_table(mixed, tmp_path / "items.parquet")
+    with pytest.raises(BadInputError, match=r"row id 'y': has embeddings of mixed lengths"):
+        pack_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "out"))
+    with pytest.raises(BadInputError, match=r"column 'id': has type .*not a list of floats"):
+        pack_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "out"), columns=["id"])
+    with pytest.raises(BadInputError, match=r"column 'nope': is not a column of this file"):
+        pack_catalog(str(tmp_path / "items.parquet"), str(tmp_path / "out"), columns=["nope"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["items.parquet"]  # no output, no staging left
+
+
+def test_a_folder_keeps_files_row_groups_and_other_columns(tmp_path: Path) -> None:
+    cat = make_catalog(tmp_path / "data", n=50)
+    src = tmp_path / "items"
+    (src / "part=1").mkdir(parents=True)
+    pq.write_table(cat.items.slice(0, 30), src / "part=1" / "a.parquet", row_group_size=7)
+    pq.write_table(cat.items.slice(30), src / "b.parquet", row_group_size=20, compression="zstd")
+    r = pack_catalog(str(src), str(tmp_path / "packed"))
+    assert (r.files, r.rows, r.row_groups) == (2, 50, 5 + 1)
+    assert r.columns == tuple(cat.view_cols)
+    for rel in ("part=1/a.parquet", "b.parquet"):
+        before, after = pq.ParquetFile(src / rel), pq.ParquetFile(tmp_path / "packed" / rel)
+        assert [before.metadata.row_group(g).num_rows for g in range(before.metadata.num_row_groups)] == \
+               [after.metadata.row_group(g).num_rows for g in range(after.metadata.num_row_groups)]
+        assert after.metadata.row_group(0).column(0).compression == before.metadata.row_group(0).column(0).compression
+        t0, t1 = before.read(), after.read()
+        assert t1.column_names == t0.column_names
+        for c in t0.column_names:
+            if c in cat.view_cols:
+                assert t1.schema.field(c).type == pa.binary(4 * 8)
+                np.testing.assert_array_equal(_rows(t1.column(c), np.float32),
+                                              np.stack(t0.column(c).to_numpy(zero_copy_only=False)))
+            else:
+                assert t1.column(c).equals(t0.column(c))
+
+
+def test_out_is_replaced_only_with_overwrite_and_only_when_complete(tmp_path: Path) -> None:
+    cat = make_catalog(tmp_path / "data", n=20)
+    out = tmp_path / "packed"
+    pack_catalog(str(cat.items_path), str(out))
+    first = (out / cat.items_path.name).read_bytes()
+    with pytest.raises(BadInputError, match="already exists.*--overwrite"):
+        pack_catalog(str(cat.items_path), str(out))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    two = cat.items.slice(0, 2)
+    holed = pa.array([two.column("emb_a")[0].as_py(), None], two.schema.field("emb_a").type)
+    pq.write_table(two.set_column(two.column_names.index("emb_a"), "emb_a", holed), broken / "z.parquet")
+    pq.write_table(cat.items, broken / "a.parquet")  # packed first, then z.parquet fails
+    with pytest.raises(BadInputError, match="null embedding"):
+        pack_catalog(str(broken), str(out), columns=None, overwrite=True)
+    assert (out / cat.items_path.name).read_bytes() == first  # the old OUT stands, nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "data", "packed"]
+    pack_catalog(str(cat.items_path), str(out), overwrite=True, compression="none")
+    assert pq.ParquetFile(out / cat.items_path.name).metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+    with pytest.raises(BadInputError, match="inside the catalog"):
+        pack_catalog(str(tmp_path / "data"), str(tmp_path / "data" / "packed"))
+
+
+def test_the_job_gives_the_same_outputs_on_the_packed_catalog(tmp_path: Path, client) -> None:
+    cat = make_catalog(tmp_path / "data", n=300, d=16, k=4, noise=1.5, row_group_size=64)
+    pack_catalog(str(cat.items_path), str(tmp_path / "packed"))
+    job.run(cat.settings(tmp_path / "lists", dims=0.5), client=client)
+    job.run(cat.settings(tmp_path / "packed-out", dims=0.5, items=str(tmp_path / "packed")), client=client)
+    for what in ("labels", "disagreements"):
+        a, b = (pq.read_table(tmp_path / o / what).sort_by("id") for o in ("lists", "packed-out"))
+        assert a.num_rows and a.equals(b), what
+    masks = [pq.read_table(tmp_path / o / "model" / "masks.parquet") for o in ("lists", "packed-out")]
+    assert masks[0].equals(masks[1])
+
+
+def test_cli(tmp_path: Path) -> None:
+    cat = make_catalog(tmp_path / "data", n=20)
+    done = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
+    assert done.returncode == 0, done.stderr
+    assert "20 rows in 1 files" in done.stdout and "packed emb_a, emb_b" in done.stdout
+    again = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
+    assert again.returncode == 2 and "already exists. Choose another OUT or pass --overwrite" in again.stderr
