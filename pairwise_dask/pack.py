@@ -12,8 +12,8 @@ reads it. Files, row groups, row order and every other column are kept as they a
 partitions and the outputs of a job are the same on either catalog.
 
 The conversion streams one row group at a time (memory: a few times one row group; 2.5 GB for
-1M × 768 × 2 in 16 row groups) and writes into a
-staging folder next to ``OUT`` that replaces ``OUT`` only once every file is written.
+1M × 768 × 2 in 16 row groups) and writes into a staging folder next to ``OUT`` that replaces
+``OUT`` only once every file is written.
 """
 from __future__ import annotations
 
