@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Any, Sequence
 
 from .config import OPTIONS, check_model_method, load_settings, model_method, parse_views, read_job_file
@@ -171,6 +173,16 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a scheduler's walltime, a pod's deletion), raised where the run is so
+    that it unwinds like Ctrl-C: the staged outputs are removed and the cluster is closed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -211,17 +223,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import job
 
         bars = not quiet and sys.stdout.isatty()  # progress bars redraw a line: not for logs and pipes
-        if ns.command == "run":
-            summary = job.run(settings, progress=bars, echo=echo)
-        elif ns.command == "fit":
-            summary = job.fit(settings, progress=bars, echo=echo)
-        elif ns.command == "update":
-            summary = job.fit(settings, progress=bars, echo=echo, base_model=model)
-        else:
-            summary = job.apply(settings, model, progress=bars, echo=echo)
+        # signal handlers can only be set in the main thread (main() may be called from another)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) \
+            if threading.current_thread() is threading.main_thread() else None
+        try:
+            if ns.command == "run":
+                summary = job.run(settings, progress=bars, echo=echo)
+            elif ns.command == "fit":
+                summary = job.fit(settings, progress=bars, echo=echo)
+            elif ns.command == "update":
+                summary = job.fit(settings, progress=bars, echo=echo, base_model=model)
+            else:
+                summary = job.apply(settings, model, progress=bars, echo=echo)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("pairwise-dask: terminated (SIGTERM); the output folder was left as it was", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("pairwise-dask: interrupted; the output folder was left as it was", file=sys.stderr)
         return 130

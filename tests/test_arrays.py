@@ -38,3 +38,22 @@ def test_hash_ids_is_value_based():
     assert h[0] == h[4] and len(set(h.tolist())) == 4
     assert np.array_equal(hash_ids(a.slice(3)), h[3:])
     assert np.array_equal(hash_ids(pa.array(["x", "yy"], pa.large_string())), h[:2])
+
+
+@pytest.mark.parametrize("t", [pa.list_(pa.float32()), pa.list_(pa.float32(), 2)], ids=["list", "fixed_size_list"])
+def test_a_null_embedding_is_named_as_one(t: pa.DataType) -> None:
+    """A row without an embedding is its own mistake, with its own fix (drop the row or embed it):
+    it must be reported as a null embedding at that row, not as a length mismatch or a crash."""
+    arr = pa.array([[1.0, 2.0], None, [3.0, 4.0]], t)
+    with pytest.raises(BadInputError) as info:
+        embedding_matrix(arr, name="e", ids=np.array(["a", "b", "c"]))
+    assert str(info.value) == "column 'e', row id 'b': holds a null embedding. Drop the row or supply its embedding"
+
+
+def test_an_integer_row_id_of_zero_is_still_named() -> None:
+    """Integer ids often start at 0; the message must still point at that row ("row id 0"),
+    like any other id, not drop the row because 0 is falsy."""
+    with pytest.raises(BadInputError) as info:
+        normalize_rows(np.array([[np.nan, 1], [1, 0]], np.float32), name="e", ids=np.array([0, 1]))
+    assert info.value.row == 0
+    assert str(info.value).startswith("column 'e', row id 0: holds NaN")

@@ -189,6 +189,7 @@ CASES = [
     Case("null id", _null_id, "items", "id", None, "null id (the row after id 'it-00012')"),
     Case("float ids", _float_ids, "items", "id", None, "strings or integers"),
     Case("empty catalog", _empty, "items", None, None, "empty catalog"),
+    Case("annotation column missing", lambda cat: {"label": "Label"}, "items", "Label", None, "is missing"),
     Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017",
          "2 values of this partition are not classes: 'no such class', 'another'"),
     Case("items not Parquet (a CSV)", _csv_items, "items", None, None, "is not a readable Parquet file"),
@@ -279,6 +280,26 @@ def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: P
         job.run(cat.settings(out, items=items))
     assert info.value.file == file and info.value.hint
     assert snapshot(tmp_path) == before
+
+
+def test_a_null_id_names_the_file_of_a_folder_that_holds_it(tmp_path: Path, client: Any) -> None:
+    """A worker sees a partition, not a file, so the job looks a null id up in the items' files to
+    name the one to fix: in a folder of several files, the file holding the null id (here the
+    second), not the first one read."""
+    cat = make_catalog(tmp_path / "data")
+    ids = cat.items.column("id").to_pylist()
+    ids[43] = None
+    table = replace_column(cat.items, "id", pa.array(ids, pa.string()))
+    folder = tmp_path / "items"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 30), folder / "a.parquet")
+    pq.write_table(table.slice(30), folder / "b.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(BadInputError, match=re.escape("null id (the row after id 'it-00042')")) as info:
+        job.run(cat.settings(out, items=str(folder)), client=client)
+    assert info.value.file == str(folder / "b.parquet") and info.value.column == "id"
+    assert str(info.value).startswith(f"file {folder / 'b.parquet'}, column 'id': ")
+    assert not out.exists()
 
 
 def test_nonexistent_parents_of_out_are_not_left_behind(tmp_path: Path, client: Any) -> None:

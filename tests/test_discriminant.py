@@ -140,6 +140,33 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
 
 
+def test_a_model_saved_before_decision_existed_loads_as_the_cosine_model_it_is(tmp_path: Path) -> None:
+    """A model written before ``decision`` existed has no such key in its params.json, and its
+    masks are cosine masks. Loading it must rebuild those cosine pair weights from its prompts,
+    not discriminants from its moments, or ``apply`` would label with a method it was never
+    fitted with (and silently change an older model's labels)."""
+    from pairwise_dask.model import FittedModel, save
+
+    rng = np.random.default_rng(3)
+    k, d, n = 3, 8, 300
+    prompts = rng.normal(size=(k, d))
+    prompts = (prompts / np.linalg.norm(prompts, axis=1, keepdims=True)).astype(np.float32)
+    y = rng.integers(0, k, n).astype(np.int32)
+    x = (prompts[y] + rng.normal(scale=0.5, size=(n, d))).astype(np.float32)
+    mom = class_moments(x, y, np.ones(n, bool), k)
+    masks = fit_masks(mom, prompts, m=4, min_items=2, per_pair=False, decision="cosine")
+    folder = tmp_path / "model"
+    save(FittedModel(("c0", "c1", "c2"), {"a": prompts}, {"a": mom}, {"a": masks},
+                     {"min_items": 2, "mix": 0.0, "prior": 0.0, "decision": "cosine"}), folder)
+    params = json.loads((folder / "params.json").read_text())
+    del params["decision"]  # as an older release wrote it
+    (folder / "params.json").write_text(json.dumps(params))
+    loaded = load(folder).masks["a"]
+    assert loaded.decision == "cosine" and loaded.bias is None
+    np.testing.assert_array_equal(loaded.dims, masks.dims)
+    np.testing.assert_array_equal(loaded.weights, masks.weights)
+
+
 def test_discriminant_job_runs_applies_and_is_partition_invariant(client, tmp_path):
     cat = make_catalog(tmp_path / "data", n=700, row_group=128)
     opts = {"decision": "discriminant", "prior": 1.0, "refine": 2, "fit_on": "fused"}

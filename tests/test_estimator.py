@@ -1,6 +1,8 @@
 """The estimator API on an existing Client: fit/predict/partial_fit/save/load."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask.dataframe as dd
 import pyarrow.parquet as pq
 
@@ -113,3 +115,18 @@ def test_estimator_plays_the_jobs_bracket_with_the_same_default_seed(client, tmp
     assert got["label_a"].astype(str).tolist() == ref["label_a"].astype(str).tolist()
     other = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", seed=1, **opts).fit(items)
     assert other.predict(items).compute()["label_a"].astype(str).tolist() != ref["label_a"].astype(str).tolist()
+
+
+def test_load_reads_new_items_from_the_columns_it_is_given(tmp_path: Path) -> None:
+    """A saved labeler remembers its items' embedding columns, but the items it labels later may
+    name them otherwise: the ``views`` given to ``load()`` are the columns read, over the saved
+    ones, and give the labels the saved columns gave. (Any Dask scheduler: no cluster needed.)"""
+    cat = make_catalog(tmp_path / "data", n=200)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, fit_on="view", rotate="none").fit(items)
+    lab.save(tmp_path / "m")
+    want = lab.predict(items).compute()["final_label"].astype(str).tolist()
+    loaded = PairwiseLabeler.load(tmp_path / "m", views={"a": "img", "b": "txt"})
+    assert loaded.views == {"a": "img", "b": "txt"}
+    renamed = items.rename(columns={"emb_a": "img", "emb_b": "txt"})
+    assert loaded.predict(renamed).compute()["final_label"].astype(str).tolist() == want

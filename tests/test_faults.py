@@ -291,6 +291,26 @@ def test_publish_killed_at_every_step(tmp_path: Path, monkeypatch: pytest.Monkey
     assert steps >= 4  # every rename was a kill point once
 
 
+def test_publish_removes_the_outputs_this_command_does_not_write(tmp_path: Path) -> None:
+    """``fit --overwrite`` into a folder holding a run publishes ``model/`` and ``summary.json``
+    only: the run's ``labels/``, ``disagreements/`` and ``report.html`` must go too, or the folder
+    would hold labels that its ``summary.json`` (the fit's) does not describe, from another job."""
+    out = tmp_path / "out"
+    _fake_result(out, "old")
+    (out / "report.html").write_text("<html>old</html>")
+    (out / "summary.json").write_text(json.dumps({"fingerprint": "f", "command": "run", "tag": "old"}))
+    commit = pio.Commit(str(out), fingerprint="g", overwrite=True, command="fit")
+    commit.check_target()
+    staging = Path(commit.begin().path)
+    (staging / "model").mkdir()
+    (staging / "model" / "part.00000.parquet").write_text("model new")
+    (staging / "summary.json").write_text(json.dumps({"fingerprint": "g", "command": "fit", "tag": "new"}))
+    commit.publish()
+    assert sorted(p.name for p in out.iterdir()) == ["model", "summary.json"]
+    assert (out / "model" / "part.00000.parquet").read_text() == "model new"
+    assert json.loads((out / "summary.json").read_text())["command"] == "fit"
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
     return make_catalog(tmp_path_factory.mktemp("small") / "data", n=4000, d=32, k=12, noise=1.5)

@@ -101,3 +101,22 @@ def test_pairs_added_later_are_the_masks_a_full_fit_makes(decision: str, per_pai
     for name in ("pairs", "dims", "values", "n_a", "n_b", "fallback", "bias", "separation"):
         a, b = getattr(full, name), getattr(grown, name)
         assert (a is None and b is None) or np.array_equal(a, b[order]), name
+
+
+def test_masks_table_gives_each_side_of_a_pair_its_own_item_count() -> None:
+    """``model/masks.parquet`` (the output contract) holds per pair the item counts of its
+    ``class_a`` and ``class_b`` sides: what a user reads to see which pairs rest on few items (and
+    why one fell back to the prompts). Each count must be its own side's."""
+    from pairwise_dask.model import masks_table
+
+    x, y, k = _sets(seed=8, n=300)
+    mom = filtered_moments(x, np.eye(k, dtype=np.float32)[y], y, cos_min=-1.0, diff_min=0.0, per_pair=False)
+    names = tuple(f"class{c}" for c in range(k))
+    table = masks_table({"a": fit_masks(mom, np.ones((k, x.shape[1]), np.float32), m=3, min_items=2,
+                                        per_pair=False)}, names)
+    rows = table.to_pylist()
+    assert len(rows) == k * (k - 1) // 2
+    assert any(r["n_a"] != r["n_b"] for r in rows)  # so that a side's count given for the other would show
+    for r in rows:
+        a, b = names.index(r["class_a"]), names.index(r["class_b"])
+        assert (r["view"], r["n_a"], r["n_b"]) == ("a", (y == a).sum(), (y == b).sum()), r

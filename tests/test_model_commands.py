@@ -3,6 +3,7 @@ replace each other's outputs. The CLI runs in this process against the session's
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -114,3 +115,70 @@ def test_update_refuses_a_refined_model_and_a_view_it_lacks(client, tmp_path):
         job.fit(load_settings(None, {**cat, "views": (("c", "emb_a"),), "out": str(tmp_path / "u"), **NIGHTLY}),
                 client=client, base_model=str(tmp_path / "plain" / "model"))
     assert not (tmp_path / "u").exists()
+
+
+# --- a saved model's method as the settings' defaults: no cluster needed --------------------
+
+def _model_params(**method: object) -> dict:
+    """A model's params.json as fit writes it: every [method] option, at its default unless given."""
+    from pairwise_dask.config import OPTIONS
+
+    return {o.name: o.default for o in OPTIONS if o.section == "method"} | method
+
+
+def _plain(tmp_path: Path) -> dict:
+    return {"items": str(tmp_path / "new.parquet"), "classes": str(tmp_path / "model" / "classes.parquet"),
+            "out": str(tmp_path / "out"), "views": (("a", "emb_a"), ("b", "emb_b"))}
+
+
+def test_a_job_file_option_wins_over_the_models_method_and_is_then_refused(tmp_path: Path) -> None:
+    """apply and update take the model's method as their defaults, but an option the job file
+    sets is the user's request: it must win over those defaults, so that the difference is
+    named and refused, rather than be silently replaced by the model's value."""
+    from pairwise_dask.config import check_model_method, model_method
+    from pairwise_dask.errors import BadInputError
+
+    params = _model_params(**NIGHTLY)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text('items = "new.parquet"\nout = "out"\n[views]\na = "emb_a"\nb = "emb_b"\n'
+                        "[method]\ndims = 3\n")
+    s = load_settings(str(job_file), {"classes": str(tmp_path / "model" / "classes.parquet")},
+                      defaults=model_method(params))
+    assert s.dims == 3
+    assert (s.refine, s.decision, s.rotate, s.min_items) == (0, "cosine", "none", 3)  # the rest: the model's
+    with pytest.raises(BadInputError, match=re.escape("dims = 3 (the model: 5)")):
+        check_model_method(s, params, "update")
+
+
+def test_an_old_model_without_the_newer_options_is_read_as_the_method_it_had(tmp_path: Path) -> None:
+    """A model saved before decision, prior, rotate, rotate_dims, keep_sample and fuse existed was
+    fitted with the method before them (cosine, no prior, no rotation, every item, mean fusion).
+    Its apply and update must default to that method, not to today's defaults (discriminant,
+    pca), which its masks were not made with; an option it lacks that has no such old value is
+    left to the settings rather than invented."""
+    from pairwise_dask.config import check_model_method, model_method
+
+    old = {k: v for k, v in _model_params(**NIGHTLY).items()
+           if k not in ("decision", "prior", "rotate", "rotate_dims", "keep_sample", "fuse", "top_t")}
+    got = model_method(old)
+    assert {k: got[f"method.{k}"] for k in ("decision", "prior", "rotate", "rotate_dims", "keep_sample", "fuse")} == \
+        {"decision": "cosine", "prior": 0.0, "rotate": "none", "rotate_dims": 0.0, "keep_sample": 0, "fuse": "mean"}
+    assert "method.top_t" not in got
+    s = load_settings(None, _plain(tmp_path), defaults=got)
+    assert (s.decision, s.rotate, s.keep_sample, s.dims) == ("cosine", "none", 0, 5)
+    check_model_method(s, old, "update")  # no option given: nothing differs from the model
+
+
+def test_apply_may_fuse_the_views_otherwise_than_the_model(tmp_path: Path) -> None:
+    """``fuse`` only adds up the views' pair margins while labelling: apply plays its own tourney
+    on the model's masks, so ``--fuse llr`` on a model fitted with ``mean`` is honoured (and
+    recorded), not refused nor replaced by the model's value. What the masks are made of is not."""
+    from pairwise_dask.config import check_model_method, model_method, with_model_method
+    from pairwise_dask.errors import BadInputError
+
+    params = _model_params(decision="discriminant", fuse="mean", dims=5)
+    s = load_settings(None, _plain(tmp_path) | {"fuse": "llr"}, defaults=model_method(params))
+    check_model_method(s, params, "apply")
+    assert with_model_method(s, params, "apply").fuse == "llr"
+    with pytest.raises(BadInputError, match=re.escape("dims = 6 (the model: 5)")):
+        check_model_method(s.replace(dims=6.0), params, "apply")

@@ -46,3 +46,20 @@ def test_packed_null_is_bad_input():
     arr = pa.array([b"\0" * 8, None], pa.binary(8))
     with pytest.raises(BadInputError, match="null embedding"):
         embedding_matrix(arr, name="e", dim=2)
+
+
+def test_packed_without_a_dimension_is_float32() -> None:
+    """A classes file has no items' dimension to go by (``dim`` unknown): its packed prompts are
+    read as float32, ``fixed_size_binary[4·d]`` as the README documents, and give the same
+    ``(k, d)`` matrix as the list form."""
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    got = embedding_matrix(_packed(x), name="e")
+    assert got.shape == (3, 4)
+    np.testing.assert_array_equal(got, x)
+    from pairwise_dask.io import classes_from_table
+
+    names = pa.array(["c0", "c1", "c2"])
+    packed = classes_from_table(pa.table({"name": names, "emb_a": _packed(x)}), (("a", "emb_a"),))
+    lists = classes_from_table(pa.table({"name": names, "emb_a": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)}),
+                               (("a", "emb_a"),))
+    np.testing.assert_array_equal(packed.embeddings["a"], lists.embeddings["a"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import fsspec
@@ -99,3 +100,70 @@ def test_abort_removes_the_staging_folder_and_what_begin_created(tmp_path):
     c.begin()
     c.abort()
     assert out.is_dir() and not [p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)]
+
+
+def test_publish_makes_the_outputs_durable_before_and_after_summary_json(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename is on disk only once its folder is fsynced: without that, a power cut after a
+    reported success can bring back a folder without the new outputs, or with a ``summary.json``
+    whose outputs were lost. ``publish`` must fsync OUT once the outputs are in place (before
+    ``summary.json`` is) and again once ``summary.json`` is."""
+    from pairwise_dask.io import Commit
+
+    out = tmp_path / "out"
+    synced: list[tuple[bool, bool]] = []  # per fsync of OUT: (labels/ in place, summary.json in place)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st, want = os.fstat(fd), out.stat()
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            synced.append(((out / "labels").exists(), (out / "summary.json").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    c = Commit(str(out), fingerprint="f", overwrite=False)
+    c.check_target()
+    staging = Path(c.begin().path)
+    (staging / "labels").mkdir()
+    (staging / "labels" / "part.00000.parquet").write_bytes(b"labels")
+    (staging / "summary.json").write_text(json.dumps({"fingerprint": "f"}))
+    c.publish()
+    assert (True, False) in synced and synced[-1] == (True, True), synced
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_folder_of_items_skips_hidden_and_underscore_entries(tmp_path: Path, where: str) -> None:
+    """Writers leave work files beside a dataset's parts (Spark's ``_temporary/`` folder of
+    unfinished parts, ``_``-prefixed and hidden files): reading them would label some items twice
+    or read half-written files, so an items folder means its visible ``.parquet`` files only."""
+    from pairwise_dask.io import parquet_files
+
+    entries = ["part-0.parquet", "sub/part-1.parquet", "_temporary/0/part-2.parquet", "_part-3.parquet",
+               ".part-4.parquet", "sub/.hidden/part-5.parquet", "notes.txt"]
+    if where == "local":
+        root = str(tmp_path / "items")
+        for e in entries:
+            (tmp_path / "items" / e).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "items" / e).write_bytes(b"PAR1")
+    else:
+        root = "memory://pw-files/items"
+        for e in entries:
+            fsspec.filesystem("memory").pipe(f"/pw-files/items/{e}", b"PAR1")
+    try:
+        found = parquet_files(root)
+        assert [f[f.index("/items/") + len("/items/"):] for f in found] == ["part-0.parquet", "sub/part-1.parquet"]
+    finally:
+        if where == "memory":
+            fsspec.filesystem("memory").rm("/pw-files", recursive=True)
+
+
+def test_urls_in_a_job_file_are_kept_as_written(tmp_path: Path) -> None:
+    """Relative paths in a job file resolve against its folder, but a URL is not a relative path:
+    ``s3://bucket/items`` must reach fsspec as written, not as ``<job folder>/s3:/bucket/items``."""
+    job_file = tmp_path / "jobs" / "job.toml"
+    job_file.parent.mkdir()
+    job_file.write_text('items = "s3://bucket/catalog/"\nclasses = "classes.parquet"\n'
+                        'out = "memory://pw-out/run"\n[views]\na = "emb_a"\n')
+    s = load_settings(str(job_file))
+    assert s.items == "s3://bucket/catalog/" and s.out == "memory://pw-out/run"
+    assert s.classes == str(tmp_path / "jobs" / "classes.parquet")

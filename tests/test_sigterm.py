@@ -1,0 +1,43 @@
+"""SIGTERM (what ``timeout``, SLURM's walltime and a pod's deletion send) unwinds a run like Ctrl-C:
+the staged outputs are removed, the cluster closes, and the exit status says so."""
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from fixtures import Catalog, kill_tree, run_cli, snapshot, tree_bytes
+from pairwise_dask import io as pio
+from test_faults import MOMENTS, TIMEOUT, _job, _start_run, _wait_for, reference, reference_out, small  # noqa: F401
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("previous", [True, False], ids=["previous-result", "new-out"])
+def test_sigterm_removes_the_staged_outputs(small: Catalog, reference: dict[str, bytes],  # noqa: F811
+                                            reference_out: Path, tmp_path: Path, previous: bool) -> None:  # noqa: F811
+    out = tmp_path / "out"
+    job = _job(small, out, workers=1)
+    before = None
+    if previous:
+        shutil.copytree(reference_out, out)
+        before = snapshot(out)
+    run = _start_run(job)
+    try:
+        _wait_for(lambda: MOMENTS["pass 2 writing labels"](out) or run.poll() is not None, "pass 2")
+        assert run.poll() is None, "the job ended before pass 2 was seen"
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=TIMEOUT)
+    finally:
+        kill_tree(run)
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert "terminated (SIGTERM); the output folder was left as it was" in err.decode()
+    if previous:  # the previous complete result stands, and nothing of this run is left beside it
+        assert snapshot(out) == before
+    else:
+        assert not out.exists() or not list(out.iterdir()), list(out.iterdir())
+    assert not [p for p in (out.iterdir() if out.exists() else []) if p.name.startswith(pio.STAGING_PREFIX)]
+    res = run_cli("run", str(job), "--quiet", "--overwrite", timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr
+    assert tree_bytes(out, "labels", "model", "disagreements") == reference
