@@ -1,0 +1,125 @@
+"""A cluster the job did not start is checked before any work: its workers must run this very
+pairwise-dask, and its address must answer as a Dask scheduler. Either mistake used to hang the
+run with no message (a worker that cannot unpickle a task, a client waiting on a dashboard's port)."""
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fixtures import cli_env, kill_tree
+from pairwise_dask import job
+from pairwise_dask.errors import BadInputError
+
+PACKAGE = Path(job.__file__).parent
+
+
+def _scheduler_and_worker(folder: Path, pythonpath: str | None) -> Iterator[str]:
+    sf = folder / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
+                              start_new_session=True)]
+    try:
+        deadline = time.monotonic() + 60
+        while not (sf.exists() and sf.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        address = json.loads(sf.read_text())["address"]
+        env = cli_env() | ({"PYTHONPATH": pythonpath} if pythonpath else {})
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                       "--no-nanny", "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, env=env, cwd=folder,  # `-m` puts the cwd first
+                                      start_new_session=True))
+        yield address
+    finally:
+        for p in procs:
+            kill_tree(p)
+
+
+def _connect(address: str) -> None:
+    from pairwise_dask.config import load_settings
+
+    s = load_settings(None, {"items": "x.parquet", "classes": "c.parquet", "out": "o", "views": (("a", "a"),),
+                             "scheduler": address})
+    with job.connect(s):
+        pass
+
+
+@pytest.mark.cluster
+def test_workers_with_another_pairwise_dask_are_refused(tmp_path: Path) -> None:
+    """A long-lived cluster keeps the code it started with; after an upgrade of the client only,
+    the run must stop at once and say which worker runs what, not hang."""
+    other = tmp_path / "other"
+    shutil.copytree(PACKAGE, other / "pairwise_dask", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "pairwise_dask" / "tourney.py", "a") as fh:
+        fh.write("# an edit: another version of the code\n")
+    for address in _scheduler_and_worker(tmp_path, str(other)):
+        from distributed import Client
+
+        with Client(address) as c:
+            c.wait_for_workers(1, timeout=60)
+            assert c.run(lambda: __import__("pairwise_dask").__file__).popitem()[1].startswith(str(other))
+            with pytest.raises(BadInputError, match=r"1 of 1 Dask workers run another pairwise-dask than this client"
+                                                    r".*in .*other/pairwise_dask.*restart them"):
+                job.check_workers_code(c)
+        with pytest.raises(BadInputError, match="another pairwise-dask"):  # and so does the job's connect
+            _connect(address)
+
+
+@pytest.mark.cluster
+def test_workers_that_cannot_import_pairwise_dask_are_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "pairwise_dask"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    for address in _scheduler_and_worker(tmp_path, str(broken.parent)):
+        from distributed import Client
+
+        with Client(address) as c:
+            c.wait_for_workers(1, timeout=60)
+            with pytest.raises(BadInputError, match="the Dask workers cannot import pairwise-dask.*Install the same"):
+                job.check_workers_code(c)
+
+
+@pytest.mark.cluster
+def test_the_same_code_passes(tmp_path: Path) -> None:
+    for address in _scheduler_and_worker(tmp_path, None):
+        from distributed import Client
+
+        with Client(address) as c:
+            c.wait_for_workers(1, timeout=60)
+            job.check_workers_code(c)
+            (mine,) = set(c.run(lambda: __import__("pairwise_dask").__version__).values())
+            assert mine == job.code_id()[0]
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP server (say the dashboard's port, 8787, instead of the scheduler's 8786) accepts the
+    connection and never speaks Dask's protocol: distributed's Client waits forever there."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(job, "SCHEDULER_TIMEOUT", 2)
+    raised: list[BaseException] = []
+
+    def attempt() -> None:  # in a thread: a regression would hang here, not the whole suite
+        try:
+            _connect(f"tcp://127.0.0.1:{server.server_address[1]}")
+        except BaseException as e:  # noqa: BLE001
+            raised.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(60)
+    server.shutdown()
+    assert not t.is_alive(), "connecting to a non-Dask port did not give up"
+    assert len(raised) == 1 and isinstance(raised[0], BadInputError), raised
+    assert "not the dashboard's" in str(raised[0])
+    assert ("no Dask scheduler answered" in str(raised[0]) and "within 2 s" in str(raised[0])) or \
+        "is not a Dask scheduler" in str(raised[0]), str(raised[0])
