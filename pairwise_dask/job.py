@@ -716,7 +716,9 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             staging = commit.begin()
             try:
                 summary = body(c, parts, staging, timings)
-                summary = _frame(s, prep, len(parts), workers, timings, commit.run_id) | summary
+                cluster = {"scheduler": s.scheduler or (c.scheduler.address if client is not None else "LocalCluster"),
+                           "workers": workers, "workers_at_end": len(c.scheduler_info().get("workers", {}))}
+                summary = _frame(s, prep, len(parts), cluster, timings, commit.run_id) | summary
                 t = time.perf_counter()
                 try:
                     write_report(staging, summary)
@@ -998,7 +1000,7 @@ def method_of(s: Settings) -> dict:
             "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample}
 
 
-def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: dict, run_id: str) -> dict:
+def _frame(s: Settings, prep: Prepared, partitions: int, cluster: dict, timings: dict, run_id: str) -> dict:
     import dask
     import distributed
 
@@ -1012,7 +1014,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, workers: int, timings: 
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": method_of(s),
-        "cluster": {"scheduler": s.scheduler or "LocalCluster", "workers": workers},
+        "cluster": cluster,  # scheduler, workers at the start and at the end
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": {"python": platform.python_version(), "dask": dask.__version__,
                      "distributed": distributed.__version__, "numpy": np.__version__, "pyarrow": pa.__version__},

@@ -198,6 +198,12 @@ def _top_rows(folder: Location, top: int) -> pa.Table:
 
 # --- small formatting helpers ----------------------------------------------------------------
 
+def _workers(cluster: dict) -> str:
+    """"2 workers", or "2 workers (1 at the end)" when some were lost or joined during the run."""
+    start, end = cluster.get("workers", ""), cluster.get("workers_at_end")
+    return f"{_e(start)} workers" + (f" ({_e(end)} at the end)" if end is not None and end != start else "")
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -606,8 +612,7 @@ def render(data: ReportData, summary: dict) -> str:
     vers = s.get("versions", {})
     foot = (f"pairwise-dask {_e(s.get('version', ''))} · "
             + " · ".join(f"{_e(k)} {_e(v)}" for k, v in vers.items())
-            + f" · cluster: {_e(s.get('cluster', {}).get('scheduler', ''))}, "
-              f"{_e(s.get('cluster', {}).get('workers', ''))} workers")
+            + f" · cluster: {_e(s.get('cluster', {}).get('scheduler', ''))}, {_workers(s.get('cluster', {}))}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"

@@ -69,7 +69,7 @@ def test_cli_run_against_command_line_cluster(cli_cluster, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cluster"] == {"scheduler": cli_cluster, "workers": 2}
+    assert summary["cluster"] == {"scheduler": cli_cluster, "workers": 2, "workers_at_end": 2}
     assert "done in" in r.stdout and "Dask dashboard" in r.stdout
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         from distributed import Client
@@ -84,3 +84,16 @@ def test_cli_run_against_command_line_cluster(cli_cluster, tmp_path):
     assert r.returncode == 0, r.stderr
     assert json.loads((local / "summary.json").read_text())["cluster"]["scheduler"] == "LocalCluster"
     assert pq.read_table(out / "labels").equals(pq.read_table(local / "labels"))
+
+
+def test_a_given_client_is_named_in_the_summary_and_report(tmp_path: Path, client) -> None:
+    """``run(settings, client=c)`` runs on the caller's cluster: the summary and the report name
+    that scheduler (they said "LocalCluster"), and the workers at the start and at the end."""
+    from fixtures import make_catalog
+    from pairwise_dask import job
+
+    cat = make_catalog(tmp_path / "data")
+    summary = job.run(cat.settings(tmp_path / "out"), client=client)
+    address = client.scheduler.address
+    assert summary["cluster"] == {"scheduler": address, "workers": 2, "workers_at_end": 2}
+    assert f"cluster: {address}, 2 workers" in (tmp_path / "out" / "report.html").read_text()

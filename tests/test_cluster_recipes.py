@@ -74,7 +74,7 @@ def test_local_recipe_runs_the_demo_job(tmp_path: Path) -> None:
                              env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert run.returncode == 0, run.stdout + run.stderr
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["cluster"] == {"scheduler": address, "workers": 2}
+        assert summary["cluster"] == {"scheduler": address, "workers": 2, "workers_at_end": 2}
         assert summary["items"]["rows"] == 3107
         assert list((out / "labels").glob("*.parquet"))
 
