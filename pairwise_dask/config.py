@@ -229,6 +229,9 @@ class Settings:
     job_file: str = ""
     #: fsspec options for URL inputs/outputs (``[storage_options]``); never written to outputs
     storage_options: dict = field(default_factory=dict, compare=False, repr=False)
+    #: the options set on the command line (flags, or ``load_settings``' overrides): an error
+    #: about one of them names the command line, not the job file (:meth:`where`)
+    flags: frozenset = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def view_names(self) -> list[str]:
@@ -239,6 +242,10 @@ class Settings:
         """Pair sides depend on the pair only when a diff filter is on (METHOD.md §2)."""
         return self.diff_min > 0 or self.diff_quantile > 0
 
+    def where(self, name: str) -> str:
+        """Where option ``name`` was set, for an error about its value: the command line or the job file."""
+        return COMMAND_LINE if name in self.flags or not self.job_file else self.job_file
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
@@ -247,7 +254,7 @@ class Settings:
         keep = {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
                              "memory_limit", "cache", "partition_rows", "worker_malloc", "job_file",
-                             "storage_options"}}
+                             "storage_options", "flags"}}
         # options added later: left out at the values that mean "the method before they existed",
         # so a job that spells those out keeps the fingerprint (and the outputs) it had
         for name in ("decision", "prior", "rotate", "keep_sample", "fuse"):
@@ -382,7 +389,7 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         raise BadInputError(f"storage_options = {so!r} is not a table of options", file=where,
                             hint='e.g. [storage_options] anon = true, or --storage-options \'{"anon": true}\'')
     return Settings(views=tuple(views), class_columns=class_columns, job_file=values.get("job_file", ""),
-                    storage_options=dict(so), **kw)
+                    storage_options=dict(so), flags=frozenset(values.get("_flags", ())), **kw)
 
 
 def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None = None, *,
@@ -394,13 +401,20 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
     """
     values: dict[str, Any] = dict(defaults or {})
     values.update(read_job_file(job_file) if job_file else {})
+    flags = set()
     for k, v in (overrides or {}).items():
         if v is None:
             continue
         opt = _BY_NAME.get(k)
         if opt is not None:  # a flag's bad value is the command line's, not the job file's
             v = _coerce(opt, v, COMMAND_LINE)
+            flags.add(opt.name)
+        elif k in ("views", "class_columns") and isinstance(v, dict):  # as a job file's table
+            v = tuple((str(name), col) for name, col in v.items())
+        elif k in ("views", "class_columns") and isinstance(v, str):  # as --views a=emb_a,b=emb_b
+            v = parse_views(v, where=f"--{k.replace('_', '-')}")
         values[opt.key if opt is not None else k] = v
+    values["_flags"] = flags
     return build_settings(values, where=job_file or COMMAND_LINE)
 
 

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from . import __version__
 from .config import Settings, check_model_method, with_model_method
-from .errors import COMMAND_LINE, BadInputError
+from .errors import BadInputError
 from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, item_parts, write_json,
                  write_table)
 from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims, with_pairs
@@ -235,7 +235,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
                                 hint="Items and class prompts of a view must come from the same model")
         if s.rotate == "pca" and s.rotate_dims >= 1 and s.rotate_dims > d_cls:
             raise BadInputError(f"rotate_dims = {s.rotate_dims:g} is larger than d = {d_cls}, the dimension of "
-                                f"view {v!r}", file=s.job_file or COMMAND_LINE,
+                                f"view {v!r}", file=s.where("rotate_dims"),
                                 hint=f"Set rotate_dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.5)")
         # the statistics' dimension: the kept principal axes with rotate_dims, else d
         d_stats = kept_axes(d_cls, s.rotate_dims) if s.rotate == "pca" else d_cls
@@ -244,7 +244,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             # use every dimension: refuse it before any data is read
             what = f"d = {d_cls}" if d_stats == d_cls else f"the {d_stats} principal axes rotate_dims keeps"
             raise BadInputError(f"dims = {s.dims:g} is larger than {what}, the dimension of view {v!r}",
-                                file=s.job_file or COMMAND_LINE,
+                                file=s.where("dims"),
                                 hint=f"Set dims to at most {d_stats}, or to a fraction of d below 1 (e.g. 0.25)")
         if s.per_pair_sets and classes.k ** 2 * d_cls * 16 > PER_PAIR_BYTES:
             # per-pair sets hold k² rows of float64 moments (two sums) in every task and reduction

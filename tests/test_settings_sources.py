@@ -1,0 +1,42 @@
+"""Settings from Python and from flags: views given as a dict (like a job file's table) or as the
+``--views`` text, and errors that name where a value was set (the command line or the job file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fixtures import make_catalog, run_cli
+from pairwise_dask import job
+from pairwise_dask.config import COMMAND_LINE, load_settings
+from pairwise_dask.errors import BadInputError
+
+
+def test_views_as_a_dict_a_string_or_pairs_are_the_same_settings() -> None:
+    base = {"items": "i.parquet", "classes": "c.parquet", "out": "o"}
+    pairs = load_settings(None, base | {"views": (("a", "emb_a"), ("b", "emb_b"))})
+    as_dict = load_settings(None, base | {"views": {"a": "emb_a", "b": "emb_b"},
+                                          "class_columns": {"b": "prompt_b"}})
+    as_text = load_settings(None, base | {"views": "a=emb_a,b=emb_b"})
+    assert pairs.views == as_dict.views == as_text.views == (("a", "emb_a"), ("b", "emb_b"))
+    assert as_dict.class_columns == (("b", "prompt_b"),)
+    assert pairs.fingerprint() == as_dict.replace(class_columns=()).fingerprint() == as_text.fingerprint()
+
+
+def test_an_option_set_by_a_flag_is_reported_as_the_command_lines(tmp_path: Path) -> None:
+    """``--dims 9999`` was reported as the job file's value (its file named), which sends the
+    user to edit a file that is right; a job file's own value is still named by its file."""
+    cat = make_catalog(tmp_path / "data", d=8)
+    job_file = cat.job_file(tmp_path / "out", method={"dims": 3})
+    s = load_settings(str(job_file), {"dims": 9999})
+    assert s.where("dims") == COMMAND_LINE and s.where("seed") == s.job_file
+    with pytest.raises(BadInputError) as e:
+        job.prepare(s)
+    assert e.value.file == COMMAND_LINE and "dims = 9999 is larger than" in str(e.value)
+    in_file = cat.job_file(tmp_path / "out", method={"dims": 99})
+    with pytest.raises(BadInputError) as e:
+        job.prepare(load_settings(str(in_file)))
+    assert e.value.file == str(in_file.resolve())
+    res = run_cli("run", str(job_file), "--dims", "9999")
+    assert res.returncode == 2 and res.stderr.startswith("pairwise-dask: error: the command line: dims = 9999"), \
+        res.stderr
