@@ -156,7 +156,9 @@ def format_summary(s: dict) -> str:
         if "final" in s:
             acc = "  ".join(f"{v}: {s['per_view'][v]['accuracy_base']:.3f} → {s['per_view'][v]['accuracy_tourney']:.3f}"
                             for v in views)
-            lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation)")
+            n, rows = s["final"].get("annotated_items", it["rows"]), s["labelled_items"]
+            over = "" if n == rows else f" of {n:,} annotated items"
+            lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation{over})")
         d = s["disagreements"]
         parts = ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "rows")
         lines.append(f"  review     {d['rows']:,} rows in disagreements/" + (f" ({parts})" if parts else ""))

@@ -986,7 +986,8 @@ def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally,
     }
     if s.label:
         conf = tally.conf["annotation~final"]
-        out["final"] = {"accuracy": accuracy(conf), "macro_f1": macro_f1(conf)}
+        # the figures are over the annotated items only (a null annotation is not a verdict)
+        out["final"] = {"accuracy": accuracy(conf), "macro_f1": macro_f1(conf), "annotated_items": int(conf.sum())}
     return out
 
 

@@ -412,6 +412,12 @@ footer { margin-top: 36px; color: #64748b; font-size: 12px; }
 """
 
 
+def _over_annotated(s: dict) -> str:
+    """"; over the 2,178 of 3,107 items with an annotation" when some items have none."""
+    n, rows = s.get("final", {}).get("annotated_items"), s.get("labelled_items")
+    return "" if n is None or rows is None or n == rows else f"; over the {n:,} of {rows:,} items with an annotation"
+
+
 def _card(key: str, label: str, value: str, detail: str = "", raw: Any = None) -> str:
     data = f' data-value="{_e(raw)}"' if raw is not None else ""
     return (f'<div class="card" data-metric="{_e(key)}"{data}><div class="k">{_e(label)}</div>'
@@ -443,10 +449,10 @@ def _headline(s: dict) -> str:
             cards.append(_card(f"accuracy:{v}", f"accuracy view {v}",
                                _arrow(pv["accuracy_base"], pv["accuracy_tourney"]),
                                f"against the annotation; macro F1 {_f(pv.get('macro_f1_base'))} → "
-                               f"{_f(pv.get('macro_f1_tourney'))}", f"{pv['accuracy_base']}|{pv['accuracy_tourney']}"))
+                               f"{_f(pv.get('macro_f1_tourney'))}{_over_annotated(s)}", f"{pv['accuracy_base']}|{pv['accuracy_tourney']}"))
     if "final" in s:
         cards.append(_card("accuracy:final", "accuracy final label", _f(s["final"]["accuracy"]),
-                           f"macro F1 {_f(s['final'].get('macro_f1'))}", s["final"]["accuracy"]))
+                           f"macro F1 {_f(s['final'].get('macro_f1'))}{_over_annotated(s)}", s["final"]["accuracy"]))
     if "labelled_items" in s:  # fit and update write a model, no labels: nothing changed, no review list
         for v, pv in s["per_view"].items():
             ch = int(pv.get("changed", 0))

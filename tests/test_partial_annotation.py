@@ -1,0 +1,37 @@
+"""An annotation with nulls: accuracy is measured over the annotated items, and the summary, the
+printed summary and the report say over how many (0.658 over 2,178 of 3,107 items read as 0.658
+of everything)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fixtures import make_catalog
+from pairwise_dask import job
+from pairwise_dask.cli import format_summary
+
+
+def test_accuracy_is_over_the_annotated_items_and_says_so(tmp_path: Path, client) -> None:
+    cat = make_catalog(tmp_path / "data", n=120, noise=1.2)
+    label = cat.items.column("label").to_pylist()
+    holes = set(range(0, 120, 3))
+    partial = cat.items.set_column(cat.items.column_names.index("label"), "label",
+                                   pa.array([None if i in holes else x for i, x in enumerate(label)]))
+    pq.write_table(partial, tmp_path / "partial.parquet")
+    summary = job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "partial.parquet")), client=client)
+    assert summary["final"]["annotated_items"] == 80 and summary["labelled_items"] == 120
+    labels = pq.read_table(tmp_path / "out" / "labels").to_pandas().set_index("id")
+    kept = [i for i in range(120) if i not in holes]
+    ids = partial.column("id").to_pylist()
+    truth = np.array([label[i] for i in kept])
+    final = labels.loc[[ids[i] for i in kept], "final_label"].to_numpy()
+    assert abs(summary["final"]["accuracy"] - float((final == truth).mean())) < 1e-9
+    assert "(against the annotation of 80 annotated items)" in format_summary(summary)
+    assert "over the 80 of 120 items with an annotation" in (tmp_path / "out" / "report.html").read_text()
+    full = job.run(cat.settings(tmp_path / "full"), client=client)  # every item annotated: no note
+    assert full["final"]["annotated_items"] == 120
+    assert "annotated items" not in format_summary(full)
+    assert "items with an annotation" not in (tmp_path / "full" / "report.html").read_text()
