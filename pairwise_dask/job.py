@@ -86,6 +86,8 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
 
 #: Seconds to wait for ``s.scheduler`` to answer before the job gives up on it.
 SCHEDULER_TIMEOUT = 30
+#: the disagreement reasons in the order the summary lists them (the review list's: passes.review_order)
+REASON_ORDER = ("annotation+views", "annotation", "views")
 
 
 @contextlib.contextmanager
@@ -977,6 +979,8 @@ def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally,
             agreement.setdefault(pair, {})[kind] = weighted_f1(conf)
     dis = tally.disagreements
     reasons = pc.value_counts(dis.column("reason")).to_pylist() if dis.num_rows else []
+    # a fixed order (value_counts follows the rows'): the review list's, contradicted annotations first
+    reasons.sort(key=lambda r: (REASON_ORDER.index(r["values"]) if r["values"] in REASON_ORDER else 9, r["values"]))
     out: dict[str, Any] = {
         "labelled_items": int(tally.rows),
         "per_view": per_view,

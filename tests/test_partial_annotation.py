@@ -35,3 +35,15 @@ def test_accuracy_is_over_the_annotated_items_and_says_so(tmp_path: Path, client
     assert full["final"]["annotated_items"] == 120
     assert "annotated items" not in format_summary(full)
     assert "items with an annotation" not in (tmp_path / "full" / "report.html").read_text()
+
+
+def test_the_summary_lists_the_reasons_in_the_review_lists_order(tmp_path: Path, client) -> None:
+    """The reasons came in the order of their first row, so two runs printed them differently."""
+    cat = make_catalog(tmp_path / "data", n=200, noise=1.5)
+    flipped = cat.items.column("label").to_pylist()
+    flipped = flipped[100:] + flipped[:100]  # half the annotations wrong: every reason occurs
+    pq.write_table(cat.items.set_column(cat.items.column_names.index("label"), "label", pa.array(flipped)),
+                   tmp_path / "items.parquet")
+    summary = job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "items.parquet")), client=client)
+    reasons = [k for k in summary["disagreements"] if k != "rows"]
+    assert reasons == [r for r in job.REASON_ORDER if r in reasons] and len(reasons) == 3, reasons
