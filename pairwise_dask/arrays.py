@@ -59,6 +59,13 @@ def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None
         d = None
     elif t == pa.null() and len(arr) == 0:
         return np.zeros((0, dim or 0), np.float32)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        # a pandas column of NumPy arrays put into Dask (from_pandas) becomes strings under Dask's
+        # default dataframe.convert-string: the embeddings are text now, and say so
+        raise BadInputError(f"has type {t}, not a list of floats", column=name,
+                            hint="If the frame came from pandas through Dask, Dask turned its arrays into "
+                                 "strings: read the Parquet with dd.read_parquet(..., dtype_backend=\"pyarrow\"), "
+                                 "or set dask.config.set({\"dataframe.convert-string\": False}) first")
     else:
         raise BadInputError(f"has type {t}, not a list of floats", column=name,
                             hint="Store each embedding as a fixed_size_list<float32>[d] "

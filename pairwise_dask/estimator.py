@@ -178,8 +178,25 @@ class PairwiseLabeler:
                                   params, dict(self.rotation_))
         return self
 
+    def _check_frame(self, ddf: Any, *, label: bool) -> None:
+        """The columns the labeler reads are in ``ddf`` and it has partitions: a clear error now,
+        instead of a KeyError from inside a task."""
+        try:
+            n = ddf.npartitions
+        except Exception:  # noqa: BLE001 - dask 2026.8 fails to count an empty selection (partitions[:0])
+            n = 0
+        if n == 0:
+            raise BadInputError("the Dask DataFrame has no partitions", hint="Give it at least one partition of items")
+        have = list(ddf.columns)
+        need = [self.id, *self.views.values()] + ([self.label] if label and self.label else [])
+        for c in need:
+            if c not in have:
+                index = " (it is the index: call reset_index() first)" if getattr(ddf.index, "name", None) == c else ""
+                raise BadInputError(f"is missing{index}", column=c, hint=f"The frame has: {', '.join(map(str, have))}")
+
     def fit(self, ddf: Any) -> "PairwiseLabeler":
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        self._check_frame(ddf, label=True)
         self._tune_workers()
         self.model_ = None
         classes = self._class_set()
@@ -200,6 +217,7 @@ class PairwiseLabeler:
         """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
         if self.model_ is None:
             return self.fit(ddf)
+        self._check_frame(ddf, label=True)
         self._tune_workers()
         if self.refine and self.fit_on != "annotation":
             raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels",
@@ -215,8 +233,11 @@ class PairwiseLabeler:
         import dask
         if self.model_ is None:
             raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
+        self._check_frame(ddf, label=False)
         self._tune_workers()
         spec = self._spec(self._class_set(), self.model_.masks)
+        if self.label and self.label not in ddf.columns:  # new items need no annotation: none in the output
+            spec = replace(spec, label_col="")
         meta = _labels_meta(spec, ddf._meta[self.id].dtype)
         # the top-t bracket may need pairs the fit never met: each partition adds their masks from
         # the model's moments (the same masks wherever they are made: lazily, no extra pass)
