@@ -135,7 +135,7 @@ def test_kubernetes_manifests_parse_and_are_consistent() -> None:
     assert w["image"] == s["image"]  # one software version across the cluster
     for c in (w, s):
         env = {e["name"]: e["value"] for e in c.get("env", [])}
-        assert "pairwise-dask" in env["EXTRA_PIP_PACKAGES"]
+        assert env["EXTRA_PIP_PACKAGES"].startswith("/data/wheels/pairwise_dask-")  # not on PyPI: the wheel
     svc_ports = {p["name"]: p["port"] for p in scheduler["service"]["ports"]}
     assert svc_ports == {"tcp-comm": 8786, "http-dashboard": 8787}
     assert {p["name"] for p in s["ports"]} >= {"tcp-comm", "http-dashboard"}
@@ -145,7 +145,7 @@ def test_kubernetes_manifests_parse_and_are_consistent() -> None:
     assert pvc["kind"] == "PersistentVolumeClaim" and "ReadWriteMany" in pvc["spec"]["accessModes"]
     (job,) = docs["job-pod.yaml"]
     pod = job["spec"]["template"]["spec"]
-    for spec, container in ((worker["spec"], w), (pod, pod["containers"][0])):
+    for spec, container in ((worker["spec"], w), (scheduler["spec"], s), (pod, pod["containers"][0])):
         assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
         assert container["volumeMounts"][0]["mountPath"] == "/data"
     args = pod["containers"][0]["args"]
