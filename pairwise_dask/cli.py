@@ -62,6 +62,8 @@ def _add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
     for o in OPTIONS:
         g = groups[o.section]
         default = "" if o.default in (None, "") else f" (default: {o.default})"
+        if command in ("apply", "update") and o.section == "method":
+            default = " (default: the model's)"  # its method is the default of every method option
         if o.name == "out" or (o.name == "classes" and command in ("apply", "update")):
             g.add_argument(o.cli, dest=o.name, type=o.type, metavar=o.name.upper(), help=OUT_HELP[command]
                            if o.name == "out" else "not for this command: the model's own classes are used")
@@ -95,11 +97,14 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
 COMMANDS = {
     "run": ("run a job end to end (statistics, tourney, outputs)",
             "Run a job: read items and classes, fit the pair masks from partition-wise moments, label "
-            "every item with the tourney, write labels/, disagreements/, model/ and summary.json."),
+            "every item with the tourney, write labels/, disagreements/, model/, summary.json and report.html."),
     "fit": ("statistics only: write OUT/model/ (pair masks + moments), no labels",
-            "Fit a model: one statistics pass over the items; writes OUT/model/ for `apply` and `update`."),
+            "Fit a model: the statistics passes over the items (as `run` makes them: one, plus the "
+            "rotation's and two per refine round with the defaults), no labels; writes OUT/model/ for "
+            "`apply` and `update`, summary.json and report.html."),
     "apply": ("label items with a saved model (tourney pass only)",
-              "Label new items with a saved model/ folder: no statistics pass. Classes come from the model."),
+              "Label new items with a saved model/ folder: no statistics pass. Classes come from the model. "
+              "Writes labels/, disagreements/, summary.json and report.html."),
     "update": ("add new items' moments to a saved model and recompute its masks",
                "Update a model with new items: their moments are added to the saved ones exactly (moments "
                "add), the masks recomputed; the old items are not read again. Writes OUT/model/."),
