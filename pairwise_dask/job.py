@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +42,11 @@ from .passes import (Histograms, PairSet, RemoteMasks, pairs_partition, review_o
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
                      with_remote)
 from .tourney import use_gather
+from .cluster import connect
 
 SPLIT_EVERY = 8
+#: the disagreement reasons in the order the summary lists them (the review list's: passes.review_order)
+REASON_ORDER = ("annotation+views", "annotation", "views")
 #: Largest per-view moments of per-pair sets (diff_min > 0) the job accepts: k² × d × 16 bytes.
 PER_PAIR_BYTES = 1 << 30
 logger = logging.getLogger(__name__)
@@ -64,142 +67,6 @@ def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = 
         tasks = [delayed(combine, pure=True)(tasks[i:i + split_every])
                  for i in range(0, len(tasks), split_every)]
     return tasks[0]
-
-
-class _DropBadInputLogs(logging.Filter):
-    """Drop a worker's "Compute Failed" record when the task failed on bad input.
-
-    The client re-raises that error and the CLI prints it as its one message; the worker's copy
-    (a multi-line repr with a traceback, on the same stderr for a LocalCluster) only buries it.
-    Any other task failure is still logged.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (str(record.msg).startswith("Compute Failed") and "BadInputError" in record.getMessage())
-
-
-def _quiet_bad_input_logs() -> None:  # runs in each worker process
-    log = logging.getLogger("distributed.worker")
-    if not any(isinstance(f, _DropBadInputLogs) for f in log.filters):
-        log.addFilter(_DropBadInputLogs())
-
-
-#: Seconds to wait for ``s.scheduler`` to answer before the job gives up on it.
-SCHEDULER_TIMEOUT = 30
-#: the disagreement reasons in the order the summary lists them (the review list's: passes.review_order)
-REASON_ORDER = ("annotation+views", "annotation", "views")
-
-
-@contextlib.contextmanager
-def connect(s: Settings, client: Any = None, echo: Echo = _silent) -> Iterator[Any]:
-    """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
-    With ``worker_malloc = "tuned"`` its workers get :class:`~pairwise_dask.allocator.TunedMalloc`.
-    Workers the job did not start must run this very pairwise-dask (:func:`check_workers_code`)."""
-    from distributed import Client, LocalCluster
-
-    from .allocator import tune_workers
-
-    with contextlib.ExitStack() as stack:
-        if client is None and s.scheduler:
-            echo(f"Connecting to the Dask scheduler at {s.scheduler}")
-            client = stack.enter_context(_client_to(s.scheduler))
-            check_workers_code(client)
-        elif client is None:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
-                memory_limit=s.memory_limit, silence_logs=logging.ERROR, dashboard_address=":0"))
-            client = stack.enter_context(Client(cluster))
-            client.run(_quiet_bad_input_logs)  # our own workers share our stderr
-        else:
-            check_workers_code(client)
-        if s.worker_malloc == "tuned":
-            tune_workers(client)
-        yield client
-
-
-def _client_to(address: str) -> Any:
-    """A client of the scheduler at ``address``, or a :class:`BadInputError` within
-    ``SCHEDULER_TIMEOUT`` seconds. ``Client(address, timeout=…)`` alone waits forever when
-    something other than a Dask scheduler answers (a dashboard's port, a proxy), so the
-    connection is made in a thread that is given up on when it does not return in time."""
-    import threading
-
-    from distributed import Client
-
-    box: dict[str, Any] = {}
-
-    def make() -> None:
-        try:
-            box["client"] = Client(address, timeout=f"{SCHEDULER_TIMEOUT}s")
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=make, name="pairwise-dask-connect", daemon=True)
-    t.start()
-    t.join(SCHEDULER_TIMEOUT + 5)
-    hint = ("Start it (cluster/README.md) or fix [cluster] scheduler / --scheduler (the scheduler's "
-            "port, 8786 by default, not the dashboard's); leave it empty to run on a LocalCluster")
-    if t.is_alive():
-        raise BadInputError(f"no Dask scheduler answered at {address} within {SCHEDULER_TIMEOUT} s", hint=hint)
-    e = box.get("error")
-    if isinstance(e, (OSError, ValueError)):  # refused, timed out, or not an address at all
-        raise BadInputError(f"cannot reach the Dask scheduler at {address} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else 'no answer'})", hint=hint) from None
-    if isinstance(e, Exception):  # something answered, but not in Dask's protocol
-        raise BadInputError(f"what answered at {address} is not a Dask scheduler ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})", hint=hint) from None
-    if e is not None:
-        raise e
-    return box["client"]
-
-
-def code_id() -> tuple[str, str, str]:
-    """This process's pairwise-dask: its version, a digest of its source files, and its folder."""
-    return _code_id()
-
-
-def _code_id() -> tuple[str, str, str]:
-    # also sent to the workers by value (see check_workers_code): only the standard library and
-    # the package under test are used, so it runs on a worker whatever pairwise-dask it has
-    import hashlib
-    from pathlib import Path
-
-    import pairwise_dask
-
-    h = hashlib.sha256()
-    root = Path(pairwise_dask.__file__).parent
-    for f in sorted(root.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return pairwise_dask.__version__, h.hexdigest()[:12], str(root)
-
-
-def check_workers_code(c: Any) -> None:
-    """Refuse a cluster whose workers run another pairwise-dask than this client (an upgrade
-    without restarting a long-lived cluster): their tasks would fail to unpickle or compute
-    something else, and the run would hang or die far from the cause. Missing: say so too."""
-    mine = code_id()
-    try:
-        theirs = c.run(_by_value(_code_id))
-    except ImportError as e:
-        raise BadInputError(f"the Dask workers cannot import pairwise-dask ({e})",
-                            hint="Install the same pairwise-dask on every worker (cluster/README.md)") from None
-    bad = {w: v for w, v in theirs.items() if tuple(v[:2]) != mine[:2]}
-    if bad:
-        w, (ver, digest, where) = next(iter(bad.items()))
-        raise BadInputError(
-            f"{len(bad)} of {len(theirs)} Dask workers run another pairwise-dask than this client: {w} has "
-            f"{ver} (code {digest}, in {where}), this client {mine[0]} (code {mine[1]}, in {mine[2]})",
-            hint="Install the same version on the workers and restart them (a long-lived cluster keeps "
-                 "the code it started with)")
-
-
-def _by_value(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` in a form cloudpickle sends by value (its code, not a reference to a module a
-    worker may lack or have in another version)."""
-    import types
-
-    return types.FunctionType(fn.__code__, {"__builtins__": __builtins__}, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
 
 
 def _compute(client: Any, task: Any, label: str, show_progress: bool) -> Any:

@@ -22,6 +22,7 @@ import pytest
 import pyarrow.parquet as pq
 
 from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
+from pairwise_dask import cluster as job_cluster
 from pairwise_dask import job
 from pairwise_dask.config import load_settings
 from pairwise_dask.errors import COMMAND_LINE, BadInputError
@@ -34,7 +35,7 @@ def client() -> Iterator[Any]:
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
-        c.run(job._quiet_bad_input_logs)
+        c.run(job_cluster._quiet_bad_input_logs)
         yield c
 
 
@@ -426,7 +427,7 @@ def test_a_flags_bad_value_is_the_command_lines_not_the_job_files(tmp_path: Path
 
 def test_an_unreachable_scheduler_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
     """No traceback, no output folder: the address, what happened and what to do."""
-    monkeypatch.setattr(job, "SCHEDULER_TIMEOUT", 1)
+    monkeypatch.setattr(job_cluster, "SCHEDULER_TIMEOUT", 1)
     cat = make_catalog(tmp_path / "data")
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -59,7 +59,7 @@ def test_packed_without_a_dimension_is_float32() -> None:
     from pairwise_dask.io import classes_from_table
 
     names = pa.array(["c0", "c1", "c2"])
+    lst = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)
     packed = classes_from_table(pa.table({"name": names, "emb_a": _packed(x)}), (("a", "emb_a"),))
-    lists = classes_from_table(pa.table({"name": names, "emb_a": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4)}),
-                               (("a", "emb_a"),))
+    lists = classes_from_table(pa.table({"name": names, "emb_a": lst}), (("a", "emb_a"),))
     np.testing.assert_array_equal(packed.embeddings["a"], lists.embeddings["a"])

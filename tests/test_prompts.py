@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pairwise_dask.errors import BadInputError
-from pairwise_dask.prompts import _average, build_classes, fill, main
+from pairwise_dask.prompts import _average, _check_names, build_classes, fill, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_JOB = ROOT / "jobs" / "demo.toml"
@@ -57,6 +58,33 @@ def test_averaging_renormalises_each_class() -> None:
         _average(np.zeros((2, 4)), 2, 1)
     with pytest.raises(BadInputError, match="average to"):
         _average(np.array([[1.0, 0], [-1.0, 0], [0, 1.0], [0, 1.0]]), 2, 2)
+
+
+def test_names_are_stripped_and_then_must_be_unique() -> None:
+    """A names file or a shell list easily carries a stray space or a trailing newline: the class
+    (the label written to every output) is the name without them, and two spellings of one name
+    are that name given twice, refused before any model is loaded."""
+    assert _check_names([" games ", "fonts\n", "email software"]) == ["games", "fonts", "email software"]
+    with pytest.raises(BadInputError, match="class name 'games' appears twice"):
+        build_classes([" games", "games\n", "fonts"], model="/nonexistent/model")
+
+
+def test_each_view_reads_the_most_specific_classes_column() -> None:
+    """A classes file may hold several columns a view could read: one named like the items'
+    column, one named like the view, one shared ``embedding``. The items' column name is the most
+    specific (it names the very embedding the items hold), then the view's, then the shared one;
+    reading another would score the items against prompts from another column without a word."""
+    from fixtures import fsl
+    from pairwise_dask.io import classes_from_table
+
+    x = {c: np.random.default_rng(i).normal(size=(2, 4)).astype(np.float32)
+         for i, c in enumerate(["emb_a", "a", "b", "embedding"])}
+    table = pa.table({"name": pa.array(["games", "fonts"]), **{c: fsl(m) for c, m in x.items()}})
+    cs = classes_from_table(table, (("a", "emb_a"), ("b", "emb_b"), ("c", "emb_c")))
+    assert cs.columns == {"a": "emb_a", "b": "b", "c": "embedding"}
+    for view, col in cs.columns.items():
+        np.testing.assert_allclose(cs.embeddings[view], x[col] / np.linalg.norm(x[col], axis=1, keepdims=True),
+                                   rtol=1e-6)
 
 
 def test_command_help_works_without_the_extra() -> None:

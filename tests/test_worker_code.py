@@ -16,10 +16,10 @@ from typing import Iterator
 import pytest
 
 from fixtures import cli_env, kill_tree
-from pairwise_dask import job
+from pairwise_dask import cluster
 from pairwise_dask.errors import BadInputError
 
-PACKAGE = Path(job.__file__).parent
+PACKAGE = Path(cluster.__file__).parent
 
 
 def _scheduler_and_worker(folder: Path, pythonpath: str | None) -> Iterator[str]:
@@ -49,7 +49,7 @@ def _connect(address: str) -> None:
 
     s = load_settings(None, {"items": "x.parquet", "classes": "c.parquet", "out": "o", "views": (("a", "a"),),
                              "scheduler": address})
-    with job.connect(s):
+    with cluster.connect(s):
         pass
 
 
@@ -69,7 +69,7 @@ def test_workers_with_another_pairwise_dask_are_refused(tmp_path: Path) -> None:
             assert c.run(lambda: __import__("pairwise_dask").__file__).popitem()[1].startswith(str(other))
             with pytest.raises(BadInputError, match=r"1 of 1 Dask workers run another pairwise-dask than this client"
                                                     r".*in .*other/pairwise_dask.*restart them"):
-                job.check_workers_code(c)
+                cluster.check_workers_code(c)
         with pytest.raises(BadInputError, match="another pairwise-dask"):  # and so does the job's connect
             _connect(address)
 
@@ -85,7 +85,7 @@ def test_workers_that_cannot_import_pairwise_dask_are_refused(tmp_path: Path) ->
         with Client(address) as c:
             c.wait_for_workers(1, timeout=60)
             with pytest.raises(BadInputError, match="the Dask workers cannot import pairwise-dask.*Install the same"):
-                job.check_workers_code(c)
+                cluster.check_workers_code(c)
 
 
 @pytest.mark.cluster
@@ -95,17 +95,21 @@ def test_the_same_code_passes(tmp_path: Path) -> None:
 
         with Client(address) as c:
             c.wait_for_workers(1, timeout=60)
-            job.check_workers_code(c)
+            cluster.check_workers_code(c)
             (mine,) = set(c.run(lambda: __import__("pairwise_dask").__version__).values())
-            assert mine == job.code_id()[0]
+            assert mine == cluster.code_id()[0]
 
 
 def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """An HTTP server (say the dashboard's port, 8787, instead of the scheduler's 8786) accepts the
     connection and never speaks Dask's protocol: distributed's Client waits forever there."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # Dask's handshake is a bad request: no log
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(job, "SCHEDULER_TIMEOUT", 2)
+    monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT", 2)
     raised: list[BaseException] = []
 
     def attempt() -> None:  # in a thread: a regression would hang here, not the whole suite
