@@ -37,7 +37,7 @@ def _row_id(ids: np.ndarray | None, i: int) -> object:
 
 
 def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None,
-                     dim: int | None = None) -> np.ndarray:
+                     dim: int | None = None, packed_float: str | None = None) -> np.ndarray:
     """A ``(n, d)`` float32 matrix from a list-typed embedding column.
 
     ``fixed_size_list<float>[d]`` is a zero-copy view of the Arrow values buffer; ``list<float>``
@@ -52,7 +52,7 @@ def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None
     arr = to_arrow(column)
     t = arr.type
     if pa.types.is_fixed_size_binary(t):
-        return _packed_matrix(arr, name=name, ids=ids, dim=dim)
+        return _packed_matrix(arr, name=name, ids=ids, dim=dim, packed_float=packed_float)
     if pa.types.is_fixed_size_list(t):
         d = t.list_size
     elif pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -101,11 +101,35 @@ def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None
 
 
 _PACKED = {2: np.dtype("<f2"), 4: np.dtype("<f4"), 8: np.dtype("<f8")}
+#: Field metadata of a packed column naming its float type (``pairwise-dask pack`` writes it):
+#: ``fixed_size_binary[16]`` is 4 float32 or 8 float16 values, which only the items' dimension,
+#: when the items are lists, or this key tells apart.
+PACKED_FLOAT_KEY = b"pairwise_dask.float"
+_PACKED_FLOATS = {"float16": 2, "float32": 4, "float64": 8}
 
 
-def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int | None) -> np.ndarray:
-    """``(n, d)`` float32 from a ``fixed_size_binary`` column of packed little-endian floats."""
+def packed_float_of(field: pa.Field) -> str | None:
+    """A packed column's float type from its field metadata (:data:`PACKED_FLOAT_KEY`), or None."""
+    value = (field.metadata or {}).get(PACKED_FLOAT_KEY)
+    return value.decode() if value else None
+
+
+def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int | None,
+                   packed_float: str | None = None) -> np.ndarray:
+    """``(n, d)`` float32 from a ``fixed_size_binary`` column of packed little-endian floats:
+    ``packed_float`` (the column's metadata) gives their type, else ``dim`` (the classes'
+    dimension), else float32."""
     width = arr.type.byte_width
+    if packed_float is not None:
+        size = _PACKED_FLOATS.get(packed_float)
+        if size is None or width % size:
+            raise BadInputError(f"is fixed_size_binary[{width}] marked {packed_float}, which it cannot hold",
+                                column=name, hint="Mark packed columns float16, float32 or float64 (pairwise-dask pack)")
+        if dim and width // size != dim:
+            raise BadInputError(f"has dimension {width // size} ({packed_float}), but the classes have {dim}",
+                                column=name, row=_row_id(ids, 0) if len(arr) else None,
+                                hint="Items and classes of a view must come from the same model")
+        dim = width // size
     d = dim if dim else width // 4
     if d <= 0 or width % d or (width // d) not in _PACKED:
         raise BadInputError(f"is fixed_size_binary[{width}], which does not pack {dim or '?'} floats "

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .arrays import embedding_matrix, normalize_rows
+from .arrays import embedding_matrix, normalize_rows, packed_float_of
 from .config import BEFORE_OPTION, Settings
 from .errors import BadInputError
 from .storage import Location, is_url
@@ -245,7 +245,8 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
                                 hint="Name a column after the view or the items' column, provide one "
                                      "shared `embedding`, or set [class_columns]")
         try:
-            x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object))
+            x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object),
+                                 packed_float=packed_float_of(table.schema.field(col)))
             emb[view] = normalize_rows(x, name=col, ids=np.asarray(names, dtype=object))
         except BadInputError as e:  # the array checks know the column and class, not the file
             raise e.at(file=where) from None

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .arrays import embedding_matrix
+from .arrays import PACKED_FLOAT_KEY, embedding_matrix
 from .errors import BadInputError
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
@@ -109,9 +109,14 @@ def _codec(pf: pq.ParquetFile) -> str:
     return {"uncompressed": "none", "lz4_raw": "lz4"}.get(c, c)
 
 
-def _packed_schema(schema: pa.Schema, columns: Sequence[str], widths: dict[str, int]) -> pa.Schema:
-    return pa.schema([f.with_type(pa.binary(widths[f.name])) if f.name in columns else f for f in schema],
-                     metadata=schema.metadata)
+def _packed_schema(schema: pa.Schema, columns: Sequence[str], packed: dict[str, pa.Array]) -> pa.Schema:
+    """The packed columns as ``fixed_size_binary``, each marked with its float type (the width
+    alone does not say whether 16 bytes are 4 float32 or 8 float16 values)."""
+    def mark(f: pa.Field) -> pa.Field:
+        floats = "float16" if f.type.value_type == pa.float16() else "float32"
+        return f.with_type(packed[f.name].type).with_metadata({**(f.metadata or {}), PACKED_FLOAT_KEY: floats})
+
+    return pa.schema([mark(f) if f.name in columns else f for f in schema], metadata=schema.metadata)
 
 
 def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, id_col: str | None = None,
@@ -163,9 +168,8 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                         packed = {c: pack_column(t.column(c), name=c, ids=id_np) for c in chosen}
                     except BadInputError as e:
                         raise e.at(file=str(f)) from None
-                    widths = {c: a.type.byte_width for c, a in packed.items()}
                     t = pa.Table.from_arrays([packed.get(n, t.column(n)) for n in t.column_names],
-                                             schema=_packed_schema(t.schema, chosen, widths))
+                                             schema=_packed_schema(t.schema, chosen, packed))
                     if writer is None:
                         writer = pq.ParquetWriter(target, t.schema, compression=codec)
                     writer.write_table(t, row_group_size=max(t.num_rows, 1))

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import embedding_matrix, hash_ids, inverse_norms, to_arrow
+from .arrays import embedding_matrix, hash_ids, inverse_norms, packed_float_of, to_arrow
 from .base import base_labels, chunked_matmul
 from .errors import BadInputError
 from .masks import PairMasks
@@ -210,7 +210,8 @@ def read_block(df: Any, spec: Spec, *, rotate: bool = True) -> Block:
     views, scale = {}, {}
     for v, col in spec.views:
         d = spec.rotation[v].shape[0] if v in spec.rotation else spec.classes[v].shape[1]
-        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=d)
+        marked = packed_float_of(df.schema.field(col)) if isinstance(df, pa.Table) else None
+        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=d, packed_float=marked)
         scale[v] = inverse_norms(views[v], name=col, ids=id_np)
     bases = _raw_bases(views, scale, spec)
     for v in spec.rotation if rotate else ():  # fixed row blocks: a row's rotated bits do not depend

@@ -114,3 +114,50 @@ def test_cli(tmp_path: Path) -> None:
     assert "20 rows in 1 files" in done.stdout and "packed emb_a, emb_b" in done.stdout
     again = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
     assert again.returncode == 2 and "already exists. Choose another OUT or pass --overwrite" in again.stderr
+
+
+def test_float16_classes_and_items_packed_read_as_float16(tmp_path: Path, client) -> None:
+    """``fixed_size_binary[16]`` is 4 float32 or 8 float16 values. A classes file has no other
+    dimension to go by, so a float16 one packed without a mark was read as float32, half the
+    dimensions, and the items the same way: garbage without an error. ``pack`` marks each column
+    with its float type, and the job reads the mark."""
+    from pairwise_dask.arrays import PACKED_FLOAT_KEY
+    from pairwise_dask.io import classes_from_table
+
+    cat = make_catalog(tmp_path / "data", n=200, d=8, noise=1.2)
+    half = {}
+    for name, table in (("items", cat.items), ("classes", pq.read_table(cat.classes_path))):
+        cols = [c for c in table.column_names if pa.types.is_fixed_size_list(table.schema.field(c).type)]
+        for c in cols:
+            x = np.stack(table.column(c).to_numpy(zero_copy_only=False)).astype(np.float16)
+            table = table.set_column(table.column_names.index(c), c, fsl(x, pa.float16()))
+        pq.write_table(table, tmp_path / f"{name}16.parquet")
+        half[name] = tmp_path / f"{name}16.parquet"
+        pack_catalog(str(half[name]), str(tmp_path / f"{name}16-packed"))
+    packed_classes = pq.read_table(tmp_path / "classes16-packed" / "classes16.parquet")
+    field = packed_classes.schema.field(cat.view_cols[0])
+    assert field.type == pa.binary(16) and field.metadata[PACKED_FLOAT_KEY] == b"float16"
+    got = classes_from_table(packed_classes, (("a", cat.view_cols[0]),))
+    assert got.embeddings["a"].shape == (3, 8)  # k = 3 classes, d = 8
+    lists = job.run(cat.settings(tmp_path / "lists", items=str(half["items"]), classes=str(half["classes"])),
+                    client=client)
+    packed = job.run(cat.settings(tmp_path / "packed", items=str(tmp_path / "items16-packed"),
+                                  classes=str(tmp_path / "classes16-packed" / "classes16.parquet")), client=client)
+    assert packed["final"] == lists["final"]
+    a, b = (pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("lists", "packed"))
+    assert a.equals(b)
+    unmarked = packed_classes.replace_schema_metadata(None).cast(
+        pa.schema([f.remove_metadata() for f in packed_classes.schema]))
+    assert classes_from_table(unmarked, (("a", cat.view_cols[0]),)).embeddings["a"].shape == (3, 4)  # unmarked: float32
+
+
+def test_a_marked_float_type_is_checked_against_the_classes() -> None:
+    from pairwise_dask.arrays import embedding_matrix
+
+    x = np.arange(16, dtype=np.float16).reshape(2, 8)
+    col = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), 2, [None, pa.py_buffer(x)])
+    np.testing.assert_array_equal(embedding_matrix(col, name="e", packed_float="float16"), x.astype(np.float32))
+    with pytest.raises(BadInputError, match=r"column 'e', row id '#0': has dimension 8 \(float16\), but the classes have 4"):
+        embedding_matrix(col, name="e", dim=4, packed_float="float16")
+    with pytest.raises(BadInputError, match="marked bfloat16, which it cannot hold"):
+        embedding_matrix(col, name="e", packed_float="bfloat16")
