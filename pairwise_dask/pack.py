@@ -8,8 +8,9 @@ bytes as one value, which the job reads as a view of the buffer (:func:`pairwise
 
 Packing changes no number the job computes: float32 and float16 values are copied bit for bit
 (float16 stays 2 bytes a value), and float64 is stored as the float32 the job casts it to when it
-reads it. Files, row groups, row order and every other column are kept as they are, so the
-partitions and the outputs of a job are the same on either catalog.
+reads it. Files, row groups, row order and every other column are kept as they are (row groups
+and files without rows, which hold no items, are left out), so the outputs of a job are the same
+on either catalog.
 
 The conversion streams one row group at a time (memory: a few times one row group; 2.5 GB for
 1M × 768 × 2 in 16 row groups) and writes into a staging folder next to ``OUT`` that replaces
@@ -143,7 +144,7 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                             hint="Its embeddings may be packed already; the job reads this catalog as it is")
     staging = dest.with_name(f".{dest.name}.pack-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
-    rows = groups = bytes_in = bytes_out = 0
+    rows = groups = bytes_in = bytes_out = written = 0
     try:
         for f in files:
             pf = pq.ParquetFile(f)
@@ -162,6 +163,8 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
             writer = None
             try:
                 for g in range(pf.metadata.num_row_groups):
+                    if pf.metadata.row_group(g).num_rows == 0:
+                        continue  # no items, and no width to pack a list column to: left out
                     t = pf.read_row_group(g)
                     id_np = t.column(ids).to_numpy(zero_copy_only=False) if ids in names else None
                     try:
@@ -175,13 +178,15 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                     writer.write_table(t, row_group_size=max(t.num_rows, 1))
                     rows += t.num_rows
                     groups += 1
-                if writer is None:  # a file without row groups stays one, with the packed schema
-                    pq.write_table(pf.schema_arrow.empty_table(), target, compression=codec)
             finally:
                 if writer is not None:
                     writer.close()
             bytes_in += f.stat().st_size
+            if writer is None:  # a file without rows holds no items: left out (see above)
+                echo(f"  left out {f} (no rows)")
+                continue
             bytes_out += target.stat().st_size
+            written += 1
             echo(f"  packed {f} ({pf.metadata.num_rows:,} rows, {pf.metadata.num_row_groups} row groups)")
         if dest.exists():  # overwrite: the old catalog goes only once the new one is complete
             old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
@@ -193,7 +198,7 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return PackResult(str(dest), len(files), rows, groups, chosen, bytes_in, bytes_out, time.perf_counter() - t0)
+    return PackResult(str(dest), written, rows, groups, chosen, bytes_in, bytes_out, time.perf_counter() - t0)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -161,3 +161,24 @@ def test_a_marked_float_type_is_checked_against_the_classes() -> None:
         embedding_matrix(col, name="e", dim=4, packed_float="float16")
     with pytest.raises(BadInputError, match="marked bfloat16, which it cannot hold"):
         embedding_matrix(col, name="e", packed_float="bfloat16")
+
+
+def test_files_and_row_groups_without_rows_are_left_out(tmp_path: Path, client) -> None:
+    """A zero-row file or row group holds no items and no width to pack a list column to; written
+    as it was, its list schema would differ from the packed files' and the job would refuse the
+    folder. Left out, the job reads the packed folder and gives the same labels."""
+    cat = make_catalog(tmp_path / "data", n=60)
+    src = tmp_path / "items"
+    src.mkdir()
+    pq.write_table(cat.items.slice(0, 0), src / "a-empty.parquet")
+    with pq.ParquetWriter(src / "b.parquet", cat.items.schema) as w:
+        w.write_table(cat.items.slice(0, 30))
+        w.write_table(cat.items.slice(30, 0))
+        w.write_table(cat.items.slice(30))
+    r = pack_catalog(str(src), str(tmp_path / "packed"))
+    assert (r.files, r.rows, r.row_groups) == (1, 60, 2)
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["b.parquet"]
+    job.run(cat.settings(tmp_path / "lists", items=str(src)), client=client)
+    job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "packed")), client=client)
+    a, b = (pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("lists", "out"))
+    assert a.equals(b)
