@@ -36,8 +36,6 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
         log.addFilter(_DropBadInputLogs())
 
 
-
-
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _silent) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
