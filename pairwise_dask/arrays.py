@@ -105,7 +105,7 @@ _PACKED = {2: np.dtype("<f2"), 4: np.dtype("<f4"), 8: np.dtype("<f8")}
 #: ``fixed_size_binary[16]`` is 4 float32 or 8 float16 values, which only the items' dimension,
 #: when the items are lists, or this key tells apart.
 PACKED_FLOAT_KEY = b"pairwise_dask.float"
-_PACKED_FLOATS = {"float16": 2, "float32": 4, "float64": 8}
+_PACKED_FLOATS = {dt.name: size for size, dt in _PACKED.items()}  # "float16" -> 2, …
 
 
 def packed_float_of(field: pa.Field) -> str | None:

@@ -100,13 +100,10 @@ def _client_to(address: str) -> Any:
 
 
 def code_id() -> tuple[str, str, str]:
-    """This process's pairwise-dask: its version, a digest of its source files, and its folder."""
-    return _code_id()
+    """This process's pairwise-dask: its version, a digest of its source files, and its folder.
 
-
-def _code_id() -> tuple[str, str, str]:
-    # also sent to the workers by value (see check_workers_code): only the standard library and
-    # the package under test are used, so it runs on a worker whatever pairwise-dask it has
+    Also sent to the workers by value (:func:`check_workers_code`): it uses only the standard
+    library and the package it describes, so it runs on a worker whatever pairwise-dask it has."""
     import hashlib
     from pathlib import Path
 
@@ -125,7 +122,7 @@ def check_workers_code(c: Any) -> None:
     something else, and the run would hang or die far from the cause. Missing: say so too."""
     mine = code_id()
     try:
-        theirs = c.run(_by_value(_code_id))
+        theirs = c.run(_by_value(code_id))
     except ImportError as e:
         raise BadInputError(f"the Dask workers cannot import pairwise-dask ({e})",
                             hint="Install the same pairwise-dask on every worker (cluster/README.md)") from None

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix
 from .errors import BadInputError
+from .io import parquet_files
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
 
@@ -88,18 +89,14 @@ def pack_column(column: pa.Array | pa.ChunkedArray, *, name: str, ids: np.ndarra
 
 
 def _files(items: str) -> tuple[Path, list[Path]]:
+    """The catalog's folder and its Parquet files, as the job lists them (:func:`parquet_files`:
+    a file, or a folder's visible ``.parquet`` files, ``_``-prefixed and hidden entries skipped)."""
     if "://" in items:
         raise BadInputError("is a URL; pack reads and writes local paths", file=items,
                             hint="Copy the catalog to a local folder first (or pack where it is written)")
     root = Path(items)
-    if root.is_file():
-        return root.parent, [root]
-    if not root.is_dir():
-        raise BadInputError("does not exist", file=items, hint="Give a Parquet file or a folder of them")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".parquet", ".parq", ".pq"))
-    if not files:
-        raise BadInputError("holds no Parquet files", file=items, hint="Give a Parquet file or a folder of them")
-    return root, files
+    files = [Path(f) for f in parquet_files(items)]
+    return (root if root.is_dir() else root.parent), files
 
 
 def _codec(pf: pq.ParquetFile) -> str:
