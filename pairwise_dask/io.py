@@ -11,7 +11,7 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import pyarrow as pa
@@ -147,13 +147,13 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
     limits watch (measured: RssFile unchanged after the reads).
 
     List embedding columns are streamed in batches of about ``batch_bytes`` into one preallocated
-    block each (see :func:`_read_lists_streamed`); everything else, and any row group whose lists
+    block each (see :func:`read_lists_streamed`); everything else, and any row group whose lists
     are not all of one length without nulls, is read whole, so the checks of
     :func:`pairwise_dask.arrays.embedding_matrix` see the data as stored.
     """
     pf = _parquet_file(path, storage_options, memory_map=True)
     try:
-        t = _read_lists_streamed(pf, group, columns, batch_bytes)
+        t = read_lists_streamed(pf, group, columns, batch_bytes)
         if t is None:
             t = pf.read_row_group(group, columns=columns, use_threads=False)
     finally:
@@ -164,11 +164,13 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
     return t.cast(schema) if schema != t.schema else t
 
 
-def _read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batch_bytes: int) -> pa.Table | None:
-    """The row group with its list-of-float columns as ``fixed_size_list`` columns over one
-    contiguous values block each, bit for bit the stored values; None when there is no such column,
-    no row, or a list is null, holds a null or differs in length (the caller then reads the row
-    group whole and the embedding checks name the row).
+def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batch_bytes: int, *,
+                         only: Collection[str] | None = None) -> pa.Table | None:
+    """The row group with its list-of-float columns (those in ``only``, when given) as
+    ``fixed_size_list`` columns over one contiguous values block each, bit for bit the stored
+    values; every other column, field and the schema's metadata as the whole read gives them. None
+    when there is no such column, no row, or a list is null, holds a null or differs in length (the
+    caller then reads the row group whole and the embedding checks name the row).
 
     Why: pyarrow decodes a whole row group's list column into buffers it grows as it goes; every
     growth is a fresh allocation the kernel zeroes and a copy (47% of the read's CPU time in
@@ -177,7 +179,7 @@ def _read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], bat
     1M × 768 × 2-view snappy catalog read in one process.
     """
     schema = pf.schema_arrow
-    lists = [c for c in columns if _is_list(schema.field(c).type)
+    lists = [c for c in columns if _is_list(schema.field(c).type) and (only is None or c in only)
              and schema.field(c).type.value_type in (pa.float16(), pa.float32(), pa.float64())]
     meta = pf.metadata.row_group(group)
     n = meta.num_rows
@@ -218,14 +220,17 @@ def _read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], bat
         at += m
     if at != n:
         return None
-    arrays = []
+    arrays, fields = [], []
     for c in columns:
+        f = schema.field(c)
         if c in blocks:
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(blocks[c]), dims[c]))
+            fields.append(pa.field(c, arrays[-1].type, f.nullable, f.metadata))
         else:
             chunks = others[c]
             arrays.append(chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks))
-    return pa.Table.from_arrays(arrays, names=columns)
+            fields.append(f)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def item_parts(s: Settings, info: ItemsInfo) -> list:

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix
 from .errors import BadInputError
-from .io import parquet_files
+from .io import STREAM_BATCH_BYTES, read_lists_streamed, parquet_files
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
 
@@ -162,7 +162,11 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                 for g in range(pf.metadata.num_row_groups):
                     if pf.metadata.row_group(g).num_rows == 0:
                         continue  # no items, and no width to pack a list column to: left out
-                    t = pf.read_row_group(g)
+                    # the chosen lists streamed into one block each, as the job reads them (twice
+                    # as fast); irregular ones read whole, so pack_column names the bad row
+                    t = read_lists_streamed(pf, g, pf.schema_arrow.names, STREAM_BATCH_BYTES, only=chosen)
+                    if t is None:
+                        t = pf.read_row_group(g)
                     id_np = t.column(ids).to_numpy(zero_copy_only=False) if ids in names else None
                     try:
                         packed = {c: pack_column(t.column(c), name=c, ids=id_np) for c in chosen}

@@ -12,7 +12,7 @@ import pytest
 
 from pairwise_dask.arrays import embedding_matrix
 from pairwise_dask.errors import BadInputError
-from pairwise_dask.io import _read_lists_streamed, read_row_group
+from pairwise_dask.io import read_lists_streamed, read_row_group
 
 COLS = ["id", "emb", "label", "other"]
 
@@ -63,8 +63,8 @@ def test_streamed_read_is_bit_for_bit_the_whole_read(tmp_path, kind, dtype, comp
                                       embedding_matrix(want.column("other"), name="other"))
     # the streamed path really ran (it returns a table), at the default batch size too
     pf = pq.ParquetFile(path)
-    assert _read_lists_streamed(pf, 0, COLS, 1) is not None
-    assert _read_lists_streamed(pf, 0, COLS, 12 << 20) is not None
+    assert read_lists_streamed(pf, 0, COLS, 1) is not None
+    assert read_lists_streamed(pf, 0, COLS, 12 << 20) is not None
 
 
 def _irregular(n: int, d: int, bad_row: int, how: str) -> pa.Array:
@@ -90,7 +90,7 @@ def test_irregular_lists_fall_back_to_the_whole_read(tmp_path, how, bad, message
     up; the row group is then read whole, as stored, and its check names the row."""
     path = _write(tmp_path / "items.parquet", _irregular(400, 8, bad, how), 400, row_group_size=400)
     pf = pq.ParquetFile(path)
-    assert _read_lists_streamed(pf, 0, COLS, 1) is None
+    assert read_lists_streamed(pf, 0, COLS, 1) is None
     t = read_row_group(path, 0, COLS, batch_bytes=1)
     assert pa.types.is_list(t.schema.field("emb").type)  # as stored: the whole read
     ids = np.asarray(t.column("id").to_pylist(), dtype=object)
@@ -104,8 +104,33 @@ def test_no_list_columns_or_no_rows_read_whole(tmp_path):
     pq.write_table(pa.table({"id": pa.array([], pa.string()), "emb": pa.array([], pa.list_(pa.float32()))}), path)
     pf = pq.ParquetFile(path)
     assert pf.metadata.num_row_groups == 1 and pf.metadata.row_group(0).num_rows == 0
-    assert _read_lists_streamed(pf, 0, ["id", "emb"], 1) is None
+    assert read_lists_streamed(pf, 0, ["id", "emb"], 1) is None
     assert read_row_group(path, 0, ["id", "emb"]).num_rows == 0
     packed = str(tmp_path / "packed.parquet")
     pq.write_table(pa.table({"id": ["a"], "emb": pa.array([b"\0" * 8], pa.binary(8))}), packed)
-    assert _read_lists_streamed(pq.ParquetFile(packed), 0, ["id", "emb"], 1) is None
+    assert read_lists_streamed(pq.ParquetFile(packed), 0, ["id", "emb"], 1) is None
+
+
+def test_only_the_named_lists_are_streamed_and_the_schema_is_kept(tmp_path):
+    """pack streams only the columns it packs: another list column keeps its stored type, and every
+    field's metadata and the schema's (pandas') metadata are those of the whole read."""
+    n, d = 300, 6
+    x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
+    t = pa.table({"id": [f"it-{i:05d}" for i in range(n)],
+                  "emb": pa.array(x.tolist(), pa.list_(pa.float32())),
+                  "label": pa.array(["a"] * n).dictionary_encode(),
+                  "other": pa.array(x[:, :2].tolist(), pa.list_(pa.float32()))})
+    t = t.replace_schema_metadata({b"pandas": b"{}"})
+    t = t.cast(t.schema.set(1, t.schema.field("emb").with_metadata({b"k": b"v"})))
+    path = str(tmp_path / "items.parquet")
+    pq.write_table(t, path, row_group_size=n)
+    pf = pq.ParquetFile(path)
+    got = read_lists_streamed(pf, 0, COLS, 1, only={"emb"})
+    want = pf.read_row_group(0, columns=COLS)
+    assert got.schema.metadata == want.schema.metadata
+    assert got.schema.field("emb").metadata == {b"k": b"v"}
+    assert got.schema.field("other").type == want.schema.field("other").type == pa.list_(pa.float32())
+    assert got.column("label").type == want.column("label").type  # dictionary, batches' dictionaries unified
+    assert got.column("label").to_pylist() == want.column("label").to_pylist()
+    assert got.column("other").to_pylist() == want.column("other").to_pylist()
+    assert read_lists_streamed(pf, 0, COLS, 1, only={"id"}) is None  # nothing to stream
