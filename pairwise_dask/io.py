@@ -186,9 +186,8 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
     if not lists or n == 0:
         return None
     # values per row from the footer (the leaf column's value count), to size the batches
-    leaf_values = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i).num_values
-                   for i in range(meta.num_columns)}
-    per_row = max(1, max(leaf_values.get(c, n) for c in lists) // n)
+    leaves = [(meta.column(i).path_in_schema, meta.column(i).num_values) for i in range(meta.num_columns)]
+    per_row = max(1, max((v for c in lists for p, v in leaves if p.startswith(c + ".")), default=n) // n)
     batch_rows = max(64, batch_bytes // (4 * per_row))
     blocks: dict[str, np.ndarray] = {}
     dims: dict[str, int] = {}
@@ -207,7 +206,7 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
                 d = int(lengths[0]) if m else dims.get(c, 0)
                 if m and (lengths != d).any():
                     return None
-            if dims.setdefault(c, d) != d:
+            if dims.setdefault(c, d) != d or d == 0:  # no fixed-size list of 0 values in Arrow
                 return None
             values = col.flatten()
             if values.null_count:

@@ -134,3 +134,18 @@ def test_only_the_named_lists_are_streamed_and_the_schema_is_kept(tmp_path):
     assert got.column("label").to_pylist() == want.column("label").to_pylist()
     assert got.column("other").to_pylist() == want.column("other").to_pylist()
     assert read_lists_streamed(pf, 0, COLS, 1, only={"id"}) is None  # nothing to stream
+
+
+def test_empty_lists_and_dotted_names(tmp_path):
+    """Lists of no values fall back to the whole read (Arrow has no fixed-size list of 0), so the
+    dimension check reports them; a column name with dots is found in the footer all the same."""
+    path = str(tmp_path / "e.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "my.emb": pa.array([[], []], pa.list_(pa.float32()))}), path)
+    t = read_row_group(path, 0, ["id", "my.emb"])
+    with pytest.raises(BadInputError, match="has dimension 0, but the classes have 4"):
+        embedding_matrix(t.column("my.emb"), name="my.emb", dim=4)
+    x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    pq.write_table(pa.table({"id": [str(i) for i in range(40)], "my.emb": pa.array(x.tolist(), pa.list_(pa.float32()))}),
+                   path)
+    got = read_lists_streamed(pq.ParquetFile(path), 0, ["id", "my.emb"], 1)
+    np.testing.assert_array_equal(embedding_matrix(got.column("my.emb"), name="e"), x)
