@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix
 from .errors import BadInputError
-from .io import STREAM_BATCH_BYTES, read_lists_streamed, parquet_files
+from .io import STREAM_BATCH_BYTES, parquet_files, read_lists_streamed
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
 
@@ -163,8 +163,8 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                 for g in range(pf.metadata.num_row_groups):
                     if pf.metadata.row_group(g).num_rows == 0:
                         continue  # no items, and no width to pack a list column to: left out
-                    # the chosen lists streamed into one block each, as the job reads them (twice
-                    # as fast); irregular ones read whole, so pack_column names the bad row
+                    # the chosen lists streamed into one block each, as the job reads them (about
+                    # half the CPU); irregular ones are read whole, so pack_column names the bad row
                     t = read_lists_streamed(pf, g, pf.schema_arrow.names, STREAM_BATCH_BYTES, only=chosen)
                     if t is None:
                         t = pf.read_row_group(g)
