@@ -146,13 +146,19 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
     map is closed on return, so no file page stays in the worker's RSS, which Dask's memory
     limits watch (measured: RssFile unchanged after the reads).
 
-    List embedding columns are streamed in batches of about ``batch_bytes`` into one preallocated
-    block each (see :func:`read_lists_streamed`); everything else, and any row group whose lists
-    are not all of one length without nulls, is read whole, so the checks of
-    :func:`pairwise_dask.arrays.embedding_matrix` see the data as stored.
+    A row group with list embedding columns is read in batches of about ``batch_bytes`` of values,
+    each list column copied into one preallocated block (see :func:`read_lists_streamed`); one
+    without them, or whose lists are not all of one length without nulls, is read whole, so the
+    checks of :func:`pairwise_dask.arrays.embedding_matrix` see the data as stored.
     """
     pf = _parquet_file(path, storage_options, memory_map=True)
     try:
+        names = set(pf.schema_arrow.names)
+        for c in columns:  # the first file's columns were checked; a later file may lack one
+            if c not in names:
+                raise BadInputError("is not a column of this file", file=path, column=c,
+                                    hint="Every file of the catalog needs the id, view and label columns; "
+                                         f"this one has {', '.join(pf.schema_arrow.names)}")
         t = read_lists_streamed(pf, group, columns, batch_bytes)
         if t is None:
             t = pf.read_row_group(group, columns=columns, use_threads=False)
@@ -162,6 +168,10 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
     # whichever path read the partition
     schema = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in t.schema])
     return t.cast(schema) if schema != t.schema else t
+
+
+#: how a list column's leaf is named below it in a Parquet footer (Arrow's writer, legacy writers)
+_LIST_LEAVES = ("list.element", "list.item", "element", "item", "array", "bag.array_element")
 
 
 def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batch_bytes: int, *,
@@ -179,6 +189,7 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
     1M × 768 × 2-view snappy catalog read in one process.
     """
     schema = pf.schema_arrow
+    columns = list(dict.fromkeys(columns))  # a name asked for twice (label = id) once, as pyarrow reads it
     lists = [c for c in columns if _is_list(schema.field(c).type) and (only is None or c in only)
              and schema.field(c).type.value_type in (pa.float16(), pa.float32(), pa.float64())]
     meta = pf.metadata.row_group(group)
@@ -186,8 +197,10 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
     if not lists or n == 0:
         return None
     # values per row from the footer (the leaf column's value count), to size the batches
+    # (the leaf of list column c is c.list.element, c.list.item, c.element, … but not c.x.list.element)
     leaves = [(meta.column(i).path_in_schema, meta.column(i).num_values) for i in range(meta.num_columns)]
-    per_row = max(1, max((v for c in lists for p, v in leaves if p.startswith(c + ".")), default=n) // n)
+    per_row = max(1, max((v for c in lists for p, v in leaves
+                          if p.startswith(c + ".") and p[len(c) + 1:] in _LIST_LEAVES), default=n) // n)
     batch_rows = max(64, batch_bytes // (4 * per_row))
     blocks: dict[str, np.ndarray] = {}
     dims: dict[str, int] = {}
@@ -223,11 +236,16 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
     for c in columns:
         f = schema.field(c)
         if c in blocks:
-            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(blocks[c]), dims[c]))
+            # the stored value field (name, nullability, metadata) over the block
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(blocks[c]),
+                                                            type=pa.list_(f.type.value_field, dims[c])))
             fields.append(pa.field(c, arrays[-1].type, f.nullable, f.metadata))
         else:
             chunks = others[c]
-            arrays.append(chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks))
+            try:
+                arrays.append(chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks))
+            except pa.ArrowInvalid:  # over 2 GiB of strings or bytes: chunked, as the whole read gives it
+                arrays.append(pa.chunked_array(chunks, f.type))
             fields.append(f)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=schema.metadata))
 

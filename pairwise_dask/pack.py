@@ -95,7 +95,7 @@ def _files(items: str) -> tuple[Path, list[Path]]:
     if "://" in items:
         raise BadInputError("is a URL; pack reads and writes local paths", file=items,
                             hint="Copy the catalog to a local folder first (or pack where it is written)")
-    root = Path(items)
+    root = Path(os.path.abspath(items))  # parquet_files gives absolute paths: relative_to needs both so
     files = [Path(f) for f in parquet_files(items)]
     return (root if root.is_dir() else root.parent), files
 

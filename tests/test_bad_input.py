@@ -303,6 +303,31 @@ def test_a_null_id_names_the_file_of_a_folder_that_holds_it(tmp_path: Path, clie
     assert not out.exists()
 
 
+def test_a_column_missing_from_a_later_file_is_named(tmp_path: Path, client: Any) -> None:
+    """The columns are checked against the first file's footer before any work; a later file that
+    lacks one (here the annotation) is found by the worker reading it, and named with its columns
+    (it was a KeyError from pyarrow)."""
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    pq.write_table(cat.items.slice(0, 30), folder / "a.parquet")
+    pq.write_table(cat.items.slice(30).drop_columns(["label"]), folder / "b.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(BadInputError, match="is not a column of this file") as info:
+        job.run(cat.settings(out, items=str(folder)), client=client)
+    assert info.value.file == str(folder / "b.parquet") and info.value.column == "label"
+    assert "this one has id, " in str(info.value)
+    assert not out.exists()
+
+
+def test_the_id_column_as_the_annotation_is_a_bad_annotation_not_a_crash(tmp_path: Path, client: Any) -> None:
+    """label = id asks for the id column twice; it is read once (as pyarrow does) and its values
+    are then refused as annotations, naming the first row."""
+    cat = make_catalog(tmp_path / "data")
+    with pytest.raises(BadInputError, match=r"column 'id', row id 'it-00000': holds the annotation 'it-00000'"):
+        job.run(cat.settings(tmp_path / "out", label="id"), client=client)
+
+
 def test_nonexistent_parents_of_out_are_not_left_behind(tmp_path: Path, client: Any) -> None:
     cat = make_catalog(tmp_path / "data")
     _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan))(cat)

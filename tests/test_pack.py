@@ -72,6 +72,17 @@ def test_a_folder_keeps_files_row_groups_and_other_columns(tmp_path: Path) -> No
                 assert t1.column(c).equals(t0.column(c))
 
 
+def test_a_relative_folder_packs(tmp_path: Path, monkeypatch) -> None:
+    """Paths as typed in a shell: a relative catalog folder (its files are listed absolute) and a
+    relative OUT (it crashed in Path.relative_to)."""
+    cat = make_catalog(tmp_path / "data", n=20)
+    (tmp_path / "items" / "sub").mkdir(parents=True)
+    pq.write_table(cat.items, tmp_path / "items" / "sub" / "a.parquet")
+    monkeypatch.chdir(tmp_path)
+    r = pack_catalog("items", "packed")
+    assert r.rows == 20 and (tmp_path / "packed" / "sub" / "a.parquet").is_file()
+
+
 def test_out_is_replaced_only_with_overwrite_and_only_when_complete(tmp_path: Path) -> None:
     cat = make_catalog(tmp_path / "data", n=20)
     out = tmp_path / "packed"

@@ -53,9 +53,13 @@ def test_streamed_read_is_bit_for_bit_the_whole_read(tmp_path, kind, dtype, comp
         assert pa.types.is_fixed_size_list(got.schema.field("emb").type)
         # the list column is one block, not the batches' chunks
         assert got.column("emb").num_chunks == 1
-        a = embedding_matrix(got.column("emb"), name="emb")
-        b = embedding_matrix(want.column("emb"), name="emb")
-        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+        # the stored values' bits, in their own width (not after the float32 cast)
+        a = got.column("emb").chunk(0).flatten().to_numpy()
+        b = want.column("emb").combine_chunks().flatten().to_numpy()
+        assert a.dtype == b.dtype == dtype
+        uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+        np.testing.assert_array_equal(a.view(uint), b.view(uint))
+        assert got.schema.field("emb").type.value_field == want.schema.field("emb").type.value_field
         assert got.column("id").to_pylist() == want.column("id").to_pylist()
         assert got.column("label").to_pylist() == want.column("label").to_pylist()
         assert got.schema.field("label").type == pa.large_string()
@@ -118,7 +122,8 @@ def test_only_the_named_lists_are_streamed_and_the_schema_is_kept(tmp_path):
     x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
     t = pa.table({"id": [f"it-{i:05d}" for i in range(n)],
                   "emb": pa.array(x.tolist(), pa.list_(pa.float32())),
-                  "label": pa.array(["a"] * n).dictionary_encode(),
+                  # values that first appear in later batches: each batch has its own dictionary
+                  "label": pa.array([f"c{i // 50}" for i in range(n)]).dictionary_encode(),
                   "other": pa.array(x[:, :2].tolist(), pa.list_(pa.float32()))})
     t = t.replace_schema_metadata({b"pandas": b"{}"})
     t = t.cast(t.schema.set(1, t.schema.field("emb").with_metadata({b"k": b"v"})))
@@ -149,3 +154,25 @@ def test_empty_lists_and_dotted_names(tmp_path):
                    path)
     got = read_lists_streamed(pq.ParquetFile(path), 0, ["id", "my.emb"], 1)
     np.testing.assert_array_equal(embedding_matrix(got.column("my.emb"), name="e"), x)
+
+
+def test_a_column_asked_twice_is_read_once_and_huge_columns_stay_chunked(tmp_path, monkeypatch):
+    """Columns named twice (label = id) come once, as pyarrow's whole read gives them; a non-list
+    column whose batches cannot be concatenated (over 2 GiB of strings: pyarrow raises
+    ArrowInvalid, simulated here) stays a chunked column instead of failing the read."""
+    n, d = 300, 4
+    x = np.random.default_rng(4).standard_normal((n, d)).astype(np.float32)
+    path = str(tmp_path / "items.parquet")
+    pq.write_table(pa.table({"id": [f"it-{i:05d}" for i in range(n)],
+                             "emb": pa.array(x.tolist(), pa.list_(pa.float32()))}), path)
+    t = read_row_group(path, 0, ["id", "emb", "id"], batch_bytes=1)
+    assert t.column_names == pq.ParquetFile(path).read_row_group(0, columns=["id", "emb", "id"]).column_names
+
+    def overflow(_chunks):
+        raise pa.ArrowInvalid("offset overflow while concatenating arrays")
+
+    monkeypatch.setattr(pa, "concat_arrays", overflow)
+    got = read_lists_streamed(pq.ParquetFile(path), 0, ["id", "emb"], 1)
+    assert got.column("id").num_chunks > 1
+    assert got.column("id").to_pylist() == [f"it-{i:05d}" for i in range(n)]
+    np.testing.assert_array_equal(embedding_matrix(got.column("emb"), name="emb"), x)
