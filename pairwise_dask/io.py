@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .arrays import embedding_matrix, normalize_rows, packed_float_of
+from .arrays import embedding_matrix, is_float_list, normalize_rows, packed_float_of
 from .config import BEFORE_OPTION, Settings
 from .errors import BadInputError
 from .storage import Location, is_url
@@ -190,8 +190,7 @@ def read_lists_streamed(pf: pq.ParquetFile, group: int, columns: list[str], batc
     """
     schema = pf.schema_arrow
     columns = list(dict.fromkeys(columns))  # a name asked for twice (label = id) once, as pyarrow reads it
-    lists = [c for c in columns if _is_list(schema.field(c).type) and (only is None or c in only)
-             and schema.field(c).type.value_type in (pa.float16(), pa.float32(), pa.float64())]
+    lists = [c for c in columns if is_float_list(schema.field(c).type) and (only is None or c in only)]
     meta = pf.metadata.row_group(group)
     n = meta.num_rows
     if not lists or n == 0:

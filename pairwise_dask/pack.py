@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .arrays import PACKED_FLOAT_KEY, embedding_matrix
+from .arrays import PACKED_FLOAT_KEY, embedding_matrix, is_float_list
 from .errors import BadInputError
 from .io import STREAM_BATCH_BYTES, parquet_files, read_lists_streamed
 
@@ -68,12 +68,6 @@ class PackResult:
     bytes_in: int
     bytes_out: int
     seconds: float
-
-
-def is_float_list(t: pa.DataType) -> bool:
-    """A list, large list or fixed-size list of floats: a column ``pack`` rewrites."""
-    return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
-            and pa.types.is_floating(t.value_type))
 
 
 def pack_column(column: pa.Array | pa.ChunkedArray, *, name: str, ids: np.ndarray | None = None) -> pa.Array:
