@@ -13,11 +13,15 @@ from .errors import BadInputError
 _FLOATS = (pa.float16(), pa.float32(), pa.float64())
 
 
+def is_list_type(t: pa.DataType) -> bool:
+    """A list, large list or fixed-size list (of anything)."""
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
 def is_float_list(t: pa.DataType) -> bool:
     """A list, large list or fixed-size list of floats: an embedding column in list form (the one
     ``pack`` rewrites and the read streams)."""
-    return ((pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
-            and pa.types.is_floating(t.value_type))
+    return is_list_type(t) and pa.types.is_floating(t.value_type)
 
 
 def to_arrow(column: object) -> pa.Array:

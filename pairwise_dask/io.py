@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .arrays import embedding_matrix, is_float_list, normalize_rows, packed_float_of
+from .arrays import embedding_matrix, is_float_list, is_list_type, normalize_rows, packed_float_of
 from .config import BEFORE_OPTION, Settings
 from .errors import BadInputError
 from .storage import Location, is_url
@@ -25,10 +25,6 @@ from .storage import Location, is_url
 STAGING_PREFIX = ".pairwise-staging-"
 TRASH_PREFIX = ".pairwise-trash-"
 OUTPUT_ENTRIES = ("labels", "disagreements", "model", "report.html", "summary.json")
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
 def _is_packed(t: pa.DataType) -> bool:
@@ -113,7 +109,7 @@ def inspect_items(s: Settings) -> ItemsInfo:
         if _is_packed(t):  # its dimension is known only with the classes' (checked when read)
             dims[v] = None
             continue
-        if not _is_list(t):
+        if not is_list_type(t):
             raise BadInputError(f"has type {t}, not a list of floats", file=files[0], column=col,
                                 hint="Store each embedding as fixed_size_list<float32>[d] or list<float>")
         if not pa.types.is_floating(t.value_type):
