@@ -300,7 +300,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
         pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
         qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
-        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="") -> dict:
+        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="", xfit=0, xfit0=False, dmix=0.0) -> dict:
     SAT[0] = sat
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
@@ -324,6 +324,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         marg = (part[:, -1] - part[:, -2]) / len(views)
         kp = keep_mask(marg, keep[0] if isinstance(keep, list) else keep)
         moms = {v: class_moments(xs[v], lab, kp, k) for v in views}
+        mlab, mkp = lab, kp  # session 11: the labels and keep mask behind `moms` (for cross-fitting)
+    fold = ((h >> np.uint64(8)) % np.uint64(max(xfit, 1))).astype(np.int64)
     logprior = None
     if prior in ("base", "base_kept"):  # session 3: fixed at round 0 (no feedback); damped by temp_prior
         if fit_on == "view":
@@ -341,7 +343,14 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         dec = decision if (r > 0 or first == "same") else first
         margins, pairs, deltas = {}, None, {}
         for v in views:
-            if dec == "cosine":
+            if dec == "cosine" and xfit and xfit0:
+                out = np.empty((len(h), k * (k - 1) // 2), np.float32)
+                for f in range(xfit):
+                    sel = fold == f
+                    mf = class_moments(xs[v], mlab, mkp & ~sel, k)
+                    out[sel], pairs = cosine_margins(xs[v][sel], cs[v], mf, m=m, mix=mix)
+                margins[v] = out
+            elif dec == "cosine":
                 margins[v], pairs = cosine_margins(xs[v], cs[v], moms[v], m=m, mix=mix)
             elif dec == "lda":
                 margins[v], pairs = lda_margins(xs[v], moms[v], grams[v], lam=lam, scale=scale, prior=logprior)
@@ -354,9 +363,21 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                                                            prior=None if prior == "em" else logprior,
                                                            pool=qda_pool, mask_by=mask_by, ret_delta=True,
                                                            shrink_to=qda_shrink)
+            elif xfit and dec == "disc":  # session 11: cross-fitting, each fold decided by the other folds' moments
+                out = np.empty((len(h), k * (k - 1) // 2), np.float32)
+                dl = []
+                for f in range(xfit):
+                    sel = fold == f
+                    mf = class_moments(xs[v], mlab, mkp & ~sel, k)
+                    out[sel], pairs, dlf = disc_margins(xs[v][sel], cs[v], mf, m=m, shrink=shrink, scale=scale,
+                                                        prior=None if prior == "em" else logprior, mix=0.0,
+                                                        mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v],
+                                                        pool_all=pool_all)
+                    dl.append(dlf)
+                margins[v], deltas[v] = out, np.mean(dl, axis=0)
             else:
                 margins[v], pairs, deltas[v] = disc_margins(xs[v], cs[v], moms[v], m=m, shrink=shrink, scale=scale,
-                                                            prior=None if prior == "em" else logprior, mix=0.0,
+                                                            prior=None if prior == "em" else logprior, mix=dmix,
                                                             mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v],
                                                             pool_all=pool_all,
                                                             var_mom=vmoms.get(v) if var_all else None,
@@ -446,6 +467,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                     xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
                     cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
             new = {v: class_moments(xs[v], final, kp, k) for v in views}
+            mlab, mkp = final, kp
             if var_all:  # session 7: every item of each final label, for the variances
                 vmoms = {v: class_moments(xs[v], final, np.ones(len(final), bool), k) for v in views}
             # session 3: the moments of every round so far merged (exact sums; rot "within" excluded)
