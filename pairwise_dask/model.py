@@ -42,6 +42,17 @@ def _fsl(m: np.ndarray, t: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(m).ravel(), t), m.shape[1])
 
 
+def _concat_views(tables: list[pa.Table]) -> pa.Table:
+    """Per-view tables stacked; views of different dimension (say 512-d images and 384-d texts)
+    give fixed-size lists of different sizes, which become variable lists (:func:`load` reads both)."""
+    if any(not t.schema.equals(tables[0].schema) for t in tables[1:]):
+        def loosen(t: pa.Table) -> pa.Table:
+            return t.cast(pa.schema([pa.field(f.name, pa.list_(f.type.value_type))
+                                     if pa.types.is_fixed_size_list(f.type) else f for f in t.schema]))
+        tables = [loosen(t) for t in tables]
+    return pa.concat_tables(tables)
+
+
 def masks_table(masks: dict[str, PairMasks], names: tuple[str, ...]) -> pa.Table:
     """``view, class_a, class_b, dims (list<int32>), n_a, n_b, fallback`` (the output contract)."""
     parts = []
@@ -84,13 +95,13 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
         rows.append(pa.table({"view": pa.array([v] * g, pa.string()), "set": pa.array(np.arange(g, dtype=np.int32)),
                               "n": pa.array(m.n.astype(np.int64)), "sum_q": _fsl(m.s1, pa.float64()),
                               "sumsq_q": _fsl(m.s2, pa.float64())}))
-    write_table(pa.concat_tables(rows), folder / "moments.parquet")
+    write_table(_concat_views(rows), folder / "moments.parquet")
     cls = {"name": pa.array(model.names, pa.string())}
     for v, c in model.classes.items():
         cls[v] = _fsl(c, pa.float32())
     write_table(pa.table(cls), folder / "classes.parquet")
     if model.rotation:  # one row per basis vector (column of R) and view
-        write_table(pa.concat_tables([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
+        write_table(_concat_views([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
                                                 "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),
                                                 "vector": _fsl(np.ascontiguousarray(r.T), pa.float32())})
                                       for v, r in model.rotation.items()]), folder / "rotation.parquet")

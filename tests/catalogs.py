@@ -14,11 +14,13 @@ DEMO_JOB = REPO / "jobs" / "demo.toml"
 
 
 def make_catalog(folder: Path, *, n: int = 600, d: int = 16, k: int = 4, views: tuple[str, ...] = ("a", "b"),
-                 seed: int = 0, row_group: int = 100, noise: float = 1.2, label: bool = True) -> dict:
+                 seed: int = 0, row_group: int = 100, noise: float = 1.2, label: bool = True,
+                 d_by_view: dict[str, int] | None = None) -> dict:
     """A planted-signal catalog: items.parquet and classes.parquet under ``folder``.
 
     Each class has a direction; items are their class direction plus noise on all dimensions, so
-    the base argmax is mediocre and the masks have something to find.
+    the base argmax is mediocre and the masks have something to find. ``d_by_view``: views of
+    their own dimension (as 512-d image and 384-d text vectors), else every view has ``d``.
     """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -26,6 +28,7 @@ def make_catalog(folder: Path, *, n: int = 600, d: int = 16, k: int = 4, views: 
     cols: dict[str, pa.Array] = {"id": pa.array([f"item-{i:06d}" for i in range(n)])}
     cls: dict[str, pa.Array] = {"name": pa.array([f"class{c}" for c in range(k)])}
     for j, v in enumerate(views):
+        d = (d_by_view or {}).get(v, d)
         centers = rng.normal(size=(k, d))
         informative = rng.random(d) < 0.3
         x = rng.normal(scale=noise, size=(n, d))

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pairwise_dask import job
+from pairwise_dask import model as model_io
 from pairwise_dask.config import load_settings
 
 from catalogs import DEMO_JOB, REPO, make_catalog
@@ -208,3 +209,24 @@ def test_cli_demo_from_any_directory(tmp_path):
 def test_help_teaches():
     r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--partition-rows" in r.stdout and "examples:" in r.stdout
+
+
+@pytest.mark.parametrize("method", [{}, {"refine": 0, "fit_on": "view", "rotate": "none"}], ids=["defaults", "updatable"])
+def test_views_of_different_dimension(client, tmp_path, method):
+    """Image and text vectors of one item rarely share a dimension: run, fit, apply and update take
+    views of 16 and 8 dimensions (the model's per-view tables were once stacked as one list size)."""
+    cat = {**make_catalog(tmp_path / "data", n=500, d_by_view={"a": 16, "b": 8}), **method}
+    job.run(_settings(cat, tmp_path / "run"), client=client)
+    model = tmp_path / "run" / "model"
+    moments = pq.read_table(model / "moments.parquet")
+    sizes = {v: {len(r) for r, w in zip(moments.column("sum_q").to_pylist(), moments.column("view").to_pylist())
+                 if w == v} for v in ("a", "b")}
+    assert sizes == {"a": {16}, "b": {8}}
+    job.apply(_settings(cat, tmp_path / "applied"), str(model), client=client)
+    assert _labels(tmp_path / "applied").equals(_labels(tmp_path / "run"))
+    if method:  # refined models cannot be updated
+        job.fit(_settings(cat, tmp_path / "upd"), client=client, base_model=str(model))
+        twice, once = model_io.load(tmp_path / "upd" / "model"), model_io.load(model)
+        for v in ("a", "b"):
+            assert np.array_equal(twice.moments[v].n, 2 * once.moments[v].n)
+            assert np.array_equal(twice.moments[v].s1, 2 * once.moments[v].s1)
