@@ -190,6 +190,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def killed_worker_message(e: Exception) -> str:
+    """What Dask's ``KilledWorker`` means for this job, and what to change."""
+    tries = getattr(e, "allowed_failures", 2) + 1
+    return (f"Dask workers died {tries} times while running the same task ({getattr(e, 'task', '?')}); "
+            "the output folder was left as it was. This is nearly always a worker running out of memory (its "
+            "log says 'exceeded 95% memory budget'). Give each worker more memory: --memory-limit with "
+            "the LocalCluster (fewer --workers leave each more), or `dask worker --memory-limit` on your own "
+            "cluster; smaller partitions (--partition-rows) also lower the memory a task needs")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -248,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
+
+        if not isinstance(e, KilledWorker):
+            raise
+        print(f"pairwise-dask: error: {killed_worker_message(e)}", file=sys.stderr)
+        return 1
     except Terminated:
         print("pairwise-dask: terminated (SIGTERM); the output folder was left as it was", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -55,6 +55,21 @@ def _parquet_file(f: str, storage_options: dict | None, *, memory_map: bool = Fa
     return pq.ParquetFile(f, memory_map=memory_map)
 
 
+#: what to do about an unreadable items file (also ``pack``'s input)
+ITEMS_HINT = ("Convert it to Parquet first, e.g. pandas.read_csv(...).to_parquet(...) with each embedding as a "
+              "list of floats; or point at the Parquet files only (a folder or a glob such as 'items/*.parquet')")
+CLASSES_HINT = ("Point --classes at a Parquet file with a `name` column and an embedding column per view; "
+                "`pairwise-dask classes` writes one from class names")
+
+
+def open_parquet(f: str, storage_options: dict | None = None, *, hint: str = ITEMS_HINT) -> pq.ParquetFile:
+    """A Parquet file's reader; a file that is not Parquet, or is cut short, is a :class:`BadInputError`."""
+    try:
+        return _parquet_file(f, storage_options)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
+        raise BadInputError(f"is not a readable Parquet file ({e})", file=f, hint=hint) from None
+
+
 @dataclass(frozen=True)
 class ItemsInfo:
     """What the Parquet footers say about the items, before any data is read."""
@@ -71,13 +86,7 @@ def inspect_items(s: Settings) -> ItemsInfo:
     schema = None
     rows = groups = 0
     for f in files:
-        try:
-            meta = _parquet_file(f, s.storage_options).metadata
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for broken files
-            raise BadInputError(f"is not a readable Parquet file ({e})", file=f,
-                                hint="Convert it to Parquet first, e.g. pandas.read_csv(...).to_parquet(...) with "
-                                     "each embedding as a list of floats; or point at the Parquet files only "
-                                     "(a folder or a glob such as 'items/*.parquet')") from None
+        meta = open_parquet(f, s.storage_options).metadata
         rows += meta.num_rows
         groups += meta.num_row_groups
         fs = meta.schema.to_arrow_schema()
@@ -304,7 +313,14 @@ class ClassSet:
 def read_classes(s: Settings) -> ClassSet:
     """Read and check the classes file: ≥ 2 unique names, one embedding per view (or shared)."""
     files = parquet_files(s.classes, s.storage_options)
-    table = pa.concat_tables([_parquet_file(f, s.storage_options).read() for f in files])
+    tables = []
+    for f in files:
+        pf = open_parquet(f, s.storage_options, hint=CLASSES_HINT)
+        try:
+            tables.append(pf.read())
+        except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
+            raise BadInputError(f"is not a readable Parquet file ({e})", file=f, hint=CLASSES_HINT) from None
+    table = pa.concat_tables(tables)
     return classes_from_table(table, s.views, s.class_columns, where=s.classes)
 
 
@@ -468,18 +484,27 @@ class Commit:
                                     hint="Choose another --out, or pass --overwrite to replace it")
 
     def begin(self) -> Location:
-        """Create the staging folder (and clear what killed runs left behind)."""
+        """Create the staging folder (and clear what killed runs left behind). Called before any
+        work, so an output folder that cannot be written costs nothing."""
         missing = []
         p = self.out
         while not p.exists() and p.parent.path != p.path:
             missing.append(p)
             p = p.parent
-        self.out.mkdir()
-        self._created = missing  # deepest first
-        for p in self.out.iterdir():
-            if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-                p.rmtree()
-        self.staging.mkdir()
+        if p.local and p is not self.out and not p.is_dir():
+            raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out),
+                                hint="Choose another --out")
+        try:
+            self.out.mkdir()
+            self._created = missing  # deepest first
+            for p in self.out.iterdir():
+                if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                    p.rmtree()
+            self.staging.mkdir()
+        except OSError as e:
+            self.abort()
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+                                hint="Choose a folder you may write to for --out") from None
         return self.staging
 
     def publish(self) -> None:

@@ -575,6 +575,7 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
     commit.check_target()
     timings["check"] = time.perf_counter() - t_start
     try:
+        staging = commit.begin()
         with connect(s, client, echo) as c:
             echo(f"Dask dashboard: {c.dashboard_link}")
             parts = item_parts(s, prep.info)
@@ -582,7 +583,6 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
                  f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
                  f"{workers} workers")
-            staging = commit.begin()
             try:
                 summary = body(c, parts, staging, timings)
                 cluster = {"scheduler": s.scheduler or (c.scheduler.address if client is not None else "LocalCluster"),

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix, is_float_list
 from .errors import BadInputError
-from .io import STREAM_BATCH_BYTES, parquet_files, read_lists_streamed
+from .io import STREAM_BATCH_BYTES, open_parquet, parquet_files, read_lists_streamed
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
 
@@ -129,7 +129,7 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     root, files = _files(items)
     if Path(items).is_dir() and (dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents):
         raise BadInputError("is inside the catalog it would pack", file=out, hint="Write the packed catalog elsewhere")
-    schema = pq.read_schema(files[0])
+    schema = open_parquet(files[0]).schema_arrow
     chosen = tuple(columns) if columns else tuple(f.name for f in schema if is_float_list(f.type))
     if not chosen:
         raise BadInputError("has no list-of-floats column to pack", file=str(files[0]),
@@ -139,7 +139,7 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     rows = groups = bytes_in = bytes_out = written = 0
     try:
         for f in files:
-            pf = pq.ParquetFile(f)
+            pf = open_parquet(f)
             names = set(pf.schema_arrow.names)
             for c in chosen:
                 if c not in names:

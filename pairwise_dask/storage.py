@@ -120,7 +120,7 @@ class Location:
     def rmtree(self) -> None:
         try:
             self.fs.rm(self.path, recursive=True)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing there (a file stands where a parent would)
             pass
 
     def rmdir(self) -> None:

@@ -495,11 +495,22 @@ def _cli_case(tmp_path: Path, name: str) -> tuple[list[str], Path, str]:
         _duplicate(3, 50, 10)(cat)
         return ([str(cat.job_file(out, cluster={"partition_rows": 10}))], out,
                 "column 'id', row id 'it-00003': appears more than once")
+    if name == "out inside a file":  # refused before the cluster starts, not a NotADirectoryError traceback
+        (tmp_path / "afile").write_text("not a folder")
+        out = tmp_path / "afile" / "sub"
+        return [str(cat.job_file(out))], out, f"cannot be created: {tmp_path / 'afile'} is a file, not a folder"
+    if name == "out not writable":  # /proc takes no new folders, even from root
+        out = Path("/proc/pairwise-dask-test-out")
+        return [str(cat.job_file(out))], out, "cannot be written"
+    if name == "truncated classes":
+        data = cat.classes_path.read_bytes()
+        cat.classes_path.write_bytes(data[: len(data) // 2])
+        return [str(cat.job_file(out))], out, "is not a readable Parquet file"
     raise KeyError(name)
 
 
 CLI_CASES = ["unknown key", "wrong type", "dims > d", "missing column", "empty catalog", "NaN",
-             "duplicate across partitions"]
+             "duplicate across partitions", "out inside a file", "out not writable", "truncated classes"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)

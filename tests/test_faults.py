@@ -400,3 +400,20 @@ def test_a_value_sent_once_survives_losing_its_worker() -> None:
         again = fut.result(timeout=TIMEOUT)
         np.testing.assert_array_equal(again["a"], value["a"])
         assert c.who_has(fut)[fut.key] and holder not in c.who_has(fut)[fut.key]
+
+
+@pytest.mark.cluster
+def test_workers_out_of_memory_get_one_message(tmp_path: Path) -> None:
+    """Workers that die for memory end in Dask's KilledWorker: the command line says what it means
+    and what to change, in one line, and leaves no output (a traceback before)."""
+    from catalogs import make_catalog as planted
+
+    cat = planted(tmp_path / "data", n=20_000, d=256, row_group=5_000)
+    out = tmp_path / "out"
+    res = run_cli("run", "--items", cat["items"], "--classes", cat["classes"], "--views", "a=emb_a,b=emb_b",
+                  "--out", str(out), "--workers", "1", "--memory-limit", "150MB", "--quiet", timeout=300)
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("pairwise-dask:")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "Dask workers died" in errors[0] and "--memory-limit" in errors[0], errors[0]
+    assert not out.exists()

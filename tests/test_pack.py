@@ -125,6 +125,12 @@ def test_cli(tmp_path: Path) -> None:
     assert "20 rows in 1 files" in done.stdout and "packed emb_a, emb_b" in done.stdout
     again = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
     assert again.returncode == 2 and "already exists. Choose another OUT or pass --overwrite" in again.stderr
+    cut = tmp_path / "cut.parquet"  # a copy cut short: one line naming the file, not pyarrow's traceback
+    cut.write_bytes(cat.items_path.read_bytes()[:3000])
+    bad = run_cli("pack", str(cut), str(tmp_path / "q"))
+    assert bad.returncode == 2 and bad.stderr.startswith(f"pairwise-dask: error: file {cut}: is not a readable "
+                                                         "Parquet file"), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and not (tmp_path / "q").exists()
 
 
 def test_float16_classes_and_items_packed_read_as_float16(tmp_path: Path, client) -> None:
