@@ -158,7 +158,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"  changed    {ch}  (tourney label ≠ base label)")
         for pair, a in s["agreement_weighted_f1"].items():
             lines.append(f"  agreement  {pair}: base {a['base']:.3f} → tourney {a['tourney']:.3f} (weighted F1)")
-        if "final" in s:
+        if "final" in s and not s["final"].get("annotated_items", 1):
+            lines.append("  accuracy   none: no item has an annotation (the label column is null in every row)")
+        elif "final" in s:
             acc = "  ".join(f"{v}: {s['per_view'][v]['accuracy_base']:.3f} → {s['per_view'][v]['accuracy_tourney']:.3f}"
                             for v in views)
             n, rows = s["final"].get("annotated_items", it["rows"]), s["labelled_items"]
@@ -272,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pairwise-dask: interrupted; the output folder was left as it was", file=sys.stderr)
         return 130
     if ns.json:
-        print(json.dumps(summary, indent=2))
+        from .io import json_text
+
+        print(json_text(summary))
     elif not quiet:
         print(format_summary(summary))
     return 0

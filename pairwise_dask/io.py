@@ -8,6 +8,7 @@ when all of them are written; ``summary.json`` is renamed last and marks a compl
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -401,8 +402,23 @@ def write_table(table: pa.Table, path: "str | os.PathLike | Location") -> None:
         pq.write_table(table, os.fspath(path), compression="zstd", row_group_size=1 << 20)
 
 
+def json_text(obj: Any) -> str:
+    """Strict JSON (NaN and infinities, which JSON lacks, as ``null``); NumPy values as Python's."""
+    return json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
 def write_json(obj: Any, path: "str | os.PathLike | Location") -> None:
-    Location.of(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    Location.of(path).write_text(json_text(obj) + "\n")
 
 
 def _json_default(o: Any) -> Any:

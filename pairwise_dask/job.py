@@ -836,8 +836,8 @@ def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally,
         if s.label:
             for kind in ("base", "tourney"):
                 conf = tally.conf[f"annotation~{kind}:{v}"]
-                pv[f"accuracy_{kind}"] = accuracy(conf)
-                pv[f"macro_f1_{kind}"] = macro_f1(conf)
+                pv[f"accuracy_{kind}"] = _figure(accuracy(conf))
+                pv[f"macro_f1_{kind}"] = _figure(macro_f1(conf))
         per_view[v] = pv | _mask_summary(names, masks[v])
     agreement: dict[str, dict[str, float]] = {}
     for key, conf in tally.conf.items():
@@ -858,8 +858,14 @@ def _label_summary(s: Settings, names: tuple[str, ...], tally: Tally,
     if s.label:
         conf = tally.conf["annotation~final"]
         # the figures are over the annotated items only (a null annotation is not a verdict)
-        out["final"] = {"accuracy": accuracy(conf), "macro_f1": macro_f1(conf), "annotated_items": int(conf.sum())}
+        out["final"] = {"accuracy": _figure(accuracy(conf)), "macro_f1": _figure(macro_f1(conf)),
+                        "annotated_items": int(conf.sum())}
     return out
+
+
+def _figure(x: float) -> float | None:
+    """A figure over no items (every annotation null) is ``None``: ``null`` in summary.json."""
+    return x if np.isfinite(x) else None
 
 
 def method_of(s: Settings) -> dict:

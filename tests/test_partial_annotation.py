@@ -3,6 +3,7 @@ printed summary and the report say over how many (0.658 over 2,178 of 3,107 item
 of everything)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,27 @@ def test_the_summary_lists_the_reasons_in_the_review_lists_order(tmp_path: Path,
     summary = job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "items.parquet")), client=client)
     reasons = [k for k in summary["disagreements"] if k != "rows"]
     assert reasons == [r for r in job.REASON_ORDER if r in reasons] and len(reasons) == 3, reasons
+
+
+def test_an_annotation_that_is_null_everywhere_gives_null_figures(tmp_path: Path, client) -> None:
+    """No annotated item: accuracy is null in summary.json (it was NaN, which JSON does not have and
+    strict parsers refuse), and the printed summary says why there is none."""
+    import json
+
+    from pairwise_dask.io import json_text
+
+    cat = make_catalog(tmp_path / "data", n=120)
+    none = cat.items.set_column(cat.items.column_names.index("label"), "label", pa.nulls(120, pa.string()))
+    pq.write_table(none, tmp_path / "none.parquet")
+    summary = job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "none.parquet")), client=client)
+
+    def refuse(c: str) -> None:
+        raise ValueError(f"not JSON: {c}")
+
+    for text in ((tmp_path / "out" / "summary.json").read_text(), json_text(summary)):
+        saved = json.loads(text, parse_constant=refuse)
+        assert saved["final"] == {"accuracy": None, "macro_f1": None, "annotated_items": 0}
+        assert {saved["per_view"][v]["accuracy_tourney"] for v in ("a", "b")} == {None}
+    printed = format_summary(summary)
+    assert "no item has an annotation" in printed and not re.search(r"\bnan\b", printed)
+    assert not re.search(r"\bnan\b", (tmp_path / "out" / "report.html").read_text(), re.I)
