@@ -793,6 +793,11 @@ def _check_compatible(s: Settings, model: FittedModel, *, command: str) -> None:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
     if command == "update":
+        dropped = [v for v in model.classes if v not in s.view_names]
+        if dropped:  # the new model would silently lose these views' moments
+            raise BadInputError(f"update adds the new items' moments to every view of the model; the model's "
+                                f"view(s) {', '.join(dropped)} are not among --views ({', '.join(s.view_names)})",
+                                hint="Give every view of the model in --views (fit a new model for fewer views)")
         check_model_method(s, model.params, command)
 
 

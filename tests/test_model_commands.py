@@ -114,6 +114,12 @@ def test_update_refuses_a_refined_model_and_a_view_it_lacks(client, tmp_path):
     with pytest.raises(BadInputError, match=r"the model has no view\(s\) c"):
         job.fit(load_settings(None, {**cat, "views": (("c", "emb_a"),), "out": str(tmp_path / "u"), **NIGHTLY}),
                 client=client, base_model=str(tmp_path / "plain" / "model"))
+    # fewer views than the model: the update once wrote a model without view b's moments
+    with pytest.raises(BadInputError, match=r"the model's view\(s\) b are not among --views \(a\)"):
+        job.fit(load_settings(None, {**cat, "views": (("a", "emb_a"),), "out": str(tmp_path / "u"), **NIGHTLY}),
+                client=client, base_model=str(tmp_path / "plain" / "model"))
+    assert _main(client, "update", str(tmp_path / "plain" / "model"), "--items", cat["items"], "--views", "a=emb_a",
+                 "--out", str(tmp_path / "u")) == 2
     assert not (tmp_path / "u").exists()
 
 
