@@ -49,6 +49,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
         if client is None and s.scheduler:
             echo(f"Connecting to the Dask scheduler at {s.scheduler}")
             client = stack.enter_context(_client_to(s.scheduler))
+            wait_for_a_worker(client, s.worker_wait, echo)
             check_workers_code(client)
         elif client is None:
             cluster = stack.enter_context(LocalCluster(
@@ -57,10 +58,28 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
             client = stack.enter_context(Client(cluster))
             client.run(_quiet_bad_input_logs)  # our own workers share our stderr
         else:
+            wait_for_a_worker(client, s.worker_wait, echo)
             check_workers_code(client)
         if s.worker_malloc == "tuned":
             tune_workers(client)
         yield client
+
+
+def wait_for_a_worker(client: Any, seconds: float, echo: Callable[[str], None] = _silent) -> None:
+    """Return once the scheduler has a worker. Without one the job's first tasks would wait
+    silently forever; say so, and give up after ``seconds`` (0: wait as long as it takes)."""
+    if client.scheduler_info().get("workers"):
+        return
+    address = client.scheduler.address
+    limit = f"up to {seconds:g} s" if seconds else "until one does"
+    echo(f"The scheduler at {address} has no workers yet; waiting {limit} for one to join "
+         f"(start one with `dask worker {address}`)")
+    try:
+        client.wait_for_workers(1, timeout=seconds or None)
+    except TimeoutError:
+        raise BadInputError(f"no worker joined the Dask scheduler at {address} within {seconds:g} s",
+                            hint=f"Start workers with `dask worker {address}` (cluster/README.md), or raise "
+                                 "[cluster] worker_wait / --worker-wait") from None
 
 
 def _client_to(address: str) -> Any:

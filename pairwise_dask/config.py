@@ -160,6 +160,8 @@ OPTIONS: tuple[Option, ...] = (
            _rotate_dims_check),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
+    Option("worker_wait", "cluster", float, 300.0, "with a scheduler: seconds to wait for a first worker "
+           "when it has none (0: as long as it takes)", _range(0, None)),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
     Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
     Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB, or "
@@ -220,6 +222,7 @@ class Settings:
     rotate_sample: int = 131072
     rotate_dims: float = 0.0
     scheduler: str = ""
+    worker_wait: float = 300.0
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "auto"
@@ -252,7 +255,7 @@ class Settings:
     def fingerprint(self) -> str:
         """Identity of the job (what it reads and how it labels), not of where or how it runs."""
         keep = {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker",
+                if k not in {"out", "overwrite", "scheduler", "worker_wait", "workers", "threads_per_worker",
                              "memory_limit", "cache", "partition_rows", "worker_malloc", "job_file",
                              "storage_options", "flags"}}
         # options added later: left out at the values that mean "the method before they existed",

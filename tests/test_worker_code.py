@@ -127,3 +127,29 @@ def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_time(monkeypatch:
     assert "not the dashboard's" in str(raised[0])
     assert ("no Dask scheduler answered" in str(raised[0]) and "within 2 s" in str(raised[0])) or \
         "is not a Dask scheduler" in str(raised[0]), str(raised[0])
+
+
+def test_a_scheduler_without_workers_is_waited_for_and_said(tmp_path: Path) -> None:
+    """A scheduler with no worker yet: the run used to print "0 workers" and wait silently forever.
+    Now it says it is waiting, goes on when a worker joins, and gives up after worker_wait."""
+    from distributed import LocalCluster
+
+    from pairwise_dask.config import load_settings
+
+    def settings(address: str, wait: float):
+        return load_settings(None, {"items": "x.parquet", "classes": "c.parquet", "out": "o",
+                                    "views": (("a", "a"),), "scheduler": address, "worker_wait": wait})
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as lc:
+        said: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(BadInputError, match=r"no worker joined the Dask scheduler at .* within 2 s.*dask worker"):
+            with cluster.connect(settings(lc.scheduler_address, 2), echo=said.append):
+                pass
+        assert time.monotonic() - t0 < 30
+        assert any("has no workers yet; waiting up to 2 s" in m for m in said), said
+        threading.Timer(1.0, lc.scale, args=(1,)).start()  # a worker joins while the job waits
+        said.clear()
+        with cluster.connect(settings(lc.scheduler_address, 120), echo=said.append) as c:
+            assert len(c.scheduler_info()["workers"]) == 1
+        assert any("waiting up to 120 s" in m for m in said), said
