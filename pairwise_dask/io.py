@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Collection
@@ -26,6 +27,9 @@ from .storage import Location, is_url
 STAGING_PREFIX = ".pairwise-staging-"
 TRASH_PREFIX = ".pairwise-trash-"
 OUTPUT_ENTRIES = ("labels", "disagreements", "model", "report.html", "summary.json")
+#: what :func:`pairwise_dask.model.save` writes into ``model/``
+MODEL_FILES = frozenset({"params.json", "classes.parquet", "moments.parquet", "masks.parquet", "anchors.parquet",
+                         "rotation.parquet"})
 
 
 def _is_packed(t: pa.DataType) -> bool:
@@ -481,6 +485,11 @@ class Commit:
             raise BadInputError(f"holds files that are not a pairwise-dask output ({', '.join(sorted(foreign)[:5])})",
                                 file=str(self.out), hint="Choose an empty or new --out, or pass --overwrite "
                                 "(only pairwise-dask's own entries are ever replaced)")
+        inside = self._foreign_inside()
+        if inside:  # replacing our folders whole would delete them, --overwrite or not
+            raise BadInputError("holds files pairwise-dask did not write inside its own output folders "
+                                f"({', '.join(inside[:5])}); a run replaces those folders whole",
+                                file=str(self.out), hint="Move those files elsewhere, or choose another --out")
         summary = self.out / "summary.json"
         if summary.exists() and not self.overwrite:
             try:
@@ -498,6 +507,20 @@ class Commit:
                 raise BadInputError("already holds the output of a different job" + (f" ({what})" if what else ""),
                                     file=str(self.out),
                                     hint="Choose another --out, or pass --overwrite to replace it")
+
+    def _foreign_inside(self) -> list[str]:
+        """Entries of ``labels/``, ``disagreements/`` and ``model/`` that no pairwise-dask command
+        writes (hidden ones aside: a file browser's own)."""
+        found = []
+        for folder in ("labels", "disagreements", "model"):
+            where = self.out / folder
+            if not where.is_dir():
+                continue
+            for p in where.iterdir():
+                ours = p.name in MODEL_FILES if folder == "model" else re.fullmatch(r"part\.\d+\.parquet", p.name)
+                if not ours and not p.name.startswith("."):
+                    found.append(f"{folder}/{p.name}")
+        return sorted(found)
 
     def begin(self) -> Location:
         """Create the staging folder (and clear what killed runs left behind). Called before any

@@ -44,7 +44,8 @@ HELP = "rewrite a catalog's list embedding columns in the packed form (the job r
 DESCRIPTION = textwrap.fill(
     "Rewrite the embedding columns of a Parquet catalog (a file or a folder of files) as packed "
     "fixed_size_binary columns of raw little-endian floats, which the job reads about three times faster "
-    "than list<float> (2.9 s against 8.3 s for 1M items × 768 dims × 2 views here). Values are "
+    "than list<float> (for 1M items × 768 dims × 2 views here, the job's read step takes 2.9 s against "
+    "8.3 s, and one plain pyarrow read 1.4 s against 9.8 s). Values are "
     "copied bit for bit (float64 becomes the float32 the job computes in), and files, row groups, "
     "row order and the other columns are kept, so a job gives the same outputs on either catalog. "
     "Streams one row group at a time; OUT appears only when complete.", width=92, break_on_hyphens=False)

@@ -396,6 +396,28 @@ def test_out_holding_foreign_files(tmp_path: Path) -> None:
     assert snapshot(out) == before
 
 
+def test_files_of_the_users_inside_an_output_folder_are_never_replaced(tmp_path: Path, client: Any,
+                                                                        previous_result: Path) -> None:
+    """A run replaces labels/, disagreements/ and model/ whole: --overwrite deleted a file the user
+    had put in labels/, though the hint promised only pairwise-dask's own entries are replaced."""
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "out"
+    shutil.copytree(previous_result, out)
+    (out / "labels" / "mine.txt").write_text("mine")
+    (out / "model" / "notes.md").write_text("mine")
+    (out / "labels" / ".DS_Store").write_text("a file browser's")  # hidden: not the user's work
+    before = snapshot(out)
+    for overwrite in (False, True):
+        with pytest.raises(BadInputError, match=r"holds files pairwise-dask did not write inside its own output "
+                                                r"folders \(labels/mine.txt, model/notes.md\)"):
+            job.run(cat.settings(out, overwrite=overwrite), client=client)
+        assert snapshot(out) == before
+    (out / "labels" / "mine.txt").unlink()
+    (out / "model" / "notes.md").unlink()
+    job.run(cat.settings(out, overwrite=True), client=client)  # what is left is ours: replaced
+    assert (out / "summary.json").exists() and not (out / "labels" / ".DS_Store").exists()
+
+
 # --- the job file ---------------------------------------------------------------------------
 
 JOB_CASES = [
