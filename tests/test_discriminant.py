@@ -135,7 +135,7 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",
                            "cache", "partition_rows", "worker_malloc", "job_file", "storage_options", "flags",
-                           "decision", "prior", "rotate",
+                           "worker_wait", "decision", "prior", "rotate",
                            "rotate_sample", "rotate_dims", "keep_sample", "fuse"}}
     assert old.fingerprint() == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert s.fingerprint() != old.fingerprint()  # the defaults are a different method
