@@ -228,10 +228,14 @@ class _Killed(BaseException):
     """Stands for SIGKILL inside publish(): nothing after it runs, not even ``except`` cleanup."""
 
 
+#: a file of each output folder, named as the job names it (other names are the user's, and refused)
+FAKE = {"labels": "part.00000.parquet", "disagreements": "part.00000.parquet", "model": "masks.parquet"}
+
+
 def _fake_result(folder: Path, tag: str) -> None:
-    for entry in ("labels", "disagreements", "model"):
+    for entry, name in FAKE.items():
         (folder / entry).mkdir(parents=True)
-        (folder / entry / "part.00000.parquet").write_text(f"{entry} {tag}")
+        (folder / entry / name).write_text(f"{entry} {tag}")
     (folder / "summary.json").write_text(json.dumps({"fingerprint": "f", "tag": tag}))
 
 
@@ -240,8 +244,8 @@ def _state(out: Path) -> str:
     if not (out / "summary.json").exists():
         return "none"
     tag = json.loads((out / "summary.json").read_text())["tag"]
-    for entry in ("labels", "disagreements", "model"):
-        assert (out / entry / "part.00000.parquet").read_text() == f"{entry} {tag}", f"{entry} is not {tag}"
+    for entry, name in FAKE.items():
+        assert (out / entry / name).read_text() == f"{entry} {tag}", f"{entry} is not {tag}"
     return tag
 
 
@@ -303,11 +307,11 @@ def test_publish_removes_the_outputs_this_command_does_not_write(tmp_path: Path)
     commit.check_target()
     staging = Path(commit.begin().path)
     (staging / "model").mkdir()
-    (staging / "model" / "part.00000.parquet").write_text("model new")
+    (staging / "model" / "masks.parquet").write_text("model new")
     (staging / "summary.json").write_text(json.dumps({"fingerprint": "g", "command": "fit", "tag": "new"}))
     commit.publish()
     assert sorted(p.name for p in out.iterdir()) == ["model", "summary.json"]
-    assert (out / "model" / "part.00000.parquet").read_text() == "model new"
+    assert (out / "model" / "masks.parquet").read_text() == "model new"
     assert json.loads((out / "summary.json").read_text())["command"] == "fit"
 
 
