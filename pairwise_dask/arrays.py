@@ -156,17 +156,15 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
     dt = _PACKED[width // d]
     flat = np.frombuffer(arr.buffers()[1], dtype=dt, count=n * d, offset=arr.offset * width)
     out = flat.astype(np.float32, copy=False).reshape(n, d)
-    bad = (~np.isfinite(out)) if packed_float is None and dt.itemsize != 4 else None
-    if bad is not None and bad.mean() > 1e-3:
-        # unmarked bytes sized by the classes alone: float32 read as float16 gives NaN and
-        # infinities in about 1 value in 32, and the dimension is the real fault, not the values
-        # (a stray NaN in real float16 data is left to the usual check)
-        i = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise BadInputError(f"is fixed_size_binary[{width}] without a float type mark, read as {d} {dt.name} "
-                            f"values to match the classes' dimension {d}; that gives NaN or infinite values, "
-                            f"so it more likely holds {width // 4} float32 values", column=name,
-                            row=_row_id(ids, i), hint="Use classes of the items' model (the same dimension), or "
-                            "mark the column's float type (`pairwise-dask pack` does)")
+    if packed_float is None and dt.itemsize == 2 and not np.isfinite(out).all():
+        # unmarked bytes sized by the classes alone: float32 read as float16 (classes of twice the
+        # items' dimension) comes out as NaN and infinities, so the message names both causes
+        i = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
+                            hint=f"Recompute or drop that embedding. The column is packed without a float type "
+                                 f"mark and was read as {d} float16 values to match the classes' dimension; if "
+                                 f"it holds {width // 4} float32 values, use classes of the items' model, or mark "
+                                 "the column's float type (`pairwise-dask pack` does)")
     return out
 
 

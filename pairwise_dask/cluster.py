@@ -66,20 +66,24 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
 
 
 def wait_for_a_worker(client: Any, seconds: float, echo: Callable[[str], None] = _silent) -> None:
-    """Return once the scheduler has a worker. Without one the job's first tasks would wait
-    silently forever; say so, and give up after ``seconds`` (0: wait as long as it takes)."""
+    """Say so when the scheduler has no worker: the job's tasks would otherwise wait in silence.
+    With ``seconds`` > 0 wait that long for one and give up after; with 0 go on at once (an
+    adaptive cluster only starts workers once tasks arrive, so waiting first would never end)."""
     if client.scheduler_info().get("workers"):
         return
     address = client.scheduler.address
-    limit = f"up to {seconds:g} s" if seconds else "until one does"
-    echo(f"The scheduler at {address} has no workers yet; waiting {limit} for one to join "
+    if not seconds:
+        echo(f"The scheduler at {address} has no workers yet: the tasks wait for some to join (start them with "
+             f"`dask worker {address}`; an adaptive cluster starts its own). --worker-wait N gives up after N s")
+        return
+    echo(f"The scheduler at {address} has no workers yet; waiting up to {seconds:g} s for one to join "
          f"(start one with `dask worker {address}`)")
     try:
-        client.wait_for_workers(1, timeout=seconds or None)
+        client.wait_for_workers(1, timeout=seconds)
     except TimeoutError:
         raise BadInputError(f"no worker joined the Dask scheduler at {address} within {seconds:g} s",
                             hint=f"Start workers with `dask worker {address}` (cluster/README.md), or raise "
-                                 "[cluster] worker_wait / --worker-wait") from None
+                                 "[cluster] worker_wait / --worker-wait (0: let the tasks wait)") from None
 
 
 def _client_to(address: str) -> Any:

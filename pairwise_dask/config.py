@@ -160,8 +160,9 @@ OPTIONS: tuple[Option, ...] = (
            _rotate_dims_check),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
-    Option("worker_wait", "cluster", float, 300.0, "with a scheduler: seconds to wait for a first worker "
-           "when it has none (0: as long as it takes)", _range(0, None)),
+    Option("worker_wait", "cluster", float, 0.0, "with a scheduler that has no worker yet: seconds to wait "
+           "for one before starting, then give up (0: start at once and let the tasks wait, as an adaptive "
+           "cluster needs: it starts workers when tasks arrive)", _range(0, None)),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
     Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
     Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB, or "
@@ -222,7 +223,7 @@ class Settings:
     rotate_sample: int = 131072
     rotate_dims: float = 0.0
     scheduler: str = ""
-    worker_wait: float = 300.0
+    worker_wait: float = 0.0
     workers: int = 2
     threads_per_worker: int = 1
     memory_limit: str = "auto"

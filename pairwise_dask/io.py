@@ -67,6 +67,11 @@ CLASSES_HINT = ("Point --classes at a Parquet file with a `name` column and an e
                 "`pairwise-dask classes` writes one from class names")
 
 
+#: what to do about a Parquet file whose footer reads but whose data does not
+DAMAGED_HINT = ("The file is damaged (cut short or overwritten) or its storage failed while reading: "
+                "rewrite it from its source, or leave it out of the catalog")
+
+
 def open_parquet(f: str, storage_options: dict | None = None, *, hint: str = ITEMS_HINT) -> pq.ParquetFile:
     """A Parquet file's reader; a file that is not Parquet, or is cut short, is a :class:`BadInputError`."""
     try:
@@ -169,9 +174,13 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
                 raise BadInputError("is not a column of this file", file=path, column=c,
                                     hint="Every file of the catalog needs the id, view and label columns; "
                                          f"this one has {', '.join(pf.schema_arrow.names)}")
-        t = read_lists_streamed(pf, group, columns, batch_bytes)
-        if t is None:
-            t = pf.read_row_group(group, columns=columns, use_threads=False)
+        try:
+            t = read_lists_streamed(pf, group, columns, batch_bytes)
+            if t is None:
+                t = pf.read_row_group(group, columns=columns, use_threads=False)
+        except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
+            raise BadInputError(f"row group {group} cannot be read ({e})", file=path,
+                                hint=DAMAGED_HINT) from None
     finally:
         pf.close()
     # strings as large_string, as the Dask DataFrame path gives them: the same output schema
@@ -324,7 +333,7 @@ def read_classes(s: Settings) -> ClassSet:
         try:
             tables.append(pf.read())
         except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
-            raise BadInputError(f"is not a readable Parquet file ({e})", file=f, hint=CLASSES_HINT) from None
+            raise BadInputError(f"cannot be read ({e})", file=f, hint=DAMAGED_HINT) from None
     table = pa.concat_tables(tables)
     return classes_from_table(table, s.views, s.class_columns, where=s.classes)
 
@@ -533,9 +542,9 @@ class Commit:
         if p.local and p is not self.out and not p.is_dir():
             raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out),
                                 hint="Choose another --out")
+        self._created = missing  # deepest first; set before mkdir, which may make some and then fail
         try:
             self.out.mkdir()
-            self._created = missing  # deepest first
             for p in self.out.iterdir():
                 if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                     p.rmtree()
@@ -572,9 +581,14 @@ class Commit:
         A folder that existed before the run stays, even empty: a failed run leaves ``out`` as it
         was, no more and no less.
         """
-        self.staging.rmtree()
+        try:
+            self.staging.rmtree()
+        except OSError:  # a read-only or vanished output folder: nothing of ours to remove there
+            pass
         for p in self._created:
             try:
+                if not p.exists():  # never made: mkdir failed at it or below it
+                    continue
                 p.rmdir()
             except OSError:
                 break

@@ -110,8 +110,12 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
 
 
 def _read(loc: Location) -> pa.Table:
-    with loc.open("rb") as f:
-        return pq.read_table(f)
+    try:
+        with loc.open("rb") as f:
+            return pq.read_table(f)
+    except (OSError, pa.ArrowException) as e:
+        raise BadInputError(f"is not a readable Parquet file ({e})", file=str(loc),
+                            hint="The saved model is damaged: fit it again, or point at an intact copy") from None
 
 
 def model_fit_options(params: dict) -> dict:

@@ -23,6 +23,7 @@ Example
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -163,7 +164,7 @@ def load_model(model: str | os.PathLike | None = None, *, device: str | None = N
         pass
     try:
         m = SentenceTransformer(str(model), device=device)
-    except OSError as e:  # not a folder, not in the Hugging Face cache, and the hub out of reach
+    except (OSError, ValueError) as e:  # not a model folder, not in the Hugging Face cache, no hub
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInputError(f"model {label!r} could not be loaded ({first})",
                             hint="Pass a model folder on this machine, or a name already in the Hugging Face "
@@ -257,6 +258,10 @@ def run_command(ns: argparse.Namespace) -> int:
         if out.is_dir():  # checked before the model loads: it would fail only at the very end
             raise BadInputError("is a folder; --out names the classes Parquet file to write", file=str(out),
                                 hint="E.g. --out classes.parquet, or a path inside this folder")
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise BadInputError(f"cannot be created: {above} is a file, not a folder", file=str(out),
+                                hint="Choose another --out")
         if out.exists() and not ns.overwrite:
             raise BadInputError("already exists", file=str(out), hint="Choose another --out or pass --overwrite")
         names = _read_names(ns)
@@ -268,7 +273,8 @@ def run_command(ns: argparse.Namespace) -> int:
             write_table(table, tmp)
             tmp.replace(out)  # a reader never sees half a file
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(out),
                                 hint="Choose a file path you may write to for --out") from None
     except BadInputError as e:

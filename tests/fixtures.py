@@ -171,6 +171,20 @@ def tree_bytes(folder: Path, *subfolders: str) -> dict[str, bytes]:
     return out
 
 
+def damage_pages(path: Path, column: str) -> None:
+    """Rewrite a Parquet file zstd-compressed, then zero bytes inside ``column``'s first data page:
+    the footer still reads, the data does not (zstd or level decoding fails)."""
+    table = pq.read_table(path)
+    pq.write_table(table, path, compression="zstd")
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(group.column(i) for i in range(group.num_columns)
+                 if group.column(i).path_in_schema.split(".")[0] == column)
+    data = bytearray(path.read_bytes())
+    start = chunk.data_page_offset + 64
+    data[start:start + 200] = bytes(200)
+    path.write_bytes(bytes(data))
+
+
 # --- the command line as a subprocess -------------------------------------------------------
 
 def cli_env() -> dict[str, str]:

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pytest
 import pyarrow.parquet as pq
 
-from fixtures import (Catalog, fsl, make_catalog, matrix, replace_column, run_cli, snapshot, var_list)
+from fixtures import (Catalog, damage_pages, fsl, make_catalog, matrix, replace_column, run_cli, snapshot,
+                      var_list)
 from pairwise_dask import cluster as job_cluster
 from pairwise_dask import job
 from pairwise_dask.config import load_settings
@@ -524,6 +525,9 @@ def _cli_case(tmp_path: Path, name: str) -> tuple[list[str], Path, str]:
     if name == "out not writable":  # /proc takes no new folders, even from root
         out = Path("/proc/pairwise-dask-test-out")
         return [str(cat.job_file(out))], out, "cannot be written"
+    if name == "damaged pages":  # the footer reads, a data page does not: found on a worker
+        damage_pages(cat.items_path, "emb_a")
+        return [str(cat.job_file(out))], out, "row group 0 cannot be read ("
     if name == "truncated classes":
         data = cat.classes_path.read_bytes()
         cat.classes_path.write_bytes(data[: len(data) // 2])
@@ -532,7 +536,7 @@ def _cli_case(tmp_path: Path, name: str) -> tuple[list[str], Path, str]:
 
 
 CLI_CASES = ["unknown key", "wrong type", "dims > d", "missing column", "empty catalog", "NaN",
-             "duplicate across partitions", "out inside a file", "out not writable", "truncated classes"]
+             "duplicate across partitions", "out inside a file", "out not writable", "truncated classes", "damaged pages"]
 
 
 @pytest.mark.parametrize("name", CLI_CASES)
@@ -545,6 +549,16 @@ def test_cli_exit_code_and_single_message(tmp_path: Path, name: str) -> None:
     assert lines[0].startswith("pairwise-dask: error: file ") and phrase in lines[0], lines[0]
     assert res.stdout == ""
     assert not out.exists()
+
+
+def test_an_out_that_fails_halfway_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """The folders a run makes for --out go again when the last one cannot be made (a name over
+    the file system's limit): mkdir made `new` before failing, and it was left behind."""
+    cat = make_catalog(tmp_path / "data")
+    out = tmp_path / "new" / ("z" * 300)
+    res = run_cli("run", str(cat.job_file(out)), "--quiet")
+    assert res.returncode == 2 and "cannot be written" in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_result: Path) -> None:
@@ -611,6 +625,20 @@ def test_apply_with_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
                 "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "is not a saved model (no params.json" in r.stderr
     assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damaged", ["moments.parquet", "classes.parquet"])
+def test_apply_with_a_damaged_model_file(tmp_path: Path, previous_result: Path, damaged: str) -> None:
+    """A model file cut short was an ArrowInvalid traceback from the model's load."""
+    model = tmp_path / "model"
+    shutil.copytree(previous_result / "model", model)
+    data = (model / damaged).read_bytes()
+    (model / damaged).write_bytes(data[: len(data) // 2])
+    cat = make_catalog(tmp_path / "data")
+    r = run_cli("apply", str(model), "--items", str(cat.items_path), "--views", "a=emb_a,b=emb_b",
+                "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and f"file {model / damaged}: is not a readable Parquet file" in r.stderr, r.stderr
+    assert "fit it again" in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_the_refusal_names_what_differs() -> None:

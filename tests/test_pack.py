@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fixtures import fsl, make_catalog, run_cli
+from fixtures import damage_pages, fsl, make_catalog, run_cli
 from pairwise_dask import job
 from pairwise_dask.errors import BadInputError
 from pairwise_dask.pack import pack_catalog, pack_column
@@ -130,6 +130,10 @@ def test_cli(tmp_path: Path) -> None:
     bad = run_cli("pack", str(cut), str(tmp_path / "q"))
     assert bad.returncode == 2 and bad.stderr.startswith(f"pairwise-dask: error: file {cut}: is not a readable "
                                                          "Parquet file"), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and not (tmp_path / "q").exists()
+    damage_pages(cat.items_path, "emb_b")  # a sound footer over a damaged page: named too
+    bad = run_cli("pack", str(cat.items_path), str(tmp_path / "q"))
+    assert bad.returncode == 2 and "row group 0 cannot be read (" in bad.stderr, bad.stderr
     assert len(bad.stderr.splitlines()) == 1 and not (tmp_path / "q").exists()
 
 

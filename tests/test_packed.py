@@ -42,17 +42,22 @@ def test_packed_width_must_fit_the_dimension():
         embedding_matrix(_packed(x), name="e", dim=7)
 
 
-def test_unmarked_float32_read_as_float16_blames_the_dimension() -> None:
-    """Float32 bytes with classes of twice the dimension are read as float16: the message said
-    "holds NaN or infinite values", sending the user after values that are fine."""
+def test_unmarked_float16_with_nan_names_the_dimension_as_a_cause() -> None:
+    """Float32 bytes with classes of twice the dimension are read as float16 and come out as NaN:
+    the message sent the user after values that were fine. It now names that cause too, and only
+    for unmarked float16 reads (float32 read as float64 gives no NaN; marked columns are sure)."""
     x = np.random.default_rng(3).standard_normal((20, 64)).astype(np.float32)
-    with pytest.raises(BadInputError, match=r"read as 128 float16 values to match the classes' dimension 128; "
-                                            r"that gives NaN or infinite values, so it more likely holds 64 float32"):
+    with pytest.raises(BadInputError, match=r"holds NaN or infinite values.*read as 128 float16 values to match the "
+                                            r"classes' dimension; if it holds 64 float32 values"):
         embedding_matrix(_packed(x), name="e", dim=128)
     half = x.astype(np.float16)  # real float16 bytes, unmarked: read as before
     np.testing.assert_array_equal(embedding_matrix(_packed(half), name="e", dim=64), half.astype(np.float32))
-    half[5, 3] = np.nan  # a stray NaN in real float16 data is not a dimension problem
-    assert np.isnan(embedding_matrix(_packed(half), name="e", dim=64)[5, 3])
+    half[5, 3] = np.nan  # a real NaN: the same message, which names both causes
+    with pytest.raises(BadInputError, match=r"row id '#5': holds NaN or infinite values"):
+        embedding_matrix(_packed(half), name="e", dim=64)
+    wide = x.astype(np.float64)
+    wide[2, 1] = np.nan  # float64: left to the usual check of the rows (inverse_norms)
+    assert np.isnan(embedding_matrix(_packed(wide), name="e", dim=64)[2, 1])
 
 
 def test_packed_null_is_bad_input():

