@@ -65,8 +65,6 @@ ITEMS_HINT = ("Convert it to Parquet first, e.g. pandas.read_csv(...).to_parquet
               "list of floats; or point at the Parquet files only (a folder or a glob such as 'items/*.parquet')")
 CLASSES_HINT = ("Point --classes at a Parquet file with a `name` column and an embedding column per view; "
                 "`pairwise-dask classes` writes one from class names")
-
-
 #: what to do about a Parquet file whose footer reads but whose data does not
 DAMAGED_HINT = ("The file is damaged (cut short or overwritten) or its storage failed while reading: "
                 "rewrite it from its source, or leave it out of the catalog")

@@ -102,9 +102,9 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
     write_table(pa.table(cls), folder / "classes.parquet")
     if model.rotation:  # one row per basis vector (column of R) and view
         write_table(_concat_views([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
-                                                "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),
-                                                "vector": _fsl(np.ascontiguousarray(r.T), pa.float32())})
-                                      for v, r in model.rotation.items()]), folder / "rotation.parquet")
+                                             "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),
+                                             "vector": _fsl(np.ascontiguousarray(r.T), pa.float32())})
+                                   for v, r in model.rotation.items()]), folder / "rotation.parquet")
     params = dict(model.params, quant_bits=QUANT_BITS, views=list(model.classes))
     (folder / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
 
