@@ -111,7 +111,8 @@ COMMANDS = {
 }
 MODEL_EXAMPLES = """\
 examples:
-  pairwise-dask fit jobs/demo.toml --out models/v1                   # writes models/v1/model/
+  # a model to update is fitted without refine rounds, as jobs/nightly.toml does
+  pairwise-dask fit jobs/demo.toml --out models/v1 --refine 0 --fit-on view --rotate none
   pairwise-dask update models/v1/model --items 'new/*.parquet' --views a=emb_a,b=emb_b --out models/v2
   pairwise-dask apply models/v2/model --items tonight.parquet --views a=emb_a,b=emb_b --out labels/tonight
 """

@@ -45,6 +45,9 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
 
     from .allocator import tune_workers
 
+    memory = [u for u in (s.items, s.classes, s.out) if u.startswith("memory://")]
+    if memory and client is None and not s.scheduler:  # our own workers are processes
+        raise _memory_error(memory[0])
     with contextlib.ExitStack() as stack:
         if client is None and s.scheduler:
             echo(f"Connecting to the Dask scheduler at {s.scheduler}")
@@ -60,9 +63,20 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
         else:
             wait_for_a_worker(client, s.worker_wait, echo)
             check_workers_code(client)
+        if memory and any(not a.startswith("inproc://") for a in client.scheduler_info().get("workers", {})):
+            raise _memory_error(memory[0])
         if s.worker_malloc == "tuned":
             tune_workers(client)
         yield client
+
+
+def _memory_error(url: str) -> BadInputError:
+    """fsspec's memory:// file system lives in one process: workers in other processes would read
+    and write their own (empty) one, and their labels would be lost without a word."""
+    return BadInputError("is a memory:// URL, which only this process sees; the Dask workers are other processes "
+                         "and would read and write memory of their own", file=url,
+                         hint="Use a folder or an object store every worker reaches, or a Client(processes=False) "
+                              "whose workers share this process")
 
 
 def wait_for_a_worker(client: Any, seconds: float, echo: Callable[[str], None] = _silent) -> None:

@@ -406,7 +406,7 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
     values: dict[str, Any] = dict(defaults or {})
     values.update(read_job_file(job_file) if job_file else {})
     flags = set()
-    for k, v in (overrides or {}).items():
+    for k, v in _flat_overrides(overrides or {}):
         if v is None:
             continue
         opt = _BY_NAME.get(k)
@@ -420,6 +420,28 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
         values[opt.key if opt is not None else k] = v
     values["_flags"] = flags
     return build_settings(values, where=job_file or COMMAND_LINE)
+
+
+#: override keys that are not options: tables a job file also has
+_TABLES = ("views", "class_columns", "storage_options")
+
+
+def _flat_overrides(overrides: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``load_settings``' overrides as (option name, value): a section written as a job file's
+    table (``{"method": {"dims": 10}}``) is flattened, and an unknown key is refused, as in a job
+    file (a typo would otherwise leave the option at its default without a word)."""
+    out = []
+    for k, v in overrides.items():
+        if k in _BY_NAME or k in _TABLES:
+            out.append((k, v))
+        elif k in _SECTIONS and isinstance(v, dict):
+            for name, value in v.items():
+                if _BY_NAME.get(name) is None or _BY_NAME[name].section != k:
+                    raise _unknown(f"{k}.{name}", [o.key for o in OPTIONS], COMMAND_LINE)
+                out.append((name, value))
+        else:
+            raise _unknown(k, [o.name for o in OPTIONS] + list(_TABLES), COMMAND_LINE)
+    return out
 
 
 def model_method(params: dict) -> dict[str, Any]:

@@ -14,6 +14,7 @@ explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Clie
 """
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +29,8 @@ from .io import ClassSet, classes_from_table
 from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
 from .model import FittedModel, load, model_fit_options, save
 from .moments import Moments
-from .config import FUSIONS, WORKER_MALLOC, Settings
+from .storage import Location
+from .config import _BY_NAME, FUSIONS, WORKER_MALLOC, Settings, _coerce
 from .passes import (Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -63,6 +65,16 @@ class PairwiseLabeler:
                  worker_malloc: str = _D.worker_malloc) -> None:
         if fuse not in FUSIONS:
             raise ValueError(f"fuse = {fuse!r} is not one of {', '.join(FUSIONS)}")
+        given = {"dims": dims, "seed": seed, "cos_min": cos_min, "diff_min": diff_min, "min_items": min_items,
+                 "mode": mode, "top_t": top_t, "final": final, "mix": mix, "refine": refine, "keep": keep,
+                 "fit_on": fit_on, "decision": decision, "prior": prior, "rotate": rotate,
+                 "rotate_sample": rotate_sample, "rotate_dims": rotate_dims, "keep_sample": keep_sample}
+        for name, value in given.items():  # the job's own checks: a bad value must not label silently
+            if value is not None:
+                try:
+                    _coerce(_BY_NAME[name], value, "PairwiseLabeler")
+                except BadInputError as e:
+                    raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
         if worker_malloc not in WORKER_MALLOC:
             raise ValueError(f"worker_malloc = {worker_malloc!r} is not one of {', '.join(WORKER_MALLOC)}")
         self.classes = classes
@@ -265,7 +277,9 @@ class PairwiseLabeler:
     def load(cls, folder: str | Path, *, views: Mapping[str, str] | None = None, **kw: Any) -> "PairwiseLabeler":
         """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s)."""
         model = load(folder)
-        p = model.params
+        p = dict(model.params)
+        if "views_columns" not in p:  # a run's model/: its columns are in the run's summary.json
+            p |= _run_columns(Location.of(folder).parent / "summary.json")
         views = dict(views or p.get("views_columns") or {v: v for v in model.classes})
         args = {"id": p.get("id", "id"), "label": p.get("label", ""), "dims": p["dims"], "seed": p["seed"],
                 "cos_min": p["cos_min"], "diff_min": p["diff_min"], "min_items": p["min_items"],
@@ -282,6 +296,19 @@ class PairwiseLabeler:
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model
         return self
+
+
+def _run_columns(summary: Location) -> dict:
+    """``views_columns``, ``id`` and ``label`` as a run, fit or update recorded them in its
+    ``summary.json`` (next to ``model/``); empty when there is none to read."""
+    try:
+        s = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict = {"views_columns": s["views"]} if isinstance(s.get("views"), dict) else {}
+    items = s.get("items") if isinstance(s.get("items"), dict) else {}
+    out |= {k: items[k] for k in ("id", "label") if isinstance(items.get(k), str)}
+    return out
 
 
 def _labels_meta(spec: Spec, id_dtype: Any) -> pd.DataFrame:

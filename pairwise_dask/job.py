@@ -893,7 +893,7 @@ def _frame(s: Settings, prep: Prepared, partitions: int, cluster: dict, timings:
         "version": __version__,
         "out": s.out,
         "items": {"path": s.items, "files": len(prep.info.files), "rows": int(prep.info.rows),
-                  "partitions": partitions},
+                  "partitions": partitions, "id": s.id, "label": s.label},
         "classes": {"path": s.classes, "names": list(prep.classes.names)},
         "views": dict(s.views),
         "method": method_of(s),

@@ -130,3 +130,29 @@ def test_load_reads_new_items_from_the_columns_it_is_given(tmp_path: Path) -> No
     assert loaded.views == {"a": "img", "b": "txt"}
     renamed = items.rename(columns={"emb_a": "img", "emb_b": "txt"})
     assert loaded.predict(renamed).compute()["final_label"].astype(str).tolist() == want
+
+
+def test_bad_option_values_are_refused_as_the_job_refuses_them() -> None:
+    """mode = "Score", keep = 1.5 or refine = -1 were taken and labelled silently otherwise."""
+    import pytest
+
+    for bad, phrase in ((dict(mode="Score"), "mode = 'Score' must be one of"), (dict(keep=1.5), "keep = 1.5 must be"),
+                        (dict(refine=-1), "refine = -1 must be"), (dict(fit_on="nope"), "fit_on = 'nope'"),
+                        (dict(rotate="nope"), "rotate = 'nope'"), (dict(final="nope"), "final = 'nope'")):
+        with pytest.raises(ValueError, match=phrase):
+            PairwiseLabeler("classes.parquet", views={"a": "emb_a"}, **bad)
+    PairwiseLabeler("classes.parquet", views={"a": "emb_a"}, dims=None)  # None: the default
+
+
+def test_load_of_a_runs_model_takes_the_columns_from_its_summary(client, tmp_path):
+    """A run's model/ has no columns of its own (only the estimator's save wrote them): load()
+    read the views as columns named like the views and predict failed ("column 'a' is missing")."""
+    cat = make_catalog(tmp_path / "data", n=300)
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "run"), "mode": "bracket"}), client=client)
+    est = PairwiseLabeler.load(tmp_path / "run" / "model")
+    assert est.views == {"a": "emb_a", "b": "emb_b"} and (est.id, est.label) == ("id", "label")
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow")
+    got = est.predict(items).compute().sort_values("id").reset_index(drop=True)
+    want = pq.read_table(tmp_path / "run" / "labels").to_pandas().sort_values("id").reset_index(drop=True)
+    assert (got["final_label"].astype(str).to_numpy() == want["final_label"].astype(str).to_numpy()).all()
+    assert (got["annotation"].astype(str).to_numpy() == want["annotation"].astype(str).to_numpy()).all()

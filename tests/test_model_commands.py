@@ -188,3 +188,25 @@ def test_apply_may_fuse_the_views_otherwise_than_the_model(tmp_path: Path) -> No
     assert with_model_method(s, params, "apply").fuse == "llr"
     with pytest.raises(BadInputError, match=re.escape("dims = 6 (the model: 5)")):
         check_model_method(s.replace(dims=6.0), params, "apply")
+
+
+@pytest.mark.cluster
+def test_the_help_examples_of_fit_update_and_apply_run_as_written(tmp_path: Path) -> None:
+    """Pasted as shown in --help, the example chain failed at update (the demo's refine = 2)."""
+    import shlex
+    import shutil
+
+    from catalogs import REPO
+    from fixtures import run_cli
+
+    shutil.copytree(REPO / "jobs", tmp_path / "jobs")
+    (tmp_path / "new").mkdir()
+    shutil.copy(tmp_path / "jobs" / "demo-data" / "items.parquet", tmp_path / "new" / "p1.parquet")
+    shutil.copy(tmp_path / "jobs" / "demo-data" / "items.parquet", tmp_path / "tonight.parquet")
+    examples = [shlex.split(line.split("#")[0]) for line in cli.MODEL_EXAMPLES.splitlines()
+                if line.strip().startswith("pairwise-dask")]
+    assert [e[1] for e in examples] == ["fit", "update", "apply"]
+    for argv in examples:
+        res = run_cli(*argv[1:], "--quiet", cwd=tmp_path, timeout=300)
+        assert res.returncode == 0, (argv, res.stderr)
+    assert (tmp_path / "labels" / "tonight" / "summary.json").exists()

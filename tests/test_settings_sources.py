@@ -40,3 +40,19 @@ def test_an_option_set_by_a_flag_is_reported_as_the_command_lines(tmp_path: Path
     res = run_cli("run", str(job_file), "--dims", "9999")
     assert res.returncode == 2 and res.stderr.startswith("pairwise-dask: error: the command line: dims = 9999"), \
         res.stderr
+
+
+def test_unknown_override_keys_are_refused_and_tables_are_read(tmp_path: Path) -> None:
+    """load_settings took any key: a typo (``outt``) or a job file's table (``{"method": {...}}``)
+    left the option at the job file's value without a word."""
+    cat = make_catalog(tmp_path / "data")
+    job_file = str(cat.job_file(tmp_path / "out"))
+    with pytest.raises(BadInputError, match=r"unknown key 'outt'. Did you mean 'out'\?"):
+        load_settings(job_file, {"outt": str(tmp_path / "x")})
+    with pytest.raises(BadInputError, match=r"unknown key 'method.dimz'. Did you mean 'method.dims'\?"):
+        load_settings(job_file, {"method": {"dimz": 3}})
+    with pytest.raises(BadInputError, match=r"unknown key 'cluster.dims'"):  # an option of another table
+        load_settings(job_file, {"cluster": {"dims": 3}})
+    nested = load_settings(job_file, {"method": {"dims": 3, "seed": 7}, "cluster": {"workers": 1}})
+    assert (nested.dims, nested.seed, nested.workers) == (3, 7, 1)
+    assert nested == load_settings(job_file, {"dims": 3, "seed": 7, "workers": 1})

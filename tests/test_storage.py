@@ -57,6 +57,24 @@ def test_job_reads_and_writes_memory_urls(threads_client, tmp_path):
     mem.rm("/pw-test", recursive=True)
 
 
+def test_memory_urls_with_worker_processes_are_refused(client, tmp_path):
+    """Worker processes each have their own memory:// file system: a run wrote its labels there
+    and reported success, with no labels/ in the output this process sees."""
+    cat = make_catalog(tmp_path / "data", n=100)
+    mem = fsspec.filesystem("memory")
+    s = load_settings(None, {**cat, "out": "memory://pw-test-procs/out"})
+    for how in ({"client": client}, {}):  # the caller's process workers; our own LocalCluster
+        with pytest.raises(BadInputError, match=r"file memory://pw-test-procs/out: is a memory:// URL, which only "
+                                                r"this process sees"):
+            job.run(s, **how)
+        assert not mem.exists("/pw-test-procs/out")
+    mem.put(cat["items"], "/pw-test-procs/in/items.parquet")
+    with pytest.raises(BadInputError, match="memory://pw-test-procs/in/items.parquet: is a memory:// URL"):
+        job.run(s.replace(items="memory://pw-test-procs/in/items.parquet", out=str(tmp_path / "o")), client=client)
+    assert not (tmp_path / "o").exists()
+    mem.rm("/pw-test-procs", recursive=True)
+
+
 def test_storage_options_from_the_job_file_are_not_written(tmp_path):
     job_file = tmp_path / "job.toml"
     job_file.write_text('items = "a.parquet"\nclasses = "c.parquet"\nout = "o"\n[views]\na = "e"\n'
