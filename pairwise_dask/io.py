@@ -7,13 +7,14 @@ when all of them are written; ``summary.json`` is renamed last and marks a compl
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,16 @@ CLASSES_HINT = ("Point --classes at a Parquet file with a `name` column and an e
 #: what to do about a Parquet file whose footer reads but whose data does not
 DAMAGED_HINT = ("The file is damaged (cut short or overwritten) or its storage failed while reading: "
                 "rewrite it from its source, or leave it out of the catalog")
+
+
+@contextlib.contextmanager
+def readable(file: str, what: str = "cannot be read", hint: str = DAMAGED_HINT) -> Iterator[None]:
+    """Reading Parquet data under a sound footer: pyarrow's errors for damaged pages (or a storage
+    failing mid-read) become a :class:`BadInputError` naming the file, ``what`` and pyarrow's words."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as e:
+        raise BadInputError(f"{what} ({e})", file=file, hint=hint) from None
 
 
 def open_parquet(f: str, storage_options: dict | None = None, *, hint: str = ITEMS_HINT) -> pq.ParquetFile:
@@ -172,13 +183,10 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
                 raise BadInputError("is not a column of this file", file=path, column=c,
                                     hint="Every file of the catalog needs the id, view and label columns; "
                                          f"this one has {', '.join(pf.schema_arrow.names)}")
-        try:
+        with readable(path, f"row group {group} cannot be read"):
             t = read_lists_streamed(pf, group, columns, batch_bytes)
             if t is None:
                 t = pf.read_row_group(group, columns=columns, use_threads=False)
-        except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
-            raise BadInputError(f"row group {group} cannot be read ({e})", file=path,
-                                hint=DAMAGED_HINT) from None
     finally:
         pf.close()
     # strings as large_string, as the Dask DataFrame path gives them: the same output schema
@@ -328,10 +336,8 @@ def read_classes(s: Settings) -> ClassSet:
     tables = []
     for f in files:
         pf = open_parquet(f, s.storage_options, hint=CLASSES_HINT)
-        try:
+        with readable(f):
             tables.append(pf.read())
-        except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
-            raise BadInputError(f"cannot be read ({e})", file=f, hint=DAMAGED_HINT) from None
     table = pa.concat_tables(tables)
     return classes_from_table(table, s.views, s.class_columns, where=s.classes)
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import BadInputError
-from .io import write_table
+from .io import readable, write_table
 from .storage import Location
 from .masks import PairMasks, discriminant_values, pair_values
 
@@ -110,12 +110,9 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
 
 
 def _read(loc: Location) -> pa.Table:
-    try:
-        with loc.open("rb") as f:
-            return pq.read_table(f)
-    except (OSError, pa.ArrowException) as e:
-        raise BadInputError(f"is not a readable Parquet file ({e})", file=str(loc),
-                            hint="The saved model is damaged: fit it again, or point at an intact copy") from None
+    with readable(str(loc), "is not a readable Parquet file", "The saved model is damaged: fit it again, or point "
+                  "at an intact copy"), loc.open("rb") as f:
+        return pq.read_table(f)
 
 
 def model_fit_options(params: dict) -> dict:

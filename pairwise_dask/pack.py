@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix, is_float_list
 from .errors import BadInputError
-from .io import DAMAGED_HINT, STREAM_BATCH_BYTES, open_parquet, parquet_files, read_lists_streamed
+from .io import STREAM_BATCH_BYTES, open_parquet, parquet_files, read_lists_streamed, readable
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
 
@@ -160,13 +160,10 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
                         continue  # no items, and no width to pack a list column to: left out
                     # the chosen lists streamed into one block each, as the job reads them (about
                     # half the CPU); irregular ones are read whole, so pack_column names the bad row
-                    try:
+                    with readable(str(f), f"row group {g} cannot be read"):
                         t = read_lists_streamed(pf, g, pf.schema_arrow.names, STREAM_BATCH_BYTES, only=chosen)
                         if t is None:
                             t = pf.read_row_group(g)
-                    except (OSError, pa.ArrowException) as e:  # a sound footer over damaged pages
-                        raise BadInputError(f"row group {g} cannot be read ({e})", file=str(f),
-                                            hint=DAMAGED_HINT) from None
                     id_np = t.column(ids).to_numpy(zero_copy_only=False) if ids in names else None
                     try:
                         packed = {c: pack_column(t.column(c), name=c, ids=id_np) for c in chosen}
