@@ -30,7 +30,7 @@ from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
 from .model import FittedModel, load, model_fit_options, save
 from .moments import Moments
 from .storage import Location
-from .config import _BY_NAME, FUSIONS, WORKER_MALLOC, Settings, _coerce
+from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce
 from .passes import (Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -65,16 +65,6 @@ class PairwiseLabeler:
                  worker_malloc: str = _D.worker_malloc) -> None:
         if fuse not in FUSIONS:
             raise ValueError(f"fuse = {fuse!r} is not one of {', '.join(FUSIONS)}")
-        given = {"dims": dims, "seed": seed, "cos_min": cos_min, "diff_min": diff_min, "min_items": min_items,
-                 "mode": mode, "top_t": top_t, "final": final, "mix": mix, "refine": refine, "keep": keep,
-                 "fit_on": fit_on, "decision": decision, "prior": prior, "rotate": rotate,
-                 "rotate_sample": rotate_sample, "rotate_dims": rotate_dims, "keep_sample": keep_sample}
-        for name, value in given.items():  # the job's own checks: a bad value must not label silently
-            if value is not None:
-                try:
-                    _coerce(_BY_NAME[name], value, "PairwiseLabeler")
-                except BadInputError as e:
-                    raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
         if worker_malloc not in WORKER_MALLOC:
             raise ValueError(f"worker_malloc = {worker_malloc!r} is not one of {', '.join(WORKER_MALLOC)}")
         self.classes = classes
@@ -86,6 +76,13 @@ class PairwiseLabeler:
         self.fuse = fuse
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
         self.rotate_dims, self.keep_sample, self.worker_malloc = rotate_dims, keep_sample, worker_malloc
+        for opt in OPTIONS:  # the job's own checks of every [method] option: a bad value must not label silently
+            value = getattr(self, opt.name, None) if opt.section == "method" else None
+            if value is not None:
+                try:
+                    _coerce(opt, value, "PairwiseLabeler")
+                except BadInputError as e:
+                    raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
