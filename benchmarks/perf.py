@@ -46,7 +46,7 @@ from pairwise_dask.base import base_labels  # noqa: E402
 from pairwise_dask.masks import fit_masks, pairs_from_ids, resolve_dims  # noqa: E402
 from pairwise_dask.moments import filtered_moments  # noqa: E402
 from pairwise_dask.tourney import (masked_margin, pair_decisions, play_bracket, play_bracket_gather,  # noqa: E402
-                                   play_pairs, top_classes, use_gather)
+                                   play_pairs, top_classes, gathers)
 
 
 @dataclass
@@ -222,7 +222,7 @@ def numpy_floor(folder: Path, c: Case, m: int = 100, seed: int = 0) -> dict:
         topt = c.mode == "top-t" and c.top_t < k
         players = top_classes(base.scores, c.top_t) if topt else None
         pairs = pairs_from_ids(play_pairs(players, k), k) if topt else None
-        dense = not (topt and use_gather(len(pairs), d, c.top_t - 1, mm))
+        dense = not gathers(k, d, mm, c.top_t if c.mode == "top-t" else None)  # the job's rule
         masks = fit_masks(mom, cls, m=mm, min_items=5, per_pair=False, pairs=pairs, dense=dense)
         out["np_masks"] += time.perf_counter() - t
         t = time.perf_counter()

@@ -31,7 +31,7 @@ from .model import FittedModel, load, model_fit_options, save
 from .moments import Moments
 from .storage import Location
 from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce
-from .passes import (Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
+from .passes import (played_form, Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
 #: The job's defaults (one source of truth: the settings object).
@@ -244,7 +244,7 @@ class PairwiseLabeler:
             raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
         self._check_frame(ddf, label=False)
         self._tune_workers()
-        spec = self._spec(self._class_set(), self.model_.masks)
+        spec = played_form(self._spec(self._class_set(), self.model_.masks))
         if self.label and self.label not in ddf.columns:  # new items need no annotation: none in the output
             spec = replace(spec, label_col="")
         meta = _labels_meta(spec, ddf._meta[self.id].dtype)

@@ -37,11 +37,11 @@ from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
 from .rotation import axes_of, kept_axes, rotate_classes, sample_below
-from .passes import (Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
+from .passes import (played_form, Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
                      ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
                      with_remote)
-from .tourney import use_gather
+from .tourney import gathers
 from .cluster import connect
 
 SPLIT_EVERY = 8
@@ -339,7 +339,7 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
         pairs, dense = None, True
         if spec.top_t_active and pair_ids is not None and v in pair_ids:
             pairs = pairs_from_ids(pair_ids[v], k)
-            dense = not use_gather(len(pairs), dim, spec.top_t - 1, m)
+            dense = not gathers(k, dim, m, spec.top_t)
         kw = dict(m=m, min_items=s.min_items, per_pair=per_pair, dense=dense, mix=s.mix, decision=decision,
                   prior=s.prior)
         if pairs is not None and not dense and len(pairs) > PARALLEL_PAIRS and workers > 1:
@@ -743,12 +743,13 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
     prep = prepare(s, _model_classes(model))
     spec = replace(with_rotation(prep.spec, {v: model.rotation[v] for v in s.view_names if v in model.rotation}),
                    masks={v: model.masks[v] for v in s.view_names}, check_ids=True)
+    spec = played_form(spec)
 
     def body(c: Any, parts: list, staging: Location, timings: dict) -> dict:
         played = rotation_on_workers(c, spec)
         if spec.top_t_active:  # new items may need pairs the model lacks
             t = time.perf_counter()
-            played = replace(played, masks=complete_masks(c, played, model, parts, progress=progress))
+            played = played_form(replace(played, masks=complete_masks(c, played, model, parts, progress=progress)))
             timings["masks"] = time.perf_counter() - t
         t = time.perf_counter()
         tally = label_pass(c, s, masks_on_workers(c, played), parts, staging / "labels", progress=progress)

@@ -1,7 +1,7 @@
 """Pair masks and pair weights from merged moments (METHOD.md §2–3): pure NumPy, no Dask."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -128,6 +128,18 @@ class PairMasks:
     def pair_index(self) -> np.ndarray:
         """``(k, k)`` lookup: pair row of ``(a, b)`` (either order), ``-1`` elsewhere."""
         return pair_lookup(self.pairs, self.k)
+
+
+def in_form(masks: PairMasks, d: int, *, dense: bool) -> PairMasks:
+    """``masks`` with dense ``(P, d)`` weights (built from its values when it has none), or in the
+    sparse form (the ``(P, m)`` values alone): the same numbers, in the form the tourney plays."""
+    if dense == (masks.weights is not None):
+        return masks
+    if not dense:
+        return replace(masks, values=masks.sparse_values(), weights=None)
+    weights = np.zeros((len(masks.pairs), d), dtype=np.float32)
+    np.put_along_axis(weights, masks.dims.astype(np.int64), masks.values, axis=1)
+    return replace(masks, weights=weights)
 
 
 def concat_masks(parts: list[PairMasks]) -> PairMasks:

@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 from .arrays import embedding_matrix, hash_ids, inverse_norms, packed_float_of, to_arrow
 from .base import base_labels, chunked_matmul
 from .errors import BadInputError
-from .masks import PairMasks
+from .masks import PairMasks, in_form
 from .metrics import confusion
 from .moments import Moments, class_moments, filtered_moments, score_histograms
-from .tourney import (class_scores, decide, fuse_margins, gather_decisions, masked_margin, pair_decisions,
+from .tourney import (class_scores, decide, fuse_margins, gather_decisions, gathers, masked_margin, pair_decisions,
                       pair_margins, play_bracket, play_bracket_gather, play_pairs, top_classes)
 
 
@@ -92,6 +92,18 @@ class Spec:
     def top_t_active(self) -> bool:
         """The top-t bracket over fewer than all classes: only pairs among each item's best t play."""
         return self.mode == "top-t" and self.top_t < self.k
+
+    def gathers(self, view: str) -> bool:
+        """The view's matches are gathered from sparse weights, not one product (:func:`gathers`)."""
+        return gathers(self.k, self.classes[view].shape[1], int(self.masks[view].dims.shape[1]),
+                       self.top_t if self.mode == "top-t" else None)
+
+
+def played_form(spec: Spec) -> Spec:
+    """``spec`` with every view's masks in the form its tourney plays (:meth:`Spec.gathers`), made
+    once here rather than in every partition (a loaded model holds whichever form fits memory)."""
+    return replace(spec, masks={v: in_form(m, spec.classes[v].shape[1], dense=not spec.gathers(v))
+                                for v, m in spec.masks.items()})
 
 
 @dataclass
@@ -513,8 +525,7 @@ def play_block(b: Block, spec: Spec) -> Played:
     first = spec.masks[views[0]]
     # top-t fits each view on the pairs its items can play: the views' pair sets differ, so no fusion
     # (decided by the settings, not by the data, so the dense and the gathering paths agree)
-    fusable = (not spec.top_t_active and all(spec.masks[v].weights is not None for v in views)
-               and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
+    fusable = (not spec.top_t_active and all(np.array_equal(spec.masks[v].pairs, first.pairs) for v in views))
     fuse_final = spec.final == "fused" and fusable and len(views) > 1
     # every pair's margin is needed for every row by round-robin, score and a fused final; a bracket
     # only needs its decisions' signs, then one masked norm per row for its final match's margin
@@ -524,7 +535,8 @@ def play_block(b: Block, spec: Spec) -> Played:
         masks = spec.masks[v]
         pidx = masks.pair_index()
         base[v] = base_of(b, spec, v)
-        if masks.weights is not None:
+        if not spec.gathers(v):  # the form is the settings' (so a model's apply rounds as its run)
+            masks = in_form(masks, x.shape[1], dense=True)  # (a no-op unless loaded sparse)
             d = pair_decisions(x, masks, b.scale[v])
             if every_margin or masks.decision == "discriminant":  # a discriminant's decisions are margins
                 pm[v] = m = pair_margins(x, masks, d, out=d)

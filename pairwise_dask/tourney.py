@@ -88,6 +88,15 @@ def use_gather(n_pairs: int, d: int, matches: int, m: int, *, ratio: float = 16.
     return n_pairs * d > ratio * matches * m
 
 
+def gathers(k: int, d: int, m: int, top_t: int | None) -> bool:
+    """Whether the top-t bracket (``top_t``; ``None``: another mode) gathers each match's decision
+    from sparse ``(P, m)`` weights instead of one ``X Wᵀ`` product (:func:`use_gather`, priced at
+    all ``k(k−1)/2`` pairs). Decided by the settings and dimensions alone, never by which pairs a
+    catalog's items happen to need: a run, ``apply`` of its model and ``PairwiseLabeler`` then do
+    the same arithmetic, so their margins agree bit for bit (the two forms round differently)."""
+    return top_t is not None and top_t < k and use_gather(k * (k - 1) // 2, d, top_t - 1, m)
+
+
 def top_classes(scores: np.ndarray, t: int) -> np.ndarray:
     """Each row's ``t`` best classes ``(n, t)`` int64, best first (ties: lower class index).
 

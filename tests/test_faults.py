@@ -180,7 +180,7 @@ def test_worker_killed_while_it_holds_the_masks(big: Catalog, dask_procs: DaskPr
     and the scheduler recomputes them from their lineage: the same labels and model."""
     import threading
 
-    from pairwise_dask import job
+    from pairwise_dask import job, tourney
     from pairwise_dask.config import load_settings
 
     addr = dask_procs.start_scheduler()
@@ -188,7 +188,7 @@ def test_worker_killed_while_it_holds_the_masks(big: Catalog, dask_procs: DaskPr
     dask_procs.start_worker()
     dask_procs.wait_for_workers(2)
     monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # 24 classes' pairs: chunks on the workers
-    monkeypatch.setattr(job, "use_gather", lambda *a, **k: True)
+    monkeypatch.setattr(tourney, "use_gather", lambda *a, **k: True)
     calls: list[dict] = []
     on_workers = job._fit_on_workers
     monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))

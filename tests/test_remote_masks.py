@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pairwise_dask import job
+from pairwise_dask import job, tourney
 from pairwise_dask.config import load_settings
 from pairwise_dask.masks import fit_masks
 from pairwise_dask.moments import class_moments
@@ -61,7 +61,7 @@ def test_remote_masks_give_the_client_fits_labels_and_model(tmp_path, client, mo
     here = _run(tmp_path, "here", client, **opts)
     fit_here = _run(tmp_path, "fit-here", client, job.fit, **opts)
     monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: chunks on the workers
-    monkeypatch.setattr(job, "use_gather", lambda *a, **k: True)  # sparse masks: the chunked path
+    monkeypatch.setattr(tourney, "use_gather", lambda *a, **k: True)  # sparse masks: the chunked path
     calls: list[dict] = []
     on_workers = job._fit_on_workers
     monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
