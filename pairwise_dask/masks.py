@@ -130,6 +130,13 @@ class PairMasks:
         return pair_lookup(self.pairs, self.k)
 
 
+def scatter_weights(dims: np.ndarray, values: np.ndarray, d: int) -> np.ndarray:
+    """Dense ``(P, d)`` float32 weights: ``values`` ``(P, m)`` on each pair's ``dims``, zero elsewhere."""
+    weights = np.zeros((len(dims), d), dtype=np.float32)
+    np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+    return weights
+
+
 def in_form(masks: PairMasks, d: int, *, dense: bool) -> PairMasks:
     """``masks`` with dense ``(P, d)`` weights (built from its values when it has none), or in the
     sparse form (the ``(P, m)`` values alone): the same numbers, in the form the tourney plays."""
@@ -137,9 +144,7 @@ def in_form(masks: PairMasks, d: int, *, dense: bool) -> PairMasks:
         return masks
     if not dense:
         return replace(masks, values=masks.sparse_values(), weights=None)
-    weights = np.zeros((len(masks.pairs), d), dtype=np.float32)
-    np.put_along_axis(weights, masks.dims.astype(np.int64), masks.values, axis=1)
-    return replace(masks, weights=weights)
+    return replace(masks, weights=scatter_weights(masks.dims, masks.values, d))
 
 
 def concat_masks(parts: list[PairMasks]) -> PairMasks:
@@ -177,9 +182,7 @@ def pair_values(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.
 def pair_weights(classes: np.ndarray, pairs: np.ndarray, dims: np.ndarray) -> np.ndarray:
     """``w_ab`` per pair, dense ``(P, d)``: the difference of the two prompts restricted to ``M_ab``,
     each re-normalised, zero elsewhere."""
-    w = np.zeros((len(pairs), classes.shape[1]), dtype=np.float32)
-    np.put_along_axis(w, dims.astype(np.int64), pair_values(classes, pairs, dims), axis=1)
-    return w
+    return scatter_weights(dims, pair_values(classes, pairs, dims), classes.shape[1])
 
 
 #: Pairs scored at once by :func:`fit_masks`: its float64 temporaries (a few × 256 × d) stay in a
@@ -324,10 +327,7 @@ def fit_masks(moments: Moments, classes: np.ndarray, *, m: int, min_items: int, 
         anchors = prototypes(classes, moments, mix=mix, per_pair=per_pair, min_items=min_items)
         values = pair_values(anchors, pairs, dims)
         anchors = None if mix <= 0 else anchors
-    weights = None
-    if dense:
-        weights = np.zeros((len(pairs), d), dtype=np.float32)
-        np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+    weights = scatter_weights(dims, values, d) if dense else None
     return PairMasks(k, pairs, dims, weights, n_a, n_b, fallback, values, anchors, bias, decision, separation)
 
 

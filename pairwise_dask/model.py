@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from .errors import BadInputError
 from .io import readable, write_table
 from .storage import Location
-from .masks import PairMasks, discriminant_values, pair_values
+from .masks import PairMasks, discriminant_values, pair_values, scatter_weights
 
 #: Above this many weight entries (pairs × d) a loaded model keeps sparse (P, m) weights.
 DENSE_LIMIT = 1 << 26
@@ -182,10 +182,8 @@ def load(folder: "str | Path | Location", storage_options: dict | None = None) -
                                                            prior=float(params.get("prior", 0.0)))
         else:
             values = pair_values(base, pairs, dims)
-        weights = None
-        if len(pairs) * d <= DENSE_LIMIT:  # else many pairs (top-t over a large taxonomy): stay sparse
-            weights = np.zeros((len(pairs), d), dtype=np.float32)
-            np.put_along_axis(weights, dims.astype(np.int64), values, axis=1)
+        # many pairs (top-t over a large taxonomy) stay sparse; the tourney plays the settings' form
+        weights = scatter_weights(dims, values, d) if len(pairs) * d <= DENSE_LIMIT else None
         masks[v] = PairMasks(len(names), pairs, dims, weights, n_a, n_b, fb, values=values, anchors=anchors,
                              bias=bias, decision=decision, separation=separation)
     return FittedModel(names, classes, moments, masks, params, rotation)
