@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from .errors import BadInputError
 from .io import ClassSet, classes_from_table
 from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
-from .model import FittedModel, load, model_fit_options, save
+from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of
 from .moments import Moments
 from .storage import Location
 from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce
@@ -114,11 +114,15 @@ class PairwiseLabeler:
     def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
         from .job import with_rotation
 
+        # a model fitted by the job with a quantile filter (cos_quantile / diff_quantile) keeps its
+        # per-class thresholds and per-pair sets: partial_fit must select the new items' sets as they did
+        params = self.model_.params if self.model_ is not None else {}
         return with_rotation(Spec(id_col=self.id, label_col=self.label, views=tuple(self.views.items()), names=classes.names,
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
-                    diff_min=self.diff_min, per_pair=self.diff_min > 0, seed=self.seed, mode=self.mode,
-                    top_t=self.top_t, masks=dict(masks or {}), final=self.final, fuse=self.fuse, fit_on=self.fit_on,
-                    keep_margin=self.keep_margin_), self.rotation_)
+                    diff_min=self.diff_min, per_pair=bool(params.get("per_pair", self.diff_min > 0)), seed=self.seed,
+                    mode=self.mode, top_t=self.top_t, masks=dict(masks or {}), final=self.final, fuse=self.fuse,
+                    fit_on=self.fit_on, keep_margin=self.keep_margin_, thresholds=thresholds_of(params)),
+                             self.rotation_)
 
     def _keep_threshold(self, ddf: Any, spec: Spec, rows: int) -> float:
         """The margin above which the ``keep`` most confident items lie (exact histogram counts over
@@ -183,6 +187,10 @@ class PairwiseLabeler:
                   "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
                   "rotate_sample": self.rotate_sample, "rotate_dims": self.rotate_dims,
                   "keep_sample": self.keep_sample, "base_keep_margin": self.keep_margin_}
+        if spec.thresholds:  # a loaded job model's quantile filter, kept for the next partial_fit or update
+            old = self.model_.params if self.model_ is not None else {}
+            params |= {"thresholds": thresholds_json(spec.thresholds), "cos_quantile": old.get("cos_quantile", 0.0),
+                       "diff_quantile": old.get("diff_quantile", 0.0)}
         self.model_ = FittedModel(classes.names, {v: classes.embeddings[v] for v in self.views}, dict(moments), masks,
                                   params, dict(self.rotation_))
         return self

@@ -32,7 +32,7 @@ from .io import (ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_cl
                  write_table)
 from .masks import PairMasks, concat_masks, fit_masks, pair_ids, pairs_from_ids, resolve_dims, with_pairs
 from .metrics import accuracy, macro_f1, weighted_f1
-from .model import FittedModel, load, model_fit_options, save, write_masks
+from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of, write_masks
 from .moments import Moments, quantile_thresholds
 from .report import write_report
 from .storage import Location
@@ -701,7 +701,7 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         spec_r, parts = decoded_items(c, s, prep, parts, passes=_passes(s, False), progress=progress, echo=echo,
                                       timings=timings, rotation=old.rotation if old is not None else None)
         t = time.perf_counter()
-        spec = (replace(spec_r, thresholds=_thresholds_from(old)) if old is not None and old.params.get("thresholds")
+        spec = (replace(spec_r, thresholds=thresholds_of(old.params)) if old is not None and old.params.get("thresholds")
                 else quantile_thresholds_pass(c, s, spec_r, parts, progress=progress))
         spec0 = base_spec(c, s, spec, parts, prep.info.rows, progress=progress,
                           model_params=old.params if old is not None else None)
@@ -804,14 +804,10 @@ def _check_compatible(s: Settings, model: FittedModel, *, command: str) -> None:
 
 # --- summaries -----------------------------------------------------------------------------
 
-def _thresholds_from(model: FittedModel) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in model.params["thresholds"].items()}
-
-
 def _params(s: Settings, masks: dict[str, PairMasks] | dict[str, PairMasks | MaskFacts], items: int, spec: Spec,
             base_keep_margin: float = 0.0, thresholds: list | tuple = ()) -> dict:
     width = {v: m.width if isinstance(m, MaskFacts) else int(m.dims.shape[1]) for v, m in masks.items()}
-    return {"thresholds": {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in spec.thresholds.items()},
+    return {"thresholds": thresholds_json(spec.thresholds),
             "dims": s.dims, "m": width, "min_items": s.min_items,
             "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,

@@ -218,7 +218,9 @@ def prototypes(classes: np.ndarray, moments: Moments, *, mix: float, per_pair: b
         return classes
     mean, n = class_means(moments, classes.shape[0], per_pair)
     out = classes.astype(np.float64) + mix * np.where((n >= min_items)[:, None], mean, 0.0)
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    # a mean that cancels its prompt (one rotated axis, rotate_dims = 1: both are ±1) keeps the prompt
+    return np.where(norm > 0, out / np.where(norm > 0, norm, 1.0), classes).astype(np.float32)
 
 
 #: Variance floor of the discriminant: each pair's pooled variance plus this share of its mean over

@@ -115,6 +115,18 @@ def _read(loc: Location) -> pa.Table:
         return pq.read_table(f)
 
 
+def thresholds_json(thresholds: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Per view, the per-class statistics filter (``cos_min``, ``diff_min`` after any quantile
+    filter) as ``params.json`` records it."""
+    return {v: {"cos": c.tolist(), "diff": d.tolist()} for v, (c, d) in thresholds.items()}
+
+
+def thresholds_of(params: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A model's per-class statistics filters (:func:`thresholds_json` read back); empty when it
+    was fitted without a quantile filter: an update must select its new items' sets as these did."""
+    return {v: (np.asarray(t["cos"]), np.asarray(t["diff"])) for v, t in (params.get("thresholds") or {}).items()}
+
+
 def model_fit_options(params: dict) -> dict:
     """The :func:`~pairwise_dask.masks.with_pairs` keywords of a saved model's fit (its params)."""
     return {"min_items": int(params.get("min_items", 1)), "mix": float(params.get("mix", 0.0)),

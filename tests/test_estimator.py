@@ -156,3 +156,38 @@ def test_load_of_a_runs_model_takes_the_columns_from_its_summary(client, tmp_pat
     want = pq.read_table(tmp_path / "run" / "labels").to_pandas().sort_values("id").reset_index(drop=True)
     assert (got["final_label"].astype(str).to_numpy() == want["final_label"].astype(str).to_numpy()).all()
     assert (got["annotation"].astype(str).to_numpy() == want["annotation"].astype(str).to_numpy()).all()
+
+
+def test_partial_fit_of_a_quantile_filtered_model_equals_update(client, tmp_path):
+    """A job model fitted with cos_quantile / diff_quantile holds per-class thresholds (and, with a
+    diff filter, per-pair sets): partial_fit must select the new items' sets with them, as
+    ``update`` does, or the moments it adds are of other sets (diff_quantile crashed on the shapes)."""
+    import numpy as np
+
+    from pairwise_dask.model import load
+
+    cat = make_catalog(tmp_path / "data", n=1200, d=16, k=5)
+    t = pq.read_table(cat["items"])
+    for name, part in (("A", t.slice(0, 700)), ("B", t.slice(700))):
+        (tmp_path / name).mkdir()
+        pq.write_table(part, tmp_path / name / "items.parquet", row_group_size=100)
+    for q in ({"cos_quantile": 0.3}, {"diff_quantile": 0.3}):
+        tag = next(iter(q))
+        opts = {**cat, "refine": 0, "fit_on": "view", "rotate": "none", "label": "", **q}
+        job.fit(load_settings(None, {**opts, "items": str(tmp_path / "A" / "items.parquet"),
+                                     "out": str(tmp_path / tag / "fit")}), client=client)
+        job.fit(load_settings(None, {**opts, "items": str(tmp_path / "B" / "items.parquet"),
+                                     "out": str(tmp_path / tag / "update")}),
+                client=client, base_model=str(tmp_path / tag / "fit" / "model"))
+        lab = PairwiseLabeler.load(tmp_path / tag / "fit" / "model")
+        lab.partial_fit(dd.read_parquet(str(tmp_path / "B" / "items.parquet"), dtype_backend="pyarrow",
+                                        split_row_groups=True))
+        want = load(tmp_path / tag / "update" / "model")
+        for v in ("a", "b"):
+            got = lab.model_.moments[v]
+            for f in ("n", "s1", "s2"):
+                np.testing.assert_array_equal(getattr(got, f), getattr(want.moments[v], f), err_msg=f"{tag} {v} {f}")
+            np.testing.assert_array_equal(lab.model_.masks[v].dims, want.masks[v].dims)
+        # saved and partially fitted again, the filter is still the model's
+        lab.save(tmp_path / tag / "saved")
+        assert load(tmp_path / tag / "saved").params["thresholds"] == want.params["thresholds"]

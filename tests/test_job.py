@@ -230,3 +230,16 @@ def test_views_of_different_dimension(client, tmp_path, method):
         for v in ("a", "b"):
             assert np.array_equal(twice.moments[v].n, 2 * once.moments[v].n)
             assert np.array_equal(twice.moments[v].s1, 2 * once.moments[v].s1)
+
+
+def test_one_rotated_axis_with_mixed_class_vectors_gives_finite_margins(client, tmp_path):
+    """rotate_dims = 1: in one coordinate a class's normalised item mean can be exactly minus its
+    normalised prompt, so prompt + mix × mean was 0 and its normalisation NaN: every margin of the
+    view NaN and every final label the first class, with a run that reported success."""
+    cat = make_catalog(tmp_path / "data", n=400, d=16, k=4)
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), "rotate": "pca", "rotate_dims": 1,
+                                 "decision": "cosine", "refine": 0}), client=client)
+    t = pq.read_table(tmp_path / "out" / "labels")
+    for v in ("a", "b"):
+        assert np.isfinite(t.column(f"margin_{v}").to_numpy()).all()
+

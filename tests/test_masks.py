@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairwise_dask.masks import all_pairs, fit_masks, pair_ids, with_pairs
-from pairwise_dask.moments import filtered_moments, quantize, QUANT_BITS
+from pairwise_dask.masks import all_pairs, fit_masks, pair_ids, prototypes, with_pairs
+from pairwise_dask.moments import Moments, filtered_moments, quantize, QUANT_BITS
 
 
 def _sets(seed: int = 0, n: int = 400, d: int = 30, k: int = 4):
@@ -121,3 +121,10 @@ def test_masks_table_gives_each_side_of_a_pair_its_own_item_count() -> None:
     for r in rows:
         a, b = names.index(r["class_a"]), names.index(r["class_b"])
         assert (r["view"], r["n_a"], r["n_b"]) == ("a", (y == a).sum(), (y == b).sum()), r
+
+
+def test_a_class_mean_that_cancels_its_prompt_keeps_the_prompt() -> None:
+    prompts = np.array([[1.0], [-1.0], [1.0]], np.float32)
+    s1 = np.array([[-3.0], [-2.0], [5.0]])  # class 0's items lie opposite its prompt
+    got = prototypes(prompts, Moments(np.array([3, 2, 5]), s1, s1 ** 2), mix=1.0, per_pair=False)
+    np.testing.assert_array_equal(got, [[1.0], [-1.0], [1.0]])
