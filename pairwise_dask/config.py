@@ -474,23 +474,47 @@ def _fixed_by_model(params: dict, command: str) -> dict[str, Any]:
 
 
 def model_differences(s: Settings, params: dict, command: str) -> list[str]:
-    """``"dims = 10 (the model: 0.5)"`` for each option fixed by the model that ``s`` sets otherwise."""
+    """Everything ``s`` asks that the saved model (its ``params.json``) cannot honour for
+    ``command``: views it lacks, (``update``) views of it left out, and ``"dims = 10 (the model:
+    0.5)"`` for each option it fixes that ``s`` sets otherwise."""
     def show(x: Any) -> str:
         return f"{x:g}" if isinstance(x, float) else repr(x)
 
-    return [f"{name} = {show(getattr(s, name))} (the model: {show(v)})"
-            for name, v in _fixed_by_model(params, command).items() if getattr(s, name) != v]
+    out, views = [], list(params.get("views") or [])
+    missing = [v for v in s.view_names if views and v not in views]
+    if missing:
+        out.append(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(views)})")
+    dropped = [v for v in views if command == "update" and v not in s.view_names]
+    if dropped:  # the new model would silently lose these views' moments
+        out.append(f"the model's view(s) {', '.join(dropped)} are not among --views ({', '.join(s.view_names)}): "
+                   "update adds the new items' moments to every view of the model")
+    return out + [f"{name} = {show(getattr(s, name))} (the model: {show(v)})"
+                  for name, v in _fixed_by_model(params, command).items() if getattr(s, name) != v]
 
 
-def check_model_method(s: Settings, params: dict, command: str) -> None:
-    """Refuse settings that differ from the model's where ``command`` cannot honour them, naming
-    every difference at once."""
+def refined_model(params: dict) -> bool:
+    """The model's moments are of refined labels (``refine > 0``, not fitted on the annotation):
+    new items' base-label moments do not add to them."""
+    return bool(params.get("refine_thresholds")) or (
+        int(params.get("refine", 0)) > 0 and params.get("fit_on", "view") != "annotation")
+
+
+def check_model_method(s: Any, params: dict, command: str, *, caller: str = "") -> None:
+    """Refuse what ``command`` cannot do with the model: update a refined model, or use views and
+    options other than the model's (every difference named at once). ``s``: Settings, or anything
+    with their option attributes and ``view_names``; ``caller``: the API method asking (its
+    messages then speak of its arguments, not of flags)."""
+    if command == "update" and refined_model(params):
+        raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, which new "
+                            "items' base-label moments do not add to",
+                            hint="Fit again on all items, or use refine = 0 for models you update")
     diffs = model_differences(s, params, command)
     if diffs:
-        raise BadInputError(f"{command} would use other settings than the model was fitted with: "
-                            + "; ".join(diffs),
-                            hint=f"{command} uses the model's method: drop these options from the flags and "
-                                 "the job file (the model's values are then used), or fit a new model")
+        hint = (f"{command} uses the model's views and method: give the model's views (--views), drop the "
+                "options named from the flags and the job file (the model's values are then used), or fit a "
+                "new model") if not caller else \
+            "Give the model's views and options to PairwiseLabeler.load (or fit() again on all items)"
+        raise BadInputError(f"{caller or command} cannot use the model as asked: " + "; ".join(diffs), hint=hint)
 
 
 def with_model_method(s: Settings, params: dict, command: str) -> Settings:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,7 +31,7 @@ from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
 from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of
 from .moments import Moments
 from .storage import Location
-from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce
+from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, model_method
 from .passes import (played_form, Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -235,14 +236,21 @@ class PairwiseLabeler:
         if self.model_ is None:
             return self.fit(ddf)
         self._check_frame(ddf, label=True)
+        self._check_update()
         self._tune_workers()
-        if self.refine and self.fit_on != "annotation":
-            raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels",
-                                hint="fit() again on all items, or use refine = 0")
         classes = self._class_set()
         stats = self._statistics(ddf, self._spec(classes))
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
         return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
+
+    def _check_update(self) -> None:
+        """What ``update`` refuses, refused here too: adding to a refined model's moments, or with
+        views or method options other than the model's (every difference named at once; options
+        this class lacks, such as the quantile filters, are the model's by construction)."""
+        params = {**self.model_.params, "views": list(self.model_.classes)}
+        fixed = {key.split(".", 1)[1]: v for key, v in model_method(params).items()}
+        asked = SimpleNamespace(view_names=list(self.views), **{n: getattr(self, n, v) for n, v in fixed.items()})
+        check_model_method(asked, params, "update", caller="partial_fit")
 
     # --- applying --------------------------------------------------------------------------
     def predict(self, ddf: Any) -> Any:

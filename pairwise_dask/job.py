@@ -688,10 +688,6 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
     t_start = time.perf_counter()
     old = load(base_model, s.storage_options) if base_model else None
     if old is not None:
-        if (s.refine and s.fit_on != "annotation") or old.params.get("refine_thresholds"):
-            raise BadInputError("refine > 0 cannot be updated: its moments are of the refined labels, "
-                                "which new items' base-label moments do not add to",
-                                hint="Fit again on all items, or use refine = 0 for models you update")
         _check_compatible(s, old, command="update")
     prep = prepare(s, _model_classes(old) if old is not None else None)
 
@@ -787,19 +783,16 @@ def _model_classes(model: FittedModel) -> ClassSet:
 
 
 def _check_compatible(s: Settings, model: FittedModel, *, command: str) -> None:
-    """The model has the settings' views, and (``update``) was fitted with the same method but for
-    the options :data:`~pairwise_dask.config.FREE_OF_MODEL` leaves free: every difference is named."""
+    """``update``: the model is not refined and has the settings' views and method but for the
+    options :data:`~pairwise_dask.config.FREE_OF_MODEL` leaves free, every difference named at once.
+    ``apply`` (which takes the model's method): the model has the settings' views."""
+    if command == "update":
+        check_model_method(s, {**model.params, "views": list(model.classes)}, command)
+        return
     missing = [v for v in s.view_names if v not in model.classes]
     if missing:
         raise BadInputError(f"the model has no view(s) {', '.join(missing)} (it has {', '.join(model.classes)})",
                             hint="Use --views with the model's view names")
-    if command == "update":
-        dropped = [v for v in model.classes if v not in s.view_names]
-        if dropped:  # the new model would silently lose these views' moments
-            raise BadInputError(f"update adds the new items' moments to every view of the model; the model's "
-                                f"view(s) {', '.join(dropped)} are not among --views ({', '.join(s.view_names)})",
-                                hint="Give every view of the model in --views (fit a new model for fewer views)")
-        check_model_method(s, model.params, command)
 
 
 # --- summaries -----------------------------------------------------------------------------

@@ -191,3 +191,32 @@ def test_partial_fit_of_a_quantile_filtered_model_equals_update(client, tmp_path
         # saved and partially fitted again, the filter is still the model's
         lab.save(tmp_path / tag / "saved")
         assert load(tmp_path / tag / "saved").params["thresholds"] == want.params["thresholds"]
+
+
+def test_partial_fit_refuses_what_update_refuses(client, tmp_path):
+    """A refined job model loaded with refine = 0, or a model loaded with other options or views,
+    would add moments of other sets to the model's (and save it as updatable): refused, as update
+    refuses it, every difference named, the model left as it was."""
+    import pytest
+
+    from pairwise_dask.errors import BadInputError
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    job.fit(load_settings(None, {**cat, "out": str(tmp_path / "refined"), "refine": 1, "rotate": "none"}),
+            client=client)
+    lab = PairwiseLabeler.load(tmp_path / "refined" / "model", refine=0)
+    with pytest.raises(BadInputError, match="refine > 0 cannot be updated"):
+        lab.partial_fit(items)
+    job.fit(load_settings(None, {**cat, "out": str(tmp_path / "plain"), "refine": 0, "rotate": "none",
+                                 "fit_on": "view"}), client=client)
+    lab = PairwiseLabeler.load(tmp_path / "plain" / "model", cos_min=0.3, dims=3, views={"a": "emb_a"})
+    before = lab.masks_table()
+    with pytest.raises(BadInputError) as info:
+        lab.partial_fit(items)
+    for part in ("partial_fit cannot use the model as asked", "the model's view(s) b are not among",
+                 "cos_min = 0.3 (the model: -1)", "dims = 3 (the model: 0.5)"):
+        assert part in info.value.what, part
+    assert lab.masks_table().equals(before)
+    # the model's own options: accepted
+    PairwiseLabeler.load(tmp_path / "plain" / "model").partial_fit(items)
