@@ -99,6 +99,11 @@ class ItemsInfo:
     dims: dict[str, int | None]  # per view; None for list<float> (checked when read)
 
 
+def _read_as(t: pa.DataType) -> pa.DataType:
+    """A column's type as :func:`read_row_group` gives it (strings become large_string)."""
+    return pa.large_string() if pa.types.is_string(t) else t
+
+
 def inspect_items(s: Settings) -> ItemsInfo:
     """Check the items' schema and size from the footers: missing or non-list columns, empty catalogs."""
     files = parquet_files(s.items, s.storage_options)
@@ -111,11 +116,14 @@ def inspect_items(s: Settings) -> ItemsInfo:
         fs = meta.schema.to_arrow_schema()
         if schema is None:
             schema = fs
-        for _, col in s.views:
-            if col in fs.names and col in schema.names and fs.field(col).type != schema.field(col).type:
+        for col in [c for _, c in s.views] + [s.id]:  # (string ids are read as large_string either way)
+            if col in fs.names and col in schema.names and \
+                    _read_as(fs.field(col).type) != _read_as(schema.field(col).type):
                 raise BadInputError(f"has type {fs.field(col).type} here but {schema.field(col).type} "
                                     f"in {files[0]}", file=f, column=col,
-                                    hint="All files of a catalog must share one schema")
+                                    hint="All files of a catalog must share one schema" +
+                                         (": write the ids with one type (say int64 or string) in every file"
+                                          if col == s.id else ""))
     assert schema is not None
     if s.id in schema.names:
         t_id = schema.field(s.id).type
@@ -191,7 +199,7 @@ def read_row_group(path: str, group: int, columns: list[str], storage_options: d
         pf.close()
     # strings as large_string, as the Dask DataFrame path gives them: the same output schema
     # whichever path read the partition
-    schema = pa.schema([f.with_type(pa.large_string()) if pa.types.is_string(f.type) else f for f in t.schema])
+    schema = pa.schema([f.with_type(_read_as(f.type)) for f in t.schema])
     return t.cast(schema) if schema != t.schema else t
 
 
@@ -381,7 +389,10 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
         except BadInputError as e:  # the array checks know the column and class, not the file
             raise e.at(file=where) from None
         cols[view] = col
-    return ClassSet(tuple(names), emb, cols)
+    # one canonical class order, by name: class indices seed the bracket's draw, break exact ties and
+    # order the sums of pair margins, so the file's row order must not change any label or margin
+    order = sorted(range(len(names)), key=names.__getitem__)
+    return ClassSet(tuple(names[i] for i in order), {v: e[order] for v, e in emb.items()}, cols)
 
 
 def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> str | None:

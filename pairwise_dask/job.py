@@ -683,8 +683,10 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
 
     With ``base_model`` (a saved ``model/`` folder) this is *update*: the new items' moments are
     added to the model's (moments merge exactly) and the masks recomputed, without reading the
-    old items: ``update(fit(A), B)`` equals ``fit(A ∪ B)``.
-    """
+    old items: ``update(fit(A), B)`` equals ``fit(A ∪ B)`` for the methods ``jobs/nightly.toml``
+    names (no refine, fit_on = view, rotate = none, no quantile filter). Otherwise what the model
+    measured on A (a fused keep share, the PCA axes, per-class quantile thresholds) is kept for B:
+    moments add up only over the same sets, in the same coordinates."""
     t_start = time.perf_counter()
     old = load(base_model, s.storage_options) if base_model else None
     if old is not None:

@@ -253,7 +253,7 @@ def test_bad_input_leaves_out_as_it_was(case: Case, previous: bool, tmp_path: Pa
     assert snapshot(out) == before
 
 
-@pytest.mark.parametrize("what", ["missing", "empty folder", "types differ", "out is a file"])
+@pytest.mark.parametrize("what", ["missing", "empty folder", "types differ", "id types differ", "out is a file"])
 def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: Path) -> None:
     """Errors about whole paths name the path (or the file that differs) and leave nothing behind."""
     cat = make_catalog(tmp_path / "data")
@@ -274,6 +274,15 @@ def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: P
         pq.write_table(replace_column(cat.items, "emb_a", pa.array(rows, pa.list_(pa.float64()))), folder / "b.parquet")
         items, file = str(folder), str(folder / "b.parquet")
         phrase = "has type list<element: double> here but fixed_size_list"
+    elif what == "id types differ":  # int64 ids in one file, int32 in the next: once a raw ArrowInvalid
+        cat = make_catalog(tmp_path / "int-ids", int_ids=True)
+        folder = tmp_path / "two"
+        folder.mkdir()
+        pq.write_table(cat.items.slice(0, 30), folder / "a.parquet")
+        b = cat.items.slice(30)
+        pq.write_table(b.set_column(0, "id", b.column("id").cast(pa.int32())), folder / "b.parquet")
+        items, file = str(folder), str(folder / "b.parquet")
+        phrase = "has type int32 here but int64"
     else:
         out.write_text("not a folder")
         file, phrase = str(out), "exists and is not a folder"

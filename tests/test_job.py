@@ -243,3 +243,19 @@ def test_one_rotated_axis_with_mixed_class_vectors_gives_finite_margins(client, 
     for v in ("a", "b"):
         assert np.isfinite(t.column(f"margin_{v}").to_numpy()).all()
 
+
+
+@pytest.mark.parametrize("mode", ["bracket", "score"])
+def test_the_classes_files_row_order_changes_nothing(client, tmp_path, mode):
+    """Class indices seed the bracket's draw, break exact ties and order the sums of pair margins:
+    the same classes in another row order once changed bracket labels, and margins' last bits."""
+    cat = make_catalog(tmp_path / "data", n=600, k=12)
+    t = pq.read_table(cat["classes"])
+    shuffled = tmp_path / "shuffled.parquet"
+    pq.write_table(t.take(np.random.default_rng(1).permutation(t.num_rows)), shuffled)
+    outs = []
+    for name, classes in (("file", cat["classes"]), ("shuffled", str(shuffled))):
+        job.run(load_settings(None, {**cat, "classes": classes, "out": str(tmp_path / name), "mode": mode}),
+                client=client)
+        outs.append(pq.read_table(tmp_path / name / "labels").sort_by("id"))
+    assert outs[0].equals(outs[1])
