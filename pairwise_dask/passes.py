@@ -239,11 +239,22 @@ def read_block(df: Any, spec: Spec, *, rotate: bool = True) -> Block:
             bad = pc.unique(annotation.filter(unknown)).to_pylist()
             more = (f"; {len(bad)} values of this partition are not classes: "
                     + ", ".join(repr(b) for b in bad[:8]) + (", …" if len(bad) > 8 else "")) if len(bad) > 1 else ""
-            raise BadInputError(f"holds the annotation {annotation[i].as_py()!r}, which is not a class{more}",
+            raise BadInputError(f"holds the annotation {annotation[i].as_py()!r}, which is not a class{more}"
+                                + _like_a_class(bad, spec.names),
                                 column=spec.label_col, row=id_np[i],
                                 hint="Add the class to the classes file or map the annotation to one")
         idx = pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     return Block(ids, hash_ids(ids), views, annotation, idx, scale, bool(spec.rotation) and rotate, bases)
+
+
+def _like_a_class(values: list[str], names: tuple[str, ...]) -> str:
+    """``" ('Games ' looks like the class 'games': …)"`` for the values that are a class name once
+    spaces are stripped and case folded (the commonest reason an annotation is not a class)."""
+    folded = {n.strip().casefold(): n for n in names}
+    like = [(v, folded[v.strip().casefold()]) for v in values if v.strip().casefold() in folded]
+    if not like:
+        return ""
+    return " (" + ", ".join(f"{v!r} looks like the class {n!r}" for v, n in like[:3]) + ": case or spaces differ)"
 
 
 # --- pass 1 --------------------------------------------------------------------------------

@@ -169,6 +169,12 @@ def _unknown_annotation(cat: Catalog) -> None:
     cat.write_items(replace_column(cat.items, "label", pa.array(labels)))
 
 
+def _miscased_annotation(cat: Catalog) -> None:
+    labels = cat.items.column("label").to_pylist()
+    labels[17] = "CLASS1 "
+    cat.write_items(replace_column(cat.items, "label", pa.array(labels)))
+
+
 def _float_ids(cat: Catalog) -> None:
     cat.write_items(replace_column(cat.items, "id", pa.array(np.arange(cat.items.num_rows) + 0.5)))
 
@@ -194,6 +200,8 @@ CASES = [
     Case("annotation column missing", lambda cat: {"label": "Label"}, "items", "Label", None, "is missing"),
     Case("annotation not a class", _unknown_annotation, "items", "label", "it-00017",
          "2 values of this partition are not classes: 'no such class', 'another'"),
+    Case("annotation differs from a class in case", _miscased_annotation, "items", "label", "it-00017",
+         "'CLASS1 ' looks like the class 'class1': case or spaces differ"),
     Case("items not Parquet (a CSV)", _csv_items, "items", None, None, "is not a readable Parquet file"),
     Case("null inside an embedding", _null_inside, "items", "emb_b", "it-00021", "null value inside an embedding"),
     Case("integer embeddings", _int_values, "items", "emb_b", None, "holds int32, not floats"),
