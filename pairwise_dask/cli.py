@@ -203,6 +203,21 @@ def killed_worker_message(e: Exception) -> str:
             "cluster; smaller partitions (--partition-rows) also lower the memory a task needs")
 
 
+def lost_scheduler_message(e: Exception) -> str | None:
+    """One line for a run whose scheduler went away mid-run (its futures cancelled for
+    ``scheduler-connection-lost``, or the connection closed); ``None`` for any other error."""
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+
+    lost = isinstance(e, CommClosedError) or (
+        isinstance(e, FutureCancelledError) and "scheduler-connection-lost" in str(e))
+    if not lost:
+        return None
+    return ("the connection to the Dask scheduler was lost during the run (the scheduler stopped, was "
+            "restarted or is unreachable); the output folder was left as it was. Check the scheduler's log, "
+            "then run the same command again (a run starts over; nothing partial was kept)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -264,9 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
 
-        if not isinstance(e, KilledWorker):
+        message = killed_worker_message(e) if isinstance(e, KilledWorker) else lost_scheduler_message(e)
+        if message is None:
             raise
-        print(f"pairwise-dask: error: {killed_worker_message(e)}", file=sys.stderr)
+        print(f"pairwise-dask: error: {message}", file=sys.stderr)
         return 1
     except Terminated:
         print("pairwise-dask: terminated (SIGTERM); the output folder was left as it was", file=sys.stderr)

@@ -54,6 +54,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
             client = stack.enter_context(_client_to(s.scheduler))
             wait_for_a_worker(client, s.worker_wait, echo)
             check_workers_code(client)
+            warn_threaded_blas(client, echo)
         elif client is None:
             cluster = stack.enter_context(LocalCluster(
                 n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
@@ -63,6 +64,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
         else:
             wait_for_a_worker(client, s.worker_wait, echo)
             check_workers_code(client)
+            warn_threaded_blas(client, echo)
         if memory and any(not a.startswith("inproc://") for a in client.scheduler_info().get("workers", {})):
             raise _memory_error(memory[0])
         if s.worker_malloc == "tuned":
@@ -171,6 +173,26 @@ def check_workers_code(c: Any) -> None:
             f"{ver} (code {digest}, in {where}), this client {mine[0]} (code {mine[1]}, in {mine[2]})",
             hint="Install the same version on the workers and restart them (a long-lived cluster keeps "
                  "the code it started with)")
+
+
+def _blas_threads_env() -> dict:
+    """The thread settings BLAS reads at start (sent to the workers by value: standard library only)."""
+    import os
+
+    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def warn_threaded_blas(c: Any, echo: Callable[[str], None]) -> None:
+    """Say so when workers may run BLAS on several threads (none of its thread settings is 1, as with
+    ``dask worker --no-nanny``; a nanny sets them to 1): a product's float rounding can depend on the
+    thread count, so such workers' outputs can differ in their last bits from one-thread workers'."""
+    theirs = c.run(_by_value(_blas_threads_env))
+    loose = [w for w, env in theirs.items() if "1" not in env.values()]
+    if loose:
+        echo(f"  warning    {len(loose)} of {len(theirs)} Dask workers (e.g. {loose[0]}) have no one-thread BLAS "
+             "setting (started with --no-nanny?): their products may round otherwise than one-thread workers', so "
+             "outputs can differ in the last bits from other clusters'. Start workers with their nanny (the "
+             "default) or with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1")
 
 
 def _by_value(fn: Callable[..., Any]) -> Callable[..., Any]:

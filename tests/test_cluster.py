@@ -97,3 +97,22 @@ def test_a_given_client_is_named_in_the_summary_and_report(tmp_path: Path, clien
     address = client.scheduler.address
     assert summary["cluster"] == {"scheduler": address, "workers": 2, "workers_at_end": 2}
     assert f"cluster: {address}, 2 workers" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_workers_without_a_one_thread_blas_setting_get_a_warning(monkeypatch) -> None:
+    """`dask worker --no-nanny` leaves BLAS on several threads (a nanny sets OMP_NUM_THREADS=1 and
+    the like): products can then round otherwise than on one-thread workers, and a sweep found
+    outputs that differed in their last bits from a LocalCluster's. The run says so."""
+    from distributed import Client, LocalCluster
+
+    from pairwise_dask.cluster import warn_threaded_blas
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    said: list[str] = []
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
+        warn_threaded_blas(c, said.append)  # in-process workers: this process's environment
+        assert len(said) == 1 and "OMP_NUM_THREADS=1" in said[0] and "1 of 1 Dask workers" in said[0]
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+        warn_threaded_blas(c, said.append)
+        assert len(said) == 1

@@ -421,3 +421,28 @@ def test_workers_out_of_memory_get_one_message(tmp_path: Path) -> None:
     assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "Dask workers died" in errors[0] and "--memory-limit" in errors[0], errors[0]
     assert not out.exists()
+
+
+@pytest.mark.cluster
+def test_scheduler_lost_mid_run_gets_one_message(big: Catalog, dask_procs: DaskProcesses, tmp_path: Path) -> None:
+    """The scheduler killed during pass 2: Dask cancels the futures ('scheduler-connection-lost'),
+    which was a raw FutureCancelledError traceback; now one line that says what happened and that
+    nothing was kept, exit code 1, and no output folder."""
+    addr = dask_procs.start_scheduler()
+    scheduler = dask_procs.procs[0]
+    dask_procs.start_worker()
+    dask_procs.wait_for_workers(1)
+    out = tmp_path / "out"
+    run = _start_run(_job(big, out), "--scheduler", addr)
+    try:
+        _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
+        assert run.poll() is None, "the job ended before the kill"
+        kill_tree(scheduler)
+    finally:
+        rc, err = _finish(run)
+    errors = [ln for ln in err.splitlines() if ln.startswith("pairwise-dask:")]
+    # (Dask's client itself logs its failed reconnect, with a traceback, before giving up: not ours)
+    assert rc == 1 and len(errors) == 1 and "FutureCancelledError" not in err, err
+    assert err.rstrip().splitlines()[-1] == errors[0]
+    assert "connection to the Dask scheduler was lost" in errors[0], errors[0]
+    assert not (out / "summary.json").exists() and not (out / "labels").exists()
