@@ -52,9 +52,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
         if client is None and s.scheduler:
             echo(f"Connecting to the Dask scheduler at {s.scheduler}")
             client = stack.enter_context(_client_to(s.scheduler))
-            wait_for_a_worker(client, s.worker_wait, echo)
-            check_workers_code(client)
-            warn_threaded_blas(client, echo)
+            _vet_workers(client, s, echo)
         elif client is None:
             cluster = stack.enter_context(LocalCluster(
                 n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
@@ -62,9 +60,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
             client = stack.enter_context(Client(cluster))
             client.run(_quiet_bad_input_logs)  # our own workers share our stderr
         else:
-            wait_for_a_worker(client, s.worker_wait, echo)
-            check_workers_code(client)
-            warn_threaded_blas(client, echo)
+            _vet_workers(client, s, echo)
         if memory and any(not a.startswith("inproc://") for a in client.scheduler_info().get("workers", {})):
             raise _memory_error(memory[0])
         if s.worker_malloc == "tuned":
@@ -173,6 +169,14 @@ def check_workers_code(c: Any) -> None:
             f"{ver} (code {digest}, in {where}), this client {mine[0]} (code {mine[1]}, in {mine[2]})",
             hint="Install the same version on the workers and restart them (a long-lived cluster keeps "
                  "the code it started with)")
+
+
+def _vet_workers(c: Any, s: Settings, echo: Callable[[str], None]) -> None:
+    """Workers the job did not start: wait for one (``worker_wait``), refuse other code, warn of
+    multi-threaded BLAS."""
+    wait_for_a_worker(c, s.worker_wait, echo)
+    check_workers_code(c)
+    warn_threaded_blas(c, echo)
 
 
 def _blas_threads_env() -> dict:
