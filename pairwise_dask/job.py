@@ -38,7 +38,7 @@ from .report import write_report
 from .storage import Location
 from .rotation import axes_of, kept_axes, rotate_classes, sample_below
 from .passes import (played_form, Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally, gram_partition, histogram_partition,
-                     ids_with_hash, label_partition, margin_bins, margin_histogram_partition,
+                     ids_with_hash, label_partition, partition_error, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, read_block, release_arrow_memory, rotate_block, statistics_partition,
                      with_remote)
 from .tourney import gathers
@@ -602,7 +602,7 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
                 commit.publish()
             except BadInputError as e:
                 commit.abort()
-                raise _with_items_file(e, s, prep.info) from None
+                raise _with_items_file(_first_bad_partition(c, s, prep.spec, parts, e, echo), s, prep.info) from None
             except BaseException:
                 commit.abort()
                 raise
@@ -612,6 +612,34 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
         commit.abort()
         raise
     return summary
+
+
+def _first_bad_partition(c: Any, s: Settings, spec: Spec, parts: list, e: BadInputError,
+                         echo: Echo) -> BadInputError:
+    """The refusal of the catalog's first bad partition, in file and row group order.
+
+    A pass stops at whichever partition's task fails first, which depends on the workers' timing:
+    with bad rows in several partitions the error would name a different row from run to run. On
+    the failure path only, every partition is checked again (read and checked, no rotation or
+    tourney) and the first one's error is raised, with how many partitions hold bad input.
+    """
+    if e.column not in {s.id, s.label, *(col for _, col in s.views)} - {""} or e.row is None:
+        return e  # not a row of the items (a setting, a file, the classes): nothing to order
+    echo("Bad input found: checking every partition to name the first bad row …")
+    try:
+        spec_f = shared(spec)
+        found = c.compute([on_spec(partition_error, p, spec_f) for p in parts], sync=True)
+    except Exception:  # noqa: BLE001 - the rescan is a courtesy; the pass's own error stands
+        return e
+    bad = [f for f in found if f is not None]
+    if not bad:
+        return e
+    first = bad[0]
+    if len(bad) > 1:
+        return BadInputError(f"{first.what} (the first of {len(bad):,} partitions of {len(parts):,} "
+                             "with bad rows)", file=first.file, column=first.column, row=first.row,
+                             hint=first.hint)
+    return first
 
 
 def _with_items_file(e: BadInputError, s: Settings, info: ItemsInfo) -> BadInputError:

@@ -476,6 +476,16 @@ def ids_with_hash(df: Any, spec: Spec, h: int) -> list:
     return [ids[int(i)].as_py() for i in hit]
 
 
+def partition_error(df: Any, spec: Spec) -> BadInputError | None:
+    """:func:`read_block`'s refusal of a partition, or ``None``: the rescan that names the catalog's
+    first bad partition, whichever partition's task happened to fail first in the pass."""
+    try:
+        read_block(df, spec, rotate=False)
+    except BadInputError as e:
+        return e
+    return None
+
+
 # --- pass 2 --------------------------------------------------------------------------------
 
 @dataclass

@@ -673,3 +673,40 @@ def test_the_refusal_names_what_differs() -> None:
     from pairwise_dask import __version__
     assert _differences({**same, "version": __version__}, now) == ""  # e.g. another label column
     assert _differences({}, {"method": {"seed": 1}}) == "seed: (not set) → 1"
+
+
+def _bad_rows_in_three_partitions(folder: Path) -> Catalog:
+    """120 items in 6 row groups of 20, bad rows in partitions 1 (inf), 3 (annotation), 5 (NaN)."""
+    cat = make_catalog(folder, n=120, row_group_size=20)
+    x = matrix(cat.items, "emb_a")
+    x[25, 0], x[105, 1] = np.inf, np.nan
+    labels = cat.items.column("label").to_pylist()
+    labels[65] = "no such class"
+    table = replace_column(replace_column(cat.items, "emb_a", fsl(x)), "label", pa.array(labels))
+    cat.write_items(table, row_group_size=20)
+    return cat
+
+
+def test_bad_rows_in_several_partitions_name_the_first_partitions_row(tmp_path: Path, client: Any) -> None:
+    """Which partition's task fails first depends on the workers' timing; the message must not:
+    it names the first bad partition's row and says how many partitions hold bad rows."""
+    cat = _bad_rows_in_three_partitions(tmp_path / "data")
+    s = cat.settings(tmp_path / "out")
+    with pytest.raises(BadInputError) as info:
+        job.run(s, client=client)
+    e = info.value
+    assert (e.column, e.row, e.file) == ("emb_a", "it-00025", str(cat.items_path)), str(e)
+    assert "infinite" in str(e) and "(the first of 3 partitions of 6 with bad rows)" in str(e), str(e)
+    assert not (tmp_path / "out").exists()
+
+    # the pass's own error named the last partition's row (as a faster worker can make it): the
+    # rescan still names the first partition's, whatever the pass happened to see
+    from pairwise_dask.io import item_parts
+
+    prep = job.prepare(s)
+    last = BadInputError("holds NaN or infinite values", column="emb_a", row="it-00105", hint="fix it")
+    first = job._first_bad_partition(client, s, prep.spec, item_parts(s, prep.info), last, lambda _: None)
+    assert (first.column, first.row) == ("emb_a", "it-00025")
+    # an error that is not about a row of the items is left as it is
+    setting = BadInputError("dims = 9 is larger than d = 8", hint="lower it")
+    assert job._first_bad_partition(client, s, prep.spec, [], setting, lambda _: None) is setting
