@@ -473,10 +473,11 @@ def _fixed_by_model(params: dict, command: str) -> dict[str, Any]:
             if k.split(".", 1)[1] not in FREE_OF_MODEL[command]}
 
 
-def model_differences(s: Settings, params: dict, command: str) -> list[str]:
+def model_differences(s: Any, params: dict, command: str) -> list[str]:
     """Everything ``s`` asks that the saved model (its ``params.json``) cannot honour for
     ``command``: views it lacks, (``update``) views of it left out, and ``"dims = 10 (the model:
-    0.5)"`` for each option it fixes that ``s`` sets otherwise."""
+    0.5)"`` for each option it fixes that ``s`` sets otherwise. ``s``: Settings, or anything with
+    their option attributes and ``view_names`` (the estimator's arguments)."""
     def show(x: Any) -> str:
         return f"{x:g}" if isinstance(x, float) else repr(x)
 
