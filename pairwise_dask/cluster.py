@@ -172,31 +172,28 @@ def check_workers_code(c: Any) -> None:
 
 
 def _vet_workers(c: Any, s: Settings, echo: Callable[[str], None]) -> None:
-    """Workers the job did not start: wait for one (``worker_wait``), refuse other code, warn of
-    multi-threaded BLAS."""
+    """Workers the job did not start: wait for one (``worker_wait``), refuse other code, set BLAS to
+    one thread."""
     wait_for_a_worker(c, s.worker_wait, echo)
     check_workers_code(c)
-    warn_threaded_blas(c, echo)
+    one_thread_blas(c, echo)
 
 
-def _blas_threads_env() -> dict:
-    """The thread settings BLAS reads at start (sent to the workers by value: standard library only)."""
-    import os
+def one_thread_blas(c: Any, echo: Callable[[str], None]) -> None:
+    """BLAS on one thread in every worker process (:class:`~pairwise_dask.threads.OneThreadBLAS`):
+    a product's float rounding can depend on the thread count, and ``dask worker --no-nanny``
+    leaves BLAS on every core (a nanny sets one thread). Workers in this very process keep this
+    process's setting; say so when that is several threads."""
+    from .threads import loose_workers, pin_workers
 
-    return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-
-
-def warn_threaded_blas(c: Any, echo: Callable[[str], None]) -> None:
-    """Say so when workers may run BLAS on several threads (none of its thread settings is 1, as with
-    ``dask worker --no-nanny``; a nanny sets them to 1): a product's float rounding can depend on the
-    thread count, so such workers' outputs can differ in their last bits from one-thread workers'."""
-    theirs = c.run(_by_value(_blas_threads_env))
-    loose = [w for w, env in theirs.items() if "1" not in env.values()]
+    pin_workers(c)
+    loose = loose_workers(c)
     if loose:
-        echo(f"  warning    {len(loose)} of {len(theirs)} Dask workers (e.g. {loose[0]}) have no one-thread BLAS "
-             "setting (started with --no-nanny?): their products may round otherwise than one-thread workers', so "
-             "outputs can differ in the last bits from other clusters'. Start workers with their nanny (the "
-             "default) or with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1")
+        w, n = next(iter(loose.items()))
+        echo(f"  warning    {len(loose)} of {len(c.scheduler_info().get('workers', {}))} Dask workers (e.g. {w}) "
+             f"run in this process, whose BLAS uses {n} threads: their products may round otherwise than "
+             "one-thread workers', so outputs can differ in the last bits from other clusters'. Use worker "
+             "processes, or start Python with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1")
 
 
 def _by_value(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -1,6 +1,7 @@
 """A real cluster started from the command line: `dask scheduler` + two `dask worker` on loopback."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,11 +27,12 @@ def _dask_cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "dask"]
 
 
-@pytest.fixture
-def cli_cluster(tmp_path):
+@contextlib.contextmanager
+def _started_cluster(tmp_path: Path, *, nanny: bool = True, env: dict | None = None) -> Iterator[str]:
     """Scheduler and two single-threaded workers as separate OS processes; always torn down."""
     sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**(os.environ if env is None else env),
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     procs = [subprocess.Popen([*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
                                "--no-dashboard", "--scheduler-file", str(sched_file)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
@@ -39,11 +42,12 @@ def cli_cluster(tmp_path):
             time.sleep(0.2)
         assert sched_file.exists(), "scheduler did not start"
         address = json.loads(sched_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                                           "--no-dashboard", "--memory-limit", "2GiB"],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
+        for i in range(2):
+            with open(tmp_path / f"worker-{i}.log", "wb") as log:  # read when a test fails
+                procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host",
+                                               "127.0.0.1", "--no-dashboard", "--memory-limit", "2GiB",
+                                               *([] if nanny else ["--no-nanny"])],
+                                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         from distributed import Client
 
         with Client(address, timeout="30s") as c:
@@ -52,7 +56,9 @@ def cli_cluster(tmp_path):
     finally:
         for p in reversed(procs):
             try:
-                os.killpg(p.pid, signal.SIGTERM)
+                # SIGKILL for --no-nanny workers: without a nanny a worker whose scheduler is gone
+                # keeps trying to reconnect and ignores SIGTERM for a long while
+                os.killpg(p.pid, signal.SIGTERM if nanny else signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for p in procs:
@@ -60,6 +66,12 @@ def cli_cluster(tmp_path):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def cli_cluster(tmp_path: Path) -> Iterator[str]:
+    with _started_cluster(tmp_path) as address:
+        yield address
 
 
 def test_cli_run_against_command_line_cluster(cli_cluster, tmp_path):
@@ -99,20 +111,62 @@ def test_a_given_client_is_named_in_the_summary_and_report(tmp_path: Path, clien
     assert f"cluster: {address}, 2 workers" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_workers_without_a_one_thread_blas_setting_get_a_warning(monkeypatch) -> None:
-    """`dask worker --no-nanny` leaves BLAS on several threads (a nanny sets OMP_NUM_THREADS=1 and
-    the like): products can then round otherwise than on one-thread workers, and a sweep found
-    outputs that differed in their last bits from a LocalCluster's. The run says so."""
+def test_no_nanny_workers_run_blas_on_one_thread_and_give_a_local_clusters_bytes(tmp_path: Path) -> None:
+    """`dask worker --no-nanny` leaves BLAS on every core (a nanny sets OMP_NUM_THREADS=1 and the
+    like), and products then round otherwise: on the demo data such a cluster's model had other
+    mask dims, moments and rotation than a LocalCluster's. The job sets one thread on every worker
+    process (threadpoolctl), so the outputs are the same bytes."""
+    from distributed import Client
+
+    from pairwise_dask.cluster import _by_value
+    from pairwise_dask.threads import OneThreadBLAS, blas_threads
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                             "MKL_NUM_THREADS")}
+    data = REPO / "jobs" / "demo-data"
+    args = ["--items", str(data / "items.parquet"), "--classes", str(data / "classes.parquet"),
+            "--views", "a=emb_a,b=emb_b", "--label", "label", "--partition-rows", "400", "--quiet"]
+    with _started_cluster(tmp_path, nanny=False, env=env) as address:
+        with Client(address, timeout="30s") as c:
+            before = c.run(blas_threads)
+        r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", *args, "--out", str(tmp_path / "remote"),
+                            "--scheduler", address], capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr
+        assert "warning" not in r.stdout, r.stdout
+        with Client(address, timeout="30s") as c:
+            after = c.run(blas_threads)
+            plugins = c.run(_by_value(lambda dask_worker: list(dask_worker.plugins)))
+    assert all(OneThreadBLAS.name in p for p in plugins.values()), plugins
+    if (os.cpu_count() or 1) > 1:  # else BLAS has one thread anyway and there was nothing to change
+        assert all(n > 1 for n in before.values()), before
+    assert set(after.values()) == {1}, after
+    r = subprocess.run([sys.executable, "-m", "pairwise_dask.cli", "run", *args, "--out", str(tmp_path / "local")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    for part in ("labels", "disagreements", "model"):
+        for f in sorted((tmp_path / "local" / part).rglob("*.parquet")):
+            theirs = pq.read_table(tmp_path / "remote" / f.relative_to(tmp_path / "local"))
+            assert pq.read_table(f).equals(theirs), f"{f.relative_to(tmp_path)} differs"
+
+
+def test_workers_in_this_process_keep_its_blas_and_get_a_warning() -> None:
+    """Workers of a ``Client(processes=False)`` are this very process: a one-thread limit would
+    outlive the job there, so the job leaves it and says that its products may round otherwise."""
     from distributed import Client, LocalCluster
+    from threadpoolctl import threadpool_limits
 
-    from pairwise_dask.cluster import warn_threaded_blas
+    from pairwise_dask.cluster import one_thread_blas
+    from pairwise_dask.threads import blas_threads
 
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(var, raising=False)
     said: list[str] = []
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, Client(lc) as c:
-        warn_threaded_blas(c, said.append)  # in-process workers: this process's environment
-        assert len(said) == 1 and "OMP_NUM_THREADS=1" in said[0] and "1 of 1 Dask workers" in said[0]
-        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-        warn_threaded_blas(c, said.append)
+    with threadpool_limits(limits=2), LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as c:
+        if blas_threads() < 2:
+            pytest.skip("this BLAS cannot use two threads here")
+        one_thread_blas(c, said.append)
+        assert blas_threads() == 2  # left as it was
+        assert len(said) == 1 and "run in this process, whose BLAS uses 2 threads" in said[0], said
+        assert "OMP_NUM_THREADS=1" in said[0]
+        with threadpool_limits(limits=1):
+            one_thread_blas(c, said.append)
         assert len(said) == 1
