@@ -284,12 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pairwise-dask: error: {message}", file=sys.stderr)
         return 1
-    except Terminated:
-        print("pairwise-dask: terminated (SIGTERM); the output folder was left as it was", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
-        print("pairwise-dask: interrupted; the output folder was left as it was", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        done = getattr(e, "published", None)
+        print(f"pairwise-dask: {what}" + (f" as the run finished: {done} holds its complete output" if done
+                                          else "; the output folder was left as it was"), file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     if ns.json:
         from .io import json_text
 

@@ -475,14 +475,87 @@ def _differences(old: dict, identity: dict, most: int = 3) -> str:
     return f"written by pairwise-dask {release}" if release and release != __version__ else ""
 
 
+#: the note publish() leaves in its trash folder: the staging folder and the entries it moves in
+JOURNAL = "publishing.json"
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done: their handlers then run at its end, once the
+    block's renames are all made. (Python handlers, not a signal mask: a mask holds a signal for
+    one thread only, and the Dask client's threads would take it.) In the main thread only, where
+    handlers can be set; elsewhere a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)  # now the handler the block held it from
+
+
+def _roll_forward(out: Location, staging: Location, trash: Location, staged: list[str]) -> None:
+    """Move ``staging``'s entries into ``out`` and the previous ones into ``trash``, ``summary.json``
+    away first and into place last; from any state a killed run of this same function left."""
+    summary = out / "summary.json"
+    if (staging / "summary.json").exists():  # else the new one is in place already
+        if summary.exists():
+            summary.replace(trash / "summary.json")
+            trash.fsync_dir()
+        for e in OUTPUT_ENTRIES:
+            if e == "summary.json" or (e in staged and not (staging / e).exists()):
+                continue  # the new entry is in place already
+            if (out / e).exists():
+                (out / e).replace(trash / e)
+        for e in staged:
+            if (staging / e).exists():
+                (staging / e).replace(out / e)
+        out.fsync_dir()
+        (staging / "summary.json").replace(summary)
+        out.fsync_dir()
+    trash.rmtree()
+    staging.rmtree()
+
+
+def settle(out: Location) -> list[str]:
+    """Finish every publish into ``out`` that a killed run left half done (its journal says which
+    staging folder it was moving in); return those staging folders' names."""
+    done = []
+    for trash in [p for p in out.iterdir() if p.name.startswith(TRASH_PREFIX)]:
+        note = trash / JOURNAL
+        if not note.exists():
+            continue  # killed before deciding: the previous result is untouched; begin() clears it
+        journal = json.loads(note.read_text())
+        staging = out / journal["staging"]
+        if staging.exists():
+            _roll_forward(out, staging, trash, list(journal["entries"]))
+            done.append(staging.name)
+        else:  # the publish was done; only its trash was still being removed
+            trash.rmtree()
+    return done
+
+
 class Commit:
     """Stage a run's outputs inside ``out`` and publish them only when all are written.
 
-    ``summary.json`` is removed first and renamed into place last: the folder holds a complete
-    result exactly when it has a ``summary.json``, and a run killed at any moment leaves either the
-    previous complete result or none (never a mix that claims to be complete). Locally every step
-    is an atomic rename; on object stores (fsspec URLs) a rename is a copy, and readers must
-    likewise trust only a folder with ``summary.json``.
+    Publishing renames several entries, so it is journaled: a note of the staged entries is written
+    to the run's trash folder before the first rename, and from then on the new result is decided.
+    ``summary.json`` is moved away first and renamed into place last, so the folder holds a complete
+    result exactly when it has a ``summary.json``. A run killed between the renames leaves the
+    folder without one; the next command on the folder finishes that publish from the note
+    (:func:`settle`) before it looks at the folder. So a run killed at any moment leaves, for every
+    later reader, either the previous complete result or its own (never a mix, and never the previous
+    result lost with nothing in its place). SIGINT and SIGTERM wait until the renames are done.
+    Locally every step is an atomic rename; on object stores (fsspec URLs) a rename is a copy, and
+    readers must likewise trust only a folder with ``summary.json``.
     """
 
     def __init__(self, out: "str | Location", *, fingerprint: str, overwrite: bool,
@@ -495,13 +568,21 @@ class Commit:
         self.run_id = uuid.uuid4().hex[:12]
         self.staging = self.out / f"{STAGING_PREFIX}{self.run_id}"
         self._created: list[Location] = []  # folders begin() made (abort removes them, deepest first)
+        self._journal: Location | None = None  # set once publish() has decided the new result
+        self.published = False  # the new result is in place (publish or abort finished it)
 
     def check_target(self) -> None:
-        """Refuse an output folder holding something else, unless ``overwrite``."""
+        """Refuse an output folder holding something else, unless ``overwrite`` (after finishing
+        the publish of a run killed while renaming its outputs into place: :func:`settle`)."""
         if not self.out.exists():
             return
         if not self.out.is_dir():
             raise BadInputError("exists and is not a folder", file=str(self.out), hint="Choose another --out")
+        try:
+            settle(self.out)
+        except OSError as e:
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+                                hint="Choose a folder you may write to for --out") from None
         entries = [p.name for p in self.out.iterdir()
                    if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX))]
         foreign = [e for e in entries if e not in OUTPUT_ENTRIES]
@@ -560,6 +641,7 @@ class Commit:
         self._created = missing  # deepest first; set before mkdir, which may make some and then fail
         try:
             self.out.mkdir()
+            settle(self.out)  # a half-done publish is finished, never cleared away with the leftovers
             for p in self.out.iterdir():
                 if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                     p.rmtree()
@@ -571,31 +653,31 @@ class Commit:
         return self.staging
 
     def publish(self) -> None:
-        """Rename every staged entry into place; ``summary.json`` last."""
+        """Rename every staged entry into place, ``summary.json`` last (journaled: see the class)."""
         trash = self.out / f"{TRASH_PREFIX}{self.run_id}"
-        trash.mkdir()
-        summary = self.out / "summary.json"
-        if summary.exists():
-            summary.replace(trash / "summary.json")
-        trash.fsync_dir()
         staged = [e for e in OUTPUT_ENTRIES if e != "summary.json" and (self.staging / e).exists()]
-        for e in OUTPUT_ENTRIES:
-            if e != "summary.json" and (self.out / e).exists():
-                (self.out / e).replace(trash / e)
-        for e in staged:
-            (self.staging / e).replace(self.out / e)
-        self.out.fsync_dir()
-        (self.staging / "summary.json").replace(summary)
-        self.out.fsync_dir()
-        trash.rmtree()
-        self.staging.rmtree()
+        with signals_deferred():  # a Ctrl-C or SIGTERM now would stop between two renames
+            trash.mkdir()
+            (trash / JOURNAL).write_text(json.dumps({"staging": self.staging.name, "entries": staged}))
+            trash.fsync_dir()
+            self._journal = trash
+            _roll_forward(self.out, self.staging, trash, staged)
+            self.published = True
 
     def abort(self) -> None:
         """Remove this run's staging folder and any folder :meth:`begin` created (if empty).
 
         A folder that existed before the run stays, even empty: a failed run leaves ``out`` as it
-        was, no more and no less.
+        was, no more and no less. Once :meth:`publish` has written its journal the new result is
+        decided, and abort finishes the publish instead (``published`` then says so).
         """
+        if self._journal is not None:
+            if not self.published:
+                with contextlib.suppress(OSError):  # else the next command's settle() finishes it
+                    _roll_forward(self.out, self.staging, self._journal, json.loads(
+                        (self._journal / JOURNAL).read_text())["entries"])
+                    self.published = True
+            return
         try:
             self.staging.rmtree()
         except OSError:  # a read-only or vanished output folder: nothing of ours to remove there

@@ -606,10 +606,12 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             except BaseException:
                 commit.abort()
                 raise
-    except BaseException:
+    except BaseException as e:
         # again, after our own LocalCluster is closed: a label task still writing its part when
         # the first abort ran (a failure elsewhere in the pass) cannot leave it behind now
         commit.abort()
+        if commit.published:  # a Ctrl-C or SIGTERM held until the outputs were all in place
+            e.published = str(s.out)  # type: ignore[attr-defined]
         raise
     return summary
 

@@ -1,0 +1,174 @@
+"""Publishing a run's outputs is several renames: a run killed between any two of them must leave,
+for every later command and reader, the previous complete result or its own, never a mix and never
+the previous result lost with nothing in its place (``io.Commit``'s journal and ``io.settle``)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from pairwise_dask import io as pio
+from pairwise_dask.storage import Location
+
+OLD = {"labels/part.00000.parquet": "old labels", "disagreements/part.00000.parquet": "old review",
+       "model/params.json": "old model", "report.html": "old report"}
+NEW = {"labels/part.00000.parquet": "new labels", "labels/part.00001.parquet": "new labels 2",
+       "model/params.json": "new model", "disagreements/part.00000.parquet": "new review"}  # no report
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no abort, no clean-up)."""
+
+
+def _write(root: Path, files: dict[str, str], fingerprint: str) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "summary.json").write_text(json.dumps({"fingerprint": fingerprint, "command": "run"}))
+
+
+def _visible(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): p.read_text() for p in sorted(out.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)}
+
+
+def _staged(out: Path, *, previous: bool) -> pio.Commit:
+    if previous:
+        _write(out, OLD, "old")
+    c = pio.Commit(str(out), fingerprint="new", overwrite=True)
+    c.check_target()
+    _write(Path(c.begin().path), NEW, "new")
+    return c
+
+
+def _complete(files: dict[str, str], fingerprint: str) -> dict[str, str]:
+    return files | {"summary.json": json.dumps({"fingerprint": fingerprint, "command": "run"})}
+
+
+def _renames(tmp_path: Path) -> int:
+    """How many renames one publish over a previous result makes."""
+    c = _staged(tmp_path / "count", previous=True)
+    calls = []
+    real = Location.replace
+
+    def counting(self: Location, target: Location) -> None:
+        calls.append(self.name)
+        real(self, target)
+
+    Location.replace = counting  # type: ignore[method-assign]
+    try:
+        c.publish()
+    finally:
+        Location.replace = real  # type: ignore[method-assign]
+    return len(calls)
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["over-a-previous-result", "into-a-new-folder"])
+def test_a_publish_killed_between_any_two_renames_is_finished_by_the_next_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
+    n = _renames(tmp_path)
+    assert n >= 6  # summary away, 4 old entries away, new ones in, summary in
+    real = Location.replace
+    for k in range(n + 1):  # killed before the k-th rename (k = n: after the last, before clean-up)
+        out = tmp_path / f"out-{k}"
+        c = _staged(out, previous=previous)
+        done = []
+
+        def dying(self: Location, target: Location, k: int = k, done: list = done) -> None:
+            if len(done) == k:
+                raise Killed()
+            done.append(1)
+            real(self, target)
+
+        monkeypatch.setattr(Location, "replace", dying)
+        with pytest.raises(Killed):
+            c.publish()
+            raise Killed()  # k = n: the renames all made, the kill lands before the clean-up
+        monkeypatch.setattr(Location, "replace", real)
+        # the previous result may be gone from view, but it is never the only copy that is lost:
+        # the next command (here its first step, check_target) finishes the decided publish
+        nxt = pio.Commit(str(out), fingerprint="other", overwrite=True)
+        nxt.check_target()
+        assert _visible(out) == _complete(NEW, "new"), k
+        assert not [p for p in out.iterdir() if p.name.startswith(pio.TRASH_PREFIX)], k
+
+
+def test_an_error_during_the_renames_is_finished_by_abort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception between renames (here a Ctrl-C the signal mask did not hold: another thread's
+    main) reaches ``abort``, which completes the decided publish and says so (``published``)."""
+    real = Location.replace
+    out = tmp_path / "out"
+    c = _staged(out, previous=True)
+    calls = []
+
+    def interrupted(self: Location, target: Location) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt()
+        real(self, target)
+
+    monkeypatch.setattr(Location, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        c.publish()
+    monkeypatch.setattr(Location, "replace", real)
+    assert not c.published
+    c.abort()
+    assert c.published and _visible(out) == _complete(NEW, "new")
+    assert sorted(p.name for p in out.iterdir()) == sorted(["labels", "disagreements", "model", "summary.json"])
+
+
+def test_sigterm_during_the_renames_waits_for_the_last_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (or Ctrl-C) arriving mid-publish is held until every rename is made; its handler
+    then runs, with the new result complete."""
+    real = Location.replace
+    out = tmp_path / "out"
+    c = _staged(out, previous=True)
+    seen: list[dict[str, str]] = []
+
+    class Term(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(_visible(out))
+        raise Term()
+
+    def signalled(self: Location, target: Location) -> None:
+        if self.name == "summary.json" and "staging" not in self.parent.name:  # the first rename
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(self, target)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        monkeypatch.setattr(Location, "replace", signalled)
+        with pytest.raises(Term):
+            c.publish()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert c.published and seen == [_complete(NEW, "new")]
+
+
+def test_a_publish_killed_before_its_journal_leaves_the_previous_result(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    c = _staged(out, previous=True)
+    monkeypatch.setattr(pio, "_roll_forward", lambda *a: (_ for _ in ()).throw(Killed()))
+    real_write = Location.write_text
+
+    def no_journal(self: Location, text: str) -> None:
+        if self.name == pio.JOURNAL:
+            raise Killed()
+        real_write(self, text)
+
+    monkeypatch.setattr(Location, "write_text", no_journal)
+    with pytest.raises(Killed):
+        c.publish()
+    monkeypatch.undo()
+    pio.Commit(str(out), fingerprint="old", overwrite=False).check_target()  # the same job: accepted
+    assert _visible(out) == _complete(OLD, "old")
+    nxt = pio.Commit(str(out), fingerprint="old", overwrite=False)
+    nxt.begin()  # clears the killed run's staging folder and its trash (which holds no journal)
+    assert [p.name for p in out.iterdir() if p.name.startswith((pio.TRASH_PREFIX, pio.STAGING_PREFIX))] == \
+        [nxt.staging.name]
