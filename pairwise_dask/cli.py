@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any, Sequence
 
-from .config import OPTIONS, check_model_method, load_settings, model_method, parse_views, read_job_file
+from .config import OPTIONS, Settings, check_model_method, load_settings, model_method, parse_views, read_job_file
 from .errors import COMMAND_LINE, BadInputError
 
 EXAMPLES = """\
@@ -193,14 +193,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def killed_worker_message(e: Exception) -> str:
+def killed_worker_message(e: Exception, s: Settings | None = None) -> str:
     """What Dask's ``KilledWorker`` means for this job, and what to change."""
     tries = getattr(e, "allowed_failures", 2) + 1
+    cache = ("; or let the job stream the items rather than keep them in the workers' memory (--cache auto, "
+             "or off)") if s is not None and s.cache == "on" else ""
     return (f"Dask workers died {tries} times while running the same task ({getattr(e, 'task', '?')}); "
             "the output folder was left as it was. This is nearly always a worker running out of memory (its "
             "log says 'exceeded 95% memory budget'). Give each worker more memory: --memory-limit with "
             "the LocalCluster (fewer --workers leave each more), or `dask worker --memory-limit` on your own "
-            "cluster; smaller partitions (--partition-rows) also lower the memory a task needs")
+            "cluster" + cache + ". A task reads one Parquet row group of the items whole (--partition-rows "
+            "splits only after the read): items written with smaller row groups (pyarrow's row_group_size) "
+            "need less memory per task")
 
 
 def lost_scheduler_message(e: Exception) -> str | None:
@@ -218,6 +222,18 @@ def lost_scheduler_message(e: Exception) -> str | None:
             "then run the same command again (a run starts over; nothing partial was kept)")
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for a file operation the system refused mid-run (a full disk, a quota, permissions
+    changed under the run, a vanished mount)."""
+    what = e.strerror or str(e)
+    where = f": {e.filename}" if e.filename else ""
+    done = getattr(e, "published", None)
+    return (f"the system refused a file operation during the run ({what}{where}); "
+            + (f"the run had finished: {done} holds its complete output" if done else
+               "the output folder was left as it was. Free space or fix the permissions, then run the same "
+               "command again"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -233,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_pack(ns)
     quiet = ns.quiet or ns.json
+    settings: Settings | None = None
     echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
     try:
         overrides = _overrides(ns)
@@ -279,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
 
-        message = killed_worker_message(e) if isinstance(e, KilledWorker) else lost_scheduler_message(e)
+        message = killed_worker_message(e, settings) if isinstance(e, KilledWorker) else \
+            os_error_message(e) if isinstance(e, OSError) and not isinstance(e, ConnectionError) else \
+            lost_scheduler_message(e)
         if message is None:
             raise
         print(f"pairwise-dask: error: {message}", file=sys.stderr)

@@ -453,3 +453,39 @@ def test_scheduler_lost_mid_run_gets_one_message(big: Catalog, dask_procs: DaskP
     assert err.rstrip().splitlines()[-1] == errors[0]
     assert "connection to the Dask scheduler was lost" in errors[0], errors[0]
     assert not (out / "summary.json").exists() and not (out / "labels").exists()
+
+
+def test_a_full_disk_gets_one_message(small: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """An OSError mid-run (here the disk filling up as the review list is written) was a raw
+    traceback: one line now, exit code 1, and the output folder as it was."""
+    import errno
+
+    from pairwise_dask import cli
+    from pairwise_dask import job as pjob
+
+    out = tmp_path / "out"
+
+    def full(tally: Any, folder: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "part.00000.parquet"))
+
+    monkeypatch.setattr(pjob, "write_disagreements", full)
+    rc = cli.main(["run", str(_job(small, out, workers=1)), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    assert err.count("pairwise-dask: error:") == 1 and "No space left on device" in err, err
+    assert "part.00000.parquet" in err and "the output folder was left as it was" in err, err
+    assert not out.exists()
+
+
+def test_out_of_memory_advice_names_the_cache_and_row_groups() -> None:
+    from distributed.scheduler import KilledWorker
+
+    from pairwise_dask.cli import killed_worker_message
+    from pairwise_dask.config import Settings
+
+    e = KilledWorker("read_parquet-1", "tcp://127.0.0.1:1", allowed_failures=2)
+    s = Settings(items="i.parquet", classes="c.parquet", out="out", views=(("a", "emb_a"),), cache="on")
+    on = killed_worker_message(e, s)
+    assert "Dask workers died 3 times" in on and "--cache auto" in on and "row group" in on, on
+    assert "--cache" not in killed_worker_message(e, s.replace(cache="auto"))
