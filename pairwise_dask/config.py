@@ -172,7 +172,8 @@ OPTIONS: tuple[Option, ...] = (
            "(read once instead of once per pass): auto (when they fit in a third of the workers' memory "
            "limits), on, off", _one_of(CACHE)),
     Option("partition_rows", "cluster", int, 0, "rows per partition (0: one partition per Parquet row "
-           "group)", _range(0, None)),
+           "group); a task still reads whole row groups first, so to need less memory per task write the "
+           "items with smaller row groups", _range(0, None)),
     Option("worker_malloc", "cluster", str, "tuned", "glibc malloc on the workers: tuned (temporary arrays "
            "under 32 MiB are reused from the heap; Dask's default trim threshold makes every one over 128 KiB "
            "a fresh mmap, and the job up to 1.4x slower) or dask (leave the workers as Dask set them)",
