@@ -93,7 +93,8 @@ def _class_stats(mom: Moments, c: np.ndarray, min_items: int):
 
 
 def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=2, mix=0.0,
-                 mask_by="xv", ret_delta=False, shrink_ref=None, pool_all=0.0, var_mom=None, var_for="disc"):
+                 mask_by="xv", ret_delta=False, shrink_ref=None, pool_all=0.0, var_mom=None, var_for="disc",
+                 bias1d=""):
     """Per-pair diagonal discriminant on the pair's mask (``m = d``: every dimension).
 
     ``prior``: per-class log prior (added as ``log π_a − log π_b``, in the margin's units after the
@@ -136,6 +137,11 @@ def disc_margins(x, c, mom, *, m, prior=None, shrink=0.0, scale=True, min_items=
         mask[np.arange(len(pairs))[:, None], dims] = True
     w = np.where(mask, diff / pooled, 0.0)
     bias = -(w * (mu[a] + mu[b]) / 2).sum(axis=1)
+    if bias1d == "equal_z":  # session 13: threshold at equal standardised distance along w (per-class spread)
+        sa = np.sqrt(np.maximum((w * w * var[a]).sum(axis=1), 1e-12))
+        sb = np.sqrt(np.maximum((w * w * var[b]).sum(axis=1), 1e-12))
+        pa, pb = (w * mu[a]).sum(axis=1), (w * mu[b]).sum(axis=1)
+        bias = -(pa * sb + pb * sa) / (sa + sb)
     if prior is not None:
         bias = bias + prior[a] - prior[b]
     delta = np.sqrt((w * diff).sum(axis=1)) if scale else np.ones(len(pairs))
@@ -238,11 +244,26 @@ def keep_mask(margin: np.ndarray, keep: float) -> np.ndarray:
 
 
 SAT = [0.0]
+SOFTMIN_TAU = [1.0]
 
 
 def decide_any(margins, pairs, pidx, h, *, mode, seed, w=None):
     """The package's modes, plus "score": argmax of the mean signed margin (class_scores).
     ``w`` (session 4, mode "score" only): per-pair weights (P,) on the margins, normalised to mean 1."""
+    if mode == "softmin":  # session 13: smooth maximin, -τ log Σ_b exp(-m_ab / τ) (τ → 0: maximin; τ → ∞: Borda)
+        k = pidx.shape[0]
+        n = margins.shape[0]
+        full = np.zeros((n, k, k), np.float32)
+        full[:, pairs[:, 0], pairs[:, 1]] = margins
+        full[:, pairs[:, 1], pairs[:, 0]] = -margins
+        tau = SOFTMIN_TAU[0]
+        z = -full / tau
+        z[:, np.arange(k), np.arange(k)] = -np.inf
+        zm = z.max(axis=2, keepdims=True)
+        sc = -tau * (np.log(np.exp(z - zm).sum(axis=2)) + zm[:, :, 0])
+        lab = sc.argmax(1).astype(np.int32)
+        part = np.partition(sc, k - 2, axis=1)
+        return lab, (part[:, -1] - part[:, -2]).astype(np.float32)
     if mode != "score":
         return decide(margins, pairs, pidx, h, mode=mode, seed=seed)
     k = pidx.shape[0]
@@ -289,6 +310,134 @@ def calibrate0(s: np.ndarray, how: str) -> np.ndarray:
     return out
 
 
+def cca_maps(xa: np.ndarray, xb: np.ndarray, reg: float, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Session 13: canonical correlation maps of two views (label-free; three (d, d) Grams).
+    Each view whitened by its ridge-regularised total covariance, then rotated onto the singular
+    vectors of the whitened cross-covariance; the first ``r`` canonical axes kept."""
+    def inv_sqrt(c):
+        c = c + reg * np.trace(c) / len(c) * np.eye(len(c))
+        ev, vec = np.linalg.eigh(c)
+        return (vec / np.sqrt(ev)) @ vec.T
+    xa = xa.astype(np.float64)
+    xb = xb.astype(np.float64)
+    ma, mb = xa.mean(0), xb.mean(0)
+    n = len(xa)
+    caa = xa.T @ xa / n - np.outer(ma, ma)
+    cbb = xb.T @ xb / n - np.outer(mb, mb)
+    cab = xa.T @ xb / n - np.outer(ma, mb)
+    if reg < 0:  # "pls": orthogonal maps, the singular vectors of the raw cross-covariance (no whitening)
+        u, sv, vt = np.linalg.svd(cab)
+        return u[:, :r], vt.T[:, :r], sv[:r]
+    wa, wb = inv_sqrt(caa), inv_sqrt(cbb)
+    u, sv, vt = np.linalg.svd(wa @ cab @ wb)
+    return (wa @ u)[:, :r], (wb @ vt.T)[:, :r], sv[:r]
+
+
+def class_distance(x: np.ndarray, mom: Moments, c: np.ndarray, shrink: float) -> np.ndarray:
+    """Session 13: (n, k) diagonal standardised squared distance of every item to every class
+    mean (class's own variance + shrink × its mean): (x∘x)·(1/σ²) − 2x·(μ/σ²) + Σμ²/σ², per dim."""
+    mu, var, _, _ = _class_stats(mom, c, 2)
+    mu = np.nan_to_num(mu)
+    var = np.nan_to_num(var) + shrink * np.nanmean(var, axis=1, keepdims=True) + 1e-12
+    iv = 1.0 / var
+    x64 = x.astype(np.float64)
+    return ((x64 * x64) @ iv.T - 2 * x64 @ (mu * iv).T + (mu * mu * iv).sum(1)[None, :]) / x.shape[1]
+
+
+def low_density_shift(fused: np.ndarray, pairs: np.ndarray, k: int, deltas: dict, *, nmin: int = 40,
+                      bw: float = 0.3, wmax: float = 1.0) -> np.ndarray:
+    """Session 13: per pair (a, b), the position of the density minimum of the fused a-vs-b margin
+    among the items whose two best classes are a and b (cluster assumption: the boundary belongs
+    in a low-density gap). Margins are in within-class std units (class means near ±Δ/2); the
+    search is in ±min(wmax, Δ/4); a minimum on the window's edge (no valley) gives no shift."""
+    sc = class_scores(fused, pairs, k)
+    top2 = np.argpartition(-sc, 1, axis=1)[:, :2]
+    lo, hi = top2.min(1), top2.max(1)
+    pid = np.full((k, k), -1)
+    pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
+    item_pair = pid[lo, hi]
+    dbar = sum(deltas.values()) / len(deltas) if deltas else np.full(len(pairs), 4.0)
+    shift = np.zeros(len(pairs), np.float32)
+    for p in range(len(pairs)):
+        z = fused[item_pair == p, p].astype(np.float64)
+        if len(z) < nmin or (z > 0).sum() < nmin // 4 or (z < 0).sum() < nmin // 4:
+            continue
+        w = min(wmax, dbar[p] / 4)
+        grid = np.linspace(-w, w, 41)
+        dens = np.exp(-0.5 * ((grid[:, None] - z[None, :]) / bw) ** 2).sum(1)
+        j = int(np.argmin(dens))
+        if 0 < j < len(grid) - 1:
+            shift[p] = grid[j]
+    return shift
+
+
+def disc_margins_rivalx(x, c, cell: Moments, *, m, shrink=0.5, min_items=2, ret_delta=True):
+    """Session 13: the per-pair diagonal discriminant with each side's moments leaving out the
+    items whose runner-up is the pair's other class. ``cell``: moments of the k² (label, runner-up)
+    sets; side a of (a, b) = Σ_r cell[a, r] − cell[a, b] (exact differences of sums)."""
+    k, d = c.shape
+    pairs = all_pairs(k)
+    a, b = pairs[:, 0], pairs[:, 1]
+    n3 = cell.n.reshape(k, k).astype(np.float64)
+    s13 = cell.s1.reshape(k, k, -1)
+    s23 = cell.s2.reshape(k, k, -1)
+    tot = Moments(n3.sum(1), s13.sum(1), s23.sum(1))
+    side = lambda u, v: Moments(tot.n[u] - n3[u, v], tot.s1[u] - s13[u, v], tot.s2[u] - s23[u, v])
+    mua, vara, na, _ = _class_stats(side(a, b), c[a], min_items)
+    mub, varb, nb, _ = _class_stats(side(b, a), c[b], min_items)
+    pooled = (na[:, None] * vara + nb[:, None] * varb) / (na + nb)[:, None]
+    pooled = pooled + shrink * pooled.mean(axis=1, keepdims=True) + 1e-12
+    diff = mua - mub
+    score = cross_deviation_ratio(mua, vara, mub, varb)
+    dims = top_dims(np.nan_to_num(score, nan=0.0), m)
+    mask = np.zeros((len(pairs), d), bool)
+    mask[np.arange(len(pairs))[:, None], dims] = True
+    w = np.where(mask, diff / pooled, 0.0)
+    bias = -(w * (mua + mub) / 2).sum(axis=1)
+    delta = np.sqrt((w * diff).sum(axis=1))
+    wt = (w / delta[:, None]).astype(np.float32)
+    out = chunked_matmul(x, np.ascontiguousarray(wt.T)) + (bias / delta).astype(np.float32)
+    return out, pairs, delta
+
+
+def pair_gmm_shift(fused: np.ndarray, pairs: np.ndarray, k: int, deltas: dict, *, nmin: int = 40,
+                   iters: int = 100, tmax: float = 1.0, pi_only: bool = False) -> np.ndarray:
+    """Session 13: per pair (a, b), a two-Gaussian mixture (shared variance) fitted by EM to the fused
+    a-vs-b margins of the items whose two best classes are a and b (started at ±Δ/2, σ = 1: the
+    margins are in within-class std units); the pair's threshold moved to the fitted mixture's
+    Bayes point (local class proportions, no global counts). Degenerate fits give no shift."""
+    sc = class_scores(fused, pairs, k)
+    top2 = np.argpartition(-sc, 1, axis=1)[:, :2]
+    lo, hi = top2.min(1), top2.max(1)
+    pid = np.full((k, k), -1)
+    pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
+    item_pair = pid[lo, hi]
+    dbar = sum(deltas.values()) / len(deltas)
+    shift = np.zeros(len(pairs), np.float32)
+    for p in range(len(pairs)):
+        z = fused[item_pair == p, p].astype(np.float64)
+        if len(z) < nmin:
+            continue
+        m1, m2, s2, pi = dbar[p] / 2, -dbar[p] / 2, 1.0, 0.5
+        for _ in range(iters):
+            l1 = pi * np.exp(-0.5 * (z - m1) ** 2 / s2)
+            l2 = (1 - pi) * np.exp(-0.5 * (z - m2) ** 2 / s2)
+            g = l1 / (l1 + l2 + 1e-300)
+            pi = g.mean()
+            if pi < 0.02 or pi > 0.98:
+                break
+            if pi_only:  # components fixed at ±Δ/2, unit variance: only the local proportion is fitted
+                continue
+            m1 = (g * z).sum() / g.sum()
+            m2 = ((1 - g) * z).sum() / (1 - g).sum()
+            s2 = (g * (z - m1) ** 2 + (1 - g) * (z - m2) ** 2).sum() / len(z)
+        if not (0.05 < pi < 0.95) or (m1 - m2) < 0.5 * np.sqrt(s2):
+            continue
+        t = (m1 + m2) / 2 + s2 * np.log((1 - pi) / pi) / (m1 - m2)
+        shift[p] = np.clip(t, -tmax, tmax)
+    return shift
+
+
 def soft_moments(x: np.ndarray, p: np.ndarray) -> Moments:
     """Moments weighted by a (n, k) membership in [0, 1] (float counts; same units as Moments)."""
     q = float(2 ** QUANT_BITS)
@@ -300,8 +449,11 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         temp_prior=1.0, anchor=0.0, soft=0.0, keep_by="all", truth_moments=False, lam=0.1, cotrain="", joint=False, pairkeep=0.0,
         pairkeep_and_keep=False, rot="", qda_pool=0.0, em_temp=1.0, ens="",
         qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
-        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="", xfit=0, xfit0=False, dmix=0.0) -> dict:
+        score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="", xfit=0, xfit0=False, dmix=0.0,
+        cca=0.0, cca_reg=0.1, typ=0.0, typ_fixed=True, lds=False, lds_bw=0.3, lds_nmin=40, bias1d="",
+        stable="", rivalx=False, tau=1.0) -> dict:
     SAT[0] = sat
+    SOFTMIN_TAU[0] = tau
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
     if rot:  # "total" or "within": first every view rotated onto the eigenvectors of its items' covariance
         xs, cs = dict(xs), dict(cs)
@@ -311,7 +463,17 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
     views = list(xs)
     d = next(iter(xs.values())).shape[1]
+    xs_round0, cs_round0 = xs, cs
+    xs_disc, cs_disc = xs, cs
+    if cca:  # session 13: the discriminant rounds (r >= 1) on the views' canonical axes (round 0 unchanged)
+        rr = max(1, int(round(cca * d)))
+        ta, tb, _ = cca_maps(xs[views[0]], xs[views[1]], cca_reg, rr)
+        tm = {views[0]: ta, views[1]: tb}
+        xs_disc = {v: np.ascontiguousarray((xs[v].astype(np.float64) @ tm[v]).astype(np.float32)) for v in views}
+        cs_disc = {v: np.ascontiguousarray((cs[v].astype(np.float64) @ tm[v]).astype(np.float32)) for v in views}
+    d_disc = next(iter(xs_disc.values())).shape[1]
     m = resolve_dims(dims, d)
+    m_disc = resolve_dims(dims, d_disc)
     bases = {v: base_labels(xs[v], cs[v]) for v in views}
     tvar = {v: xs[v].astype(np.float64).var(axis=0) for v in views} if shrink_total else {v: None for v in views}
     # round 0 statistics: each view's base labels, all items (fit_on = view: the article)
@@ -339,8 +501,12 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
     per_pair_sets = False
     grams = {v: xs[v].astype(np.float64).T @ xs[v] for v in views}  # round 0 (cosine) does not use them
     res = {}
+    m0 = m
+    prev_final = sum(b.scores for b in bases.values()).argmax(1).astype(np.int32)  # session 13: label history
     for r in range(refine + 1):
         dec = decision if (r > 0 or first == "same") else first
+        if cca:  # session 13: round 0 on the (PCA) axes, the refine rounds on the canonical axes
+            xs, cs, m = (xs_disc, cs_disc, m_disc) if r > 0 else (xs_round0, cs_round0, m0)
         margins, pairs, deltas = {}, None, {}
         for v in views:
             if dec == "cosine" and xfit and xfit0:
@@ -363,6 +529,8 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                                                            prior=None if prior == "em" else logprior,
                                                            pool=qda_pool, mask_by=mask_by, ret_delta=True,
                                                            shrink_to=qda_shrink)
+            elif rivalx and dec == "disc":  # session 13
+                margins[v], pairs, deltas[v] = disc_margins_rivalx(xs[v], cs[v], cmoms[v], m=m, shrink=shrink)
             elif xfit and dec == "disc":  # session 11: cross-fitting, each fold decided by the other folds' moments
                 out = np.empty((len(h), k * (k - 1) // 2), np.float32)
                 dl = []
@@ -381,7 +549,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                                                             mask_by=mask_by, ret_delta=True, shrink_ref=tvar[v],
                                                             pool_all=pool_all,
                                                             var_mom=vmoms.get(v) if var_all else None,
-                                                            var_for=var_all or "disc")
+                                                            var_for=var_all or "disc", bias1d=bias1d)
         if prior == "em" and dec in ("disc", "qda"):  # Saerens EM on this round's likelihoods, then adjust
             llr = sum(margins[v].astype(np.float64) * deltas[v] for v in views)
             lp = temp_prior * em_prior(llr, pairs, k, None, temp=em_temp)
@@ -395,6 +563,12 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             ens_m = {v: ens_acc[v].copy() for v in views}
             if ens == "sum":
                 margins = ens_m
+        if lds and dec != "cosine":  # session 13: each pair's boundary moved to the density gap of its fused margin
+            fz = fuse_margins([margins[v] for v in views])
+            sh = (pair_gmm_shift(fz, pairs, k, deltas, nmin=lds_nmin, pi_only=lds == "gmm_pi") if lds in ("gmm", "gmm_pi")
+                  else low_density_shift(fz, pairs, k, deltas, nmin=lds_nmin, bw=lds_bw))
+            for v in views:
+                margins[v] = margins[v] - sh[None, :]
         pidx = pair_lookup(pairs, k)
         # session 4: per-pair weights of mode "score" (Δ: summed raw log-likelihood ratios)
         wfun = {"": None, "delta": lambda z: z, "sqrt_delta": np.sqrt,
@@ -453,6 +627,24 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                     kp[agr] = fmargin[agr] >= np.quantile(fmargin[agr], 1.0 - kr)
             else:
                 kp = keep_mask(fmargin, kr) if keep_by == "all" else keep_per_class(fmargin, final, k, kr)
+            if stable:  # session 13: only items whose fused label is the previous round's (round 0: zero-shot)
+                st = final == prev_final
+                n_keep = int(round(kr * len(final)))
+                if stable == "prev_fixed" and st.sum() > n_keep:  # the top `kr` share of all items, among the stable
+                    thr = np.sort(fmargin[st])[::-1][n_keep - 1]
+                    kp = st & (fmargin >= thr)
+                else:
+                    kp = kp & st
+            prev_final = final
+            if typ > 0:  # session 13: drop each class's least typical kept items (distance to its class mean)
+                if typ_fixed:  # the margin keep enlarged so that the kept share stays `kr`
+                    kp = keep_mask(fmargin, min(1.0, kr / (1.0 - typ)))
+                dist = sum(np.take_along_axis(class_distance(xs[v], moms[v], cs[v], shrink), final[:, None].astype(np.int64),
+                                              axis=1)[:, 0] for v in views)
+                for c_ in range(k):
+                    rows_ = np.flatnonzero(kp & (final == c_))
+                    if len(rows_) >= 5:
+                        kp[rows_[dist[rows_] > np.quantile(dist[rows_], 1.0 - typ)]] = False
             if truth_moments:
                 final = ds["y"]
             if rot == "within":  # rotate onto the eigenvectors of the kept items' pooled within-class covariance
@@ -466,7 +658,13 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
                     _, vec = np.linalg.eigh(gram)
                     xs[v] = np.ascontiguousarray((xs[v] @ vec).astype(np.float32))
                     cs[v] = np.ascontiguousarray((cs[v] @ vec).astype(np.float32))
-            new = {v: class_moments(xs[v], final, kp, k) for v in views}
+            new = {v: class_moments((xs_disc if cca else xs)[v], final, kp, k) for v in views}
+            if rivalx:  # session 13: moments of the (label, runner-up) cells of the kept items
+                sc_ = class_scores(fused, pairs, k)
+                sc_[np.arange(len(final)), final] = -np.inf
+                ru = sc_.argmax(1)
+                cmoms = {v: class_moments((xs_disc if cca else xs)[v], (final * k + ru).astype(np.int32), kp, k * k)
+                         for v in views}
             mlab, mkp = final, kp
             if var_all:  # session 7: every item of each final label, for the variances
                 vmoms = {v: class_moments(xs[v], final, np.ones(len(final), bool), k) for v in views}
