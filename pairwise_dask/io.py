@@ -502,6 +502,17 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(s)  # now the handler the block held it from
 
 
+def _write_durably(where: Location, text: str) -> None:
+    """Write ``text`` and, locally, flush it to the disk before going on."""
+    if not where.local:
+        where.write_text(text)
+        return
+    with open(where.path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _roll_forward(out: Location, staging: Location, trash: Location, staged: list[str]) -> None:
     """Move ``staging``'s entries into ``out`` and the previous ones into ``trash``, ``summary.json``
     away first and into place last; from any state a killed run of this same function left."""
@@ -533,10 +544,13 @@ def settle(out: Location) -> list[str]:
         note = trash / JOURNAL
         if not note.exists():
             continue  # killed before deciding: the previous result is untouched; begin() clears it
-        journal = json.loads(note.read_text())
-        staging = out / journal["staging"]
+        try:
+            journal = json.loads(note.read_text())
+            staging, entries = out / str(journal["staging"]), [str(e) for e in journal["entries"]]
+        except (ValueError, KeyError, TypeError):
+            continue  # never written whole (it is made durable before the first rename): undecided
         if staging.exists():
-            _roll_forward(out, staging, trash, list(journal["entries"]))
+            _roll_forward(out, staging, trash, entries)
             done.append(staging.name)
         else:  # the publish was done; only its trash was still being removed
             trash.rmtree()
@@ -658,7 +672,7 @@ class Commit:
         staged = [e for e in OUTPUT_ENTRIES if e != "summary.json" and (self.staging / e).exists()]
         with signals_deferred():  # a Ctrl-C or SIGTERM now would stop between two renames
             trash.mkdir()
-            (trash / JOURNAL).write_text(json.dumps({"staging": self.staging.name, "entries": staged}))
+            _write_durably(trash / JOURNAL, json.dumps({"staging": self.staging.name, "entries": staged}))
             trash.fsync_dir()
             self._journal = trash
             _roll_forward(self.out, self.staging, trash, staged)
