@@ -557,6 +557,70 @@ def settle(out: Location) -> list[str]:
     return done
 
 
+#: the lock file of an output folder a run is writing (hidden: not an output entry)
+LOCK = ".pairwise-lock"
+
+
+class OutLock:
+    """An exclusive lock on a local output folder while a run writes it, so that two runs (a
+    scheduled one still going when the next starts) never clear or publish over each other.
+
+    ``flock(2)``: the kernel releases it when its process dies, so a killed run leaves no stale
+    lock. Where there is no such lock (object stores, Windows, a file system without locks) the
+    run goes on unlocked, as before.
+    """
+
+    def __init__(self, out: Location, run_id: str) -> None:
+        self.out, self.run_id = out, run_id
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (a no-op when held); refuse when another live run holds it."""
+        if self.fd is not None or not self.out.local:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        path = (self.out / LOCK).path
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    holder = open(path, encoding="utf-8").read().strip()
+                raise BadInputError("is being written by another pairwise-dask run"
+                                    + (f" ({holder})" if holder else ""), file=str(self.out),
+                                    hint="Wait for that run to end, or choose another --out") from None
+            except OSError:  # no locks on this file system: go on unlocked
+                os.close(fd)
+                return
+            try:  # the file may have been released and removed between open and flock: take it anew
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        import socket
+        import time
+
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, run {self.run_id}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink((self.out / LOCK).path)  # while still held: a waiting open() then sees a new file
+        os.close(self.fd)
+        self.fd = None
+
+
 class Commit:
     """Stage a run's outputs inside ``out`` and publish them only when all are written.
 
@@ -584,6 +648,7 @@ class Commit:
         self._created: list[Location] = []  # folders begin() made (abort removes them, deepest first)
         self._journal: Location | None = None  # set once publish() has decided the new result
         self.published = False  # the new result is in place (publish or abort finished it)
+        self._lock = OutLock(self.out, self.run_id)
 
     def check_target(self) -> None:
         """Refuse an output folder holding something else, unless ``overwrite`` (after finishing
@@ -593,12 +658,20 @@ class Commit:
         if not self.out.is_dir():
             raise BadInputError("exists and is not a folder", file=str(self.out), hint="Choose another --out")
         try:
+            self._check_target()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _check_target(self) -> None:
+        try:
+            self._lock.acquire()  # before settle: a live run's publish is its own to finish
             settle(self.out)
         except OSError as e:
             raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
                                 hint="Choose a folder you may write to for --out") from None
         entries = [p.name for p in self.out.iterdir()
-                   if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX))]
+                   if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) and p.name != LOCK]
         foreign = [e for e in entries if e not in OUTPUT_ENTRIES]
         if foreign and not self.overwrite:
             raise BadInputError(f"holds files that are not a pairwise-dask output ({', '.join(sorted(foreign)[:5])})",
@@ -655,6 +728,7 @@ class Commit:
         self._created = missing  # deepest first; set before mkdir, which may make some and then fail
         try:
             self.out.mkdir()
+            self._lock.acquire()
             settle(self.out)  # a half-done publish is finished, never cleared away with the leftovers
             for p in self.out.iterdir():
                 if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
@@ -677,6 +751,7 @@ class Commit:
             self._journal = trash
             _roll_forward(self.out, self.staging, trash, staged)
             self.published = True
+        self._lock.release()
 
     def abort(self) -> None:
         """Remove this run's staging folder and any folder :meth:`begin` created (if empty).
@@ -691,11 +766,13 @@ class Commit:
                     _roll_forward(self.out, self.staging, self._journal, json.loads(
                         (self._journal / JOURNAL).read_text())["entries"])
                     self.published = True
+            self._lock.release()
             return
         try:
             self.staging.rmtree()
         except OSError:  # a read-only or vanished output folder: nothing of ours to remove there
             pass
+        self._lock.release()  # before the folders begin() made are removed: the lock file is in OUT
         for p in self._created:
             try:
                 if not p.exists():  # never made: mkdir failed at it or below it

@@ -23,6 +23,13 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (no abort, no clean-up)."""
 
 
+def _die(c: pio.Commit) -> None:
+    """What the kernel does for a killed run: its lock is gone, its lock file stays."""
+    if c._lock.fd is not None:
+        os.close(c._lock.fd)
+        c._lock.fd = None
+
+
 def _write(root: Path, files: dict[str, str], fingerprint: str) -> None:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +94,7 @@ def test_a_publish_killed_between_any_two_renames_is_finished_by_the_next_comman
         with pytest.raises(Killed):
             c.publish()
             raise Killed()  # k = n: the renames all made, the kill lands before the clean-up
+        _die(c)
         monkeypatch.setattr(Location, "replace", real)
         # the previous result may be gone from view, but it is never the only copy that is lost:
         # the next command (here its first step, check_target) finishes the decided publish
@@ -154,6 +162,7 @@ def test_a_publish_killed_before_its_journal_is_whole_leaves_the_previous_result
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     c = _staged(out, previous=True)
+
     def killed(where: Location, text: str) -> None:
         Path(where.path).write_text(text[: len(text) // 2])  # half written, as a power cut may leave it
         raise Killed()
@@ -161,10 +170,60 @@ def test_a_publish_killed_before_its_journal_is_whole_leaves_the_previous_result
     monkeypatch.setattr(pio, "_write_durably", killed)
     with pytest.raises(Killed):
         c.publish()
+    _die(c)
     monkeypatch.undo()
-    pio.Commit(str(out), fingerprint="old", overwrite=False).check_target()  # the same job: accepted
-    assert _visible(out) == _complete(OLD, "old")
     nxt = pio.Commit(str(out), fingerprint="old", overwrite=False)
+    nxt.check_target()  # the same job: accepted
+    assert _visible(out) == _complete(OLD, "old")
     nxt.begin()  # clears the killed run's staging folder and its trash (which holds no journal)
     assert [p.name for p in out.iterdir() if p.name.startswith((pio.TRASH_PREFIX, pio.STAGING_PREFIX))] == \
         [nxt.staging.name]
+    nxt.abort()
+    assert _visible(out) == _complete(OLD, "old") and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused(tmp_path: Path) -> None:
+    """Two runs on one OUT (a scheduled run still going when the next starts) would clear each
+    other's staged outputs: the second is refused, naming the first; once that ends, it may go."""
+    out = tmp_path / "out"
+    first = _staged(out, previous=True)
+    second = pio.Commit(str(out), fingerprint="new", overwrite=True)
+    with pytest.raises(pio.BadInputError, match=r"is being written by another pairwise-dask run \(pid \d+"):
+        second.check_target()
+    fresh = pio.Commit(str(tmp_path / "new"), fingerprint="x", overwrite=False)
+    fresh.check_target()  # no folder yet: begin() takes the lock
+    fresh.begin()
+    with pytest.raises(pio.BadInputError, match="being written by another"):
+        pio.Commit(str(tmp_path / "new"), fingerprint="x", overwrite=False).begin()
+    fresh.abort()
+    assert not (tmp_path / "new").exists()  # the lock file went with the folder begin() made
+    first.publish()
+    assert not (out / pio.LOCK).exists()
+    second.check_target()
+    second.begin()
+    second.abort()
+    assert _visible(out) == _complete(NEW, "new")
+
+
+def test_a_killed_runs_lock_does_not_outlive_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = ("import sys, time; from pairwise_dask.io import Commit; "
+            f"c = Commit({str(out)!r}, fingerprint='f', overwrite=False); c.check_target(); c.begin(); "
+            "print('locked', flush=True); time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+        with pytest.raises(pio.BadInputError, match=f"pid {p.pid} on "):
+            pio.Commit(str(out), fingerprint="f", overwrite=False).check_target()
+    finally:
+        p.kill()
+        p.wait()
+    assert (out / pio.LOCK).exists()  # left behind, but no longer locked
+    c = pio.Commit(str(out), fingerprint="f", overwrite=False)
+    c.check_target()
+    c.begin()  # and clears the killed run's staging folder
+    assert [p.name for p in out.iterdir() if p.name.startswith(pio.STAGING_PREFIX)] == [c.staging.name]
+    c.abort()

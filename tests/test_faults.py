@@ -489,3 +489,26 @@ def test_out_of_memory_advice_names_the_cache_and_row_groups() -> None:
     on = killed_worker_message(e, s)
     assert "Dask workers died 3 times" in on and "--cache auto" in on and "row group" in on, on
     assert "--cache" not in killed_worker_message(e, s.replace(cache="auto"))
+
+
+@pytest.mark.cluster
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_goes_on(
+        small: Catalog, reference: dict[str, bytes], tmp_path: Path) -> None:
+    """A scheduled run started while the previous one still writes the same OUT used to clear
+    that run's staged outputs (its leftovers, to it): now it is refused in one line, naming the
+    running one, and the first run ends with its complete, exact result."""
+    out = tmp_path / "out"
+    job = _job(small, out, workers=1)
+    first = _start_run(job)
+    try:
+        _wait_for(lambda: MOMENTS["cluster up, pass 1"](out) or first.poll() is not None, "the first run to start")
+        assert first.poll() is None, "the first run ended before the second started"
+        second = run_cli("run", str(job), "--quiet", timeout=TIMEOUT)
+        assert second.returncode == 2, second.stderr
+        assert "is being written by another pairwise-dask run (pid" in second.stderr, second.stderr
+        rc, err = _finish(first)
+    finally:
+        kill_tree(first)
+    assert rc == 0, err
+    assert tree_bytes(out, "labels", "model", "disagreements") == reference
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
