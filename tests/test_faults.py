@@ -253,7 +253,8 @@ def _state(out: Path) -> str:
 @pytest.mark.parametrize("previous", [True, False], ids=["previous-result", "new-out"])
 def test_publish_killed_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
     """Interrupt publish() after each of its renames in turn: the folder holds the old result,
-    the new one, or none (no summary.json), never a mix; the next run clears what is left."""
+    the new one, or none (no summary.json), never a mix; the next run finishes the publish (its
+    journal was written before the first rename) and clears what is left."""
     real_replace = os.replace
     steps = 0
     while True:
@@ -283,9 +284,14 @@ def test_publish_killed_at_every_step(tmp_path: Path, monkeypatch: pytest.Monkey
         state = _state(out)
         # summary.json goes first (old result → none) and comes back last (none → new result)
         assert state == ("new" if finished else "old" if previous and steps == 0 else "none"), (steps, state)
-        # the next run starts by clearing staging and trash left by the killed one
+        if commit._lock.fd is not None:  # as the kernel does for a killed process (the file stays)
+            os.close(commit._lock.fd)
+            commit._lock.fd = None
+        # the next run starts by finishing the decided publish (io.settle: every rename here comes
+        # after the journal), then clears what else the killed one left
         nxt = pio.Commit(str(out), fingerprint="f", overwrite=False)
         nxt.check_target()
+        assert _state(out) == "new", steps
         nxt.begin()
         assert [p.name for p in out.iterdir() if p.name.startswith((pio.STAGING_PREFIX, pio.TRASH_PREFIX))] == \
             [nxt.staging.name]
