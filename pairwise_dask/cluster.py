@@ -39,7 +39,8 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _silent) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
-    With ``worker_malloc = "tuned"`` its workers get :class:`~pairwise_dask.allocator.TunedMalloc`.
+    With ``worker_malloc = "tuned"`` its workers get :class:`~pairwise_dask.allocator.TunedMalloc`
+    (thresholds, and a heap trim whenever a worker is paused or above its spill level).
     Workers the job did not start must run this very pairwise-dask (:func:`check_workers_code`)."""
     from distributed import Client, LocalCluster
 
