@@ -222,6 +222,12 @@ def lost_scheduler_message(e: Exception) -> str | None:
             "then run the same command again (a run starts over; nothing partial was kept)")
 
 
+def _file_error(e: Exception) -> bool:
+    """An OSError of a file operation (an errno of its own), not of Dask's network (its comm errors
+    and timeouts are OSErrors too)."""
+    return isinstance(e, OSError) and e.errno is not None and not isinstance(e, (ConnectionError, TimeoutError))
+
+
 def os_error_message(e: OSError) -> str:
     """One line for a file operation the system refused mid-run (a full disk, a quota, permissions
     changed under the run, a vanished mount)."""
@@ -297,8 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
 
         message = killed_worker_message(e, settings) if isinstance(e, KilledWorker) else \
-            os_error_message(e) if isinstance(e, OSError) and not isinstance(e, ConnectionError) else \
-            lost_scheduler_message(e)
+            lost_scheduler_message(e) or (os_error_message(e) if _file_error(e) else None)
         if message is None:
             raise
         print(f"pairwise-dask: error: {message}", file=sys.stderr)

@@ -625,8 +625,8 @@ def _first_bad_partition(c: Any, s: Settings, spec: Spec, parts: list, e: BadInp
     the failure path only, every partition is checked again (read and checked, no rotation or
     tourney) and the first one's error is raised, with how many partitions hold bad input.
     """
-    if e.column not in {s.id, s.label, *(col for _, col in s.views)} - {""} or e.row is None:
-        return e  # not a row of the items (a setting, a file, the classes): nothing to order
+    if e.column not in {s.id, s.label, *(col for _, col in s.views)} - {""}:
+        return e  # not about the items' rows (a setting, a file, the classes): nothing to order
     echo("Bad input found: checking every partition to name the first bad row …")
     try:
         spec_f = shared(spec)
