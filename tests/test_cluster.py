@@ -28,8 +28,9 @@ def _dask_cli() -> list[str]:
 
 
 @contextlib.contextmanager
-def _started_cluster(tmp_path: Path, *, nanny: bool = True, env: dict | None = None) -> Iterator[str]:
-    """Scheduler and two single-threaded workers as separate OS processes; always torn down."""
+def _started_cluster(tmp_path: Path, *, nanny: bool = True, env: dict | None = None, workers: int = 2,
+                     memory_limit: str = "2GiB") -> Iterator[str]:
+    """Scheduler and single-threaded workers as separate OS processes; always torn down."""
     sched_file = tmp_path / "scheduler.json"
     env = {**(os.environ if env is None else env),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -42,16 +43,16 @@ def _started_cluster(tmp_path: Path, *, nanny: bool = True, env: dict | None = N
             time.sleep(0.2)
         assert sched_file.exists(), "scheduler did not start"
         address = json.loads(sched_file.read_text())["address"]
-        for i in range(2):
+        for i in range(workers):
             with open(tmp_path / f"worker-{i}.log", "wb") as log:  # read when a test fails
                 procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host",
-                                               "127.0.0.1", "--no-dashboard", "--memory-limit", "2GiB",
+                                               "127.0.0.1", "--no-dashboard", "--memory-limit", memory_limit,
                                                *([] if nanny else ["--no-nanny"])],
                                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         from distributed import Client
 
         with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
+            c.wait_for_workers(workers, timeout=60)
         yield address
     finally:
         for p in reversed(procs):

@@ -5,18 +5,13 @@ Without the trimming callback (pairwise_dask.allocator.trim_if_high) the worker 
 paused with a few hundred MiB of free heap for ever, as a worker of the 800 MB repro did."""
 from __future__ import annotations
 
-import json
-import os
 import platform
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from catalogs import REPO
-from test_cluster import _dask_cli
+from test_cluster import _started_cluster
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -25,7 +20,7 @@ pytestmark = [pytest.mark.cluster,
 LIMIT = 1 << 30  # the worker's memory limit: spill (trim) at 70 %, pause at 80 %
 
 
-def test_a_paused_worker_with_a_tuned_heap_is_trimmed_and_resumes(tmp_path):
+def test_a_paused_worker_with_a_tuned_heap_is_trimmed_and_resumes(tmp_path: Path) -> None:
     from distributed import Client
 
     from pairwise_dask.allocator import TunedMalloc, tune_workers
@@ -60,24 +55,9 @@ def test_a_paused_worker_with_a_tuned_heap_is_trimmed_and_resumes(tmp_path):
         get_worker()._test_heap_pins = small  # they outlive the task, as a worker's long-lived objects do
         return mallinfo2().fordblks
 
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    procs = [subprocess.Popen([*_dask_cli(), "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-    try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
-        # no nanny: its 95 % kill would end the test's worker instead of leaving it paused
-        with open(tmp_path / "worker.log", "wb") as log:
-            procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host",
-                                           "127.0.0.1", "--no-dashboard", "--no-nanny",
-                                           "--memory-limit", str(LIMIT)],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    # no nanny: its 95 % kill would end the test's worker instead of leaving it paused
+    with _started_cluster(tmp_path, nanny=False, workers=1, memory_limit=str(LIMIT)) as address:
         with Client(address, timeout="30s") as c:
-            c.wait_for_workers(1, timeout=60)
             tune_workers(c)
             assert all(c.run(lambda dask_worker: TunedMalloc.name in dask_worker.plugins).values())
             (rss0, _), = c.run(_rss).values()
@@ -96,10 +76,3 @@ def test_a_paused_worker_with_a_tuned_heap_is_trimmed_and_resumes(tmp_path):
                 f"{free >> 20} MiB free in its heap")
             # and it runs tasks again
             assert c.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
-    finally:
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
