@@ -11,6 +11,10 @@
 ``fit`` makes one statistics pass (per-partition moments, tree reduction) and computes it once;
 ``partial_fit`` adds further items' moments exactly; ``predict`` is ``map_partitions`` with an
 explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
+``fit`` and ``partial_fit`` run under one BLAS thread, so a model is a run's bit for bit; the
+frame ``predict`` returns is computed wherever Dask runs it (a distributed ``Client``'s worker
+processes are set to one BLAS thread; in this process, compute it under
+``threadpoolctl.threadpool_limits(1)`` for margins bit for bit a run's).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
 from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of
 from .moments import Moments
 from .storage import Location
+from .threads import one_thread, pin_workers
 from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, model_method
 from .passes import (played_form, Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
@@ -89,10 +94,9 @@ class PairwiseLabeler:
         self.model_: FittedModel | None = None
 
     def _tune_workers(self) -> None:
-        """``worker_malloc = "tuned"``: the workers of the active distributed ``Client``, if any, get
-        :class:`~pairwise_dask.allocator.TunedMalloc` (as the job's do)."""
-        if self.worker_malloc != "tuned":
-            return
+        """The workers of the active distributed ``Client``, if any, get one-thread BLAS
+        (:class:`~pairwise_dask.threads.OneThreadBLAS`) and, with ``worker_malloc = "tuned"``,
+        :class:`~pairwise_dask.allocator.TunedMalloc`, as the job's do."""
         from distributed import default_client
 
         from .allocator import tune_workers
@@ -101,7 +105,9 @@ class PairwiseLabeler:
             client = default_client()
         except ValueError:  # no Client: a local scheduler, the user's own process
             return
-        tune_workers(client)
+        pin_workers(client)
+        if self.worker_malloc == "tuned":
+            tune_workers(client)
 
     # --- fitting ---------------------------------------------------------------------------
     def _class_set(self) -> ClassSet:
@@ -214,6 +220,10 @@ class PairwiseLabeler:
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
         """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        with one_thread():  # the basis, moments and masks round as a job's (see threads.py)
+            return self._fit(ddf)
+
+    def _fit(self, ddf: Any) -> "PairwiseLabeler":
         self._check_frame(ddf, label=True)
         self._tune_workers()
         self.model_ = None
@@ -235,6 +245,10 @@ class PairwiseLabeler:
         """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
         if self.model_ is None:
             return self.fit(ddf)
+        with one_thread():
+            return self._partial_fit(ddf)
+
+    def _partial_fit(self, ddf: Any) -> "PairwiseLabeler":
         self._check_frame(ddf, label=True)
         self._check_update()
         self._tune_workers()

@@ -43,6 +43,7 @@ from .passes import (played_form, Histograms, PairSet, RemoteMasks, pairs_partit
                      with_remote)
 from .tourney import gathers
 from .cluster import connect
+from .threads import one_thread
 
 SPLIT_EVERY = 8
 #: the disagreement reasons in the order the summary lists them (the review list's: passes.review_order)
@@ -576,7 +577,9 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
     timings["check"] = time.perf_counter() - t_start
     try:
         staging = commit.begin()
-        with connect(s, client, echo) as c:
+        # one BLAS thread here too while the run lasts: the driver's products, and workers inside
+        # this process, round as the workers' do (threads.OneThreadBLAS pins those processes)
+        with one_thread(), connect(s, client, echo) as c:
             echo(f"Dask dashboard: {c.dashboard_link}")
             parts = item_parts(s, prep.info)
             workers = len(c.scheduler_info().get("workers", {}))

@@ -7,12 +7,14 @@ cores, and a sweep found such a cluster's ``model/rotation.parquet`` and margins
 last bits from a LocalCluster's. :class:`OneThreadBLAS` sets BLAS to one thread in every worker
 process, present and future, through ``threadpoolctl`` (setting the variables after BLAS is loaded
 does nothing). Workers inside the caller's own process (``Client(processes=False)``) are left
-alone: the limit would outlive the job there; :func:`loose_workers` names them.
+alone, since the limit would outlive the job there; :func:`one_thread` covers them, and the
+driver's own products, while a run lasts.
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 from distributed import WorkerPlugin
 
@@ -25,6 +27,17 @@ def one_thread_blas() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)  # not as a context: the limit stays until the process ends
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """BLAS on one thread in this process while the block runs, then as it was: the driver's own
+    products (the prompts' rotation, an estimator's basis) and tasks that workers inside this
+    process run must round as a one-thread worker's do."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def blas_threads() -> int:

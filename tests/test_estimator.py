@@ -220,3 +220,24 @@ def test_partial_fit_refuses_what_update_refuses(client, tmp_path):
     assert lab.masks_table().equals(before)
     # the model's own options: accepted
     PairwiseLabeler.load(tmp_path / "plain" / "model").partial_fit(items)
+
+
+def test_estimator_fit_in_this_process_rounds_as_the_job(client, tmp_path):
+    """With no distributed Client the estimator computes in this process, whose BLAS may use
+    several threads: a docs sweep found its PCA basis, moments and masks differing from a run's on
+    the same items. fit now runs under one BLAS thread, as the job's workers do."""
+    import dask
+    from threadpoolctl import threadpool_limits
+
+    from catalogs import REPO
+
+    data = REPO / "jobs" / "demo-data"
+    cat = {"items": str(data / "items.parquet"), "classes": str(data / "classes.parquet"),
+           "views": (("a", "emb_a"), ("b", "emb_b")), "label": "label"}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out")}), client=client)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    with threadpool_limits(limits=2), dask.config.set(scheduler="threads"):  # BLAS may thread here
+        lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label").fit(items)
+    lab.save(tmp_path / "est")
+    for name in ("rotation.parquet", "moments.parquet", "masks.parquet"):
+        assert pq.read_table(tmp_path / "est" / name).equals(pq.read_table(tmp_path / "out" / "model" / name)), name
