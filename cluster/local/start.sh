@@ -13,7 +13,7 @@ usage() {
 usage: $(basename "$0") [options]
   -n, --workers N         worker processes (default 2)
   -t, --threads N         threads per worker (default 1: the job's NumPy work is one block per task)
-  -m, --memory-limit M    memory per worker, e.g. 4GiB (default: the machine's memory / N)
+  -m, --memory-limit M    memory per worker, e.g. 4GiB (default: 90% of the machine's memory / N)
   -p, --port P            scheduler port (default 8786; 0 picks a free one)
       --dashboard-port P  dashboard port (default 8787; 0 picks a free one)
   -d, --dir DIR           where the scheduler file, pids and logs go
