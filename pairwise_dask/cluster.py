@@ -177,24 +177,17 @@ def _vet_workers(c: Any, s: Settings, echo: Callable[[str], None]) -> None:
     one thread."""
     wait_for_a_worker(c, s.worker_wait, echo)
     check_workers_code(c)
-    one_thread_blas(c, echo)
+    one_thread_blas(c)
 
 
-def one_thread_blas(c: Any, echo: Callable[[str], None]) -> None:
+def one_thread_blas(c: Any) -> None:
     """BLAS on one thread in every worker process (:class:`~pairwise_dask.threads.OneThreadBLAS`):
     a product's float rounding can depend on the thread count, and ``dask worker --no-nanny``
-    leaves BLAS on every core (a nanny sets one thread). Workers in this very process keep this
-    process's setting; say so when that is several threads."""
-    from .threads import loose_workers, pin_workers
+    leaves BLAS on every core (a nanny sets one thread). Workers inside this process are covered
+    by the run's own :func:`~pairwise_dask.threads.one_thread`."""
+    from .threads import pin_workers
 
     pin_workers(c)
-    loose = loose_workers(c)
-    if loose:
-        w, n = next(iter(loose.items()))
-        echo(f"  warning    {len(loose)} of {len(c.scheduler_info().get('workers', {}))} Dask workers (e.g. {w}) "
-             f"run in this process, whose BLAS uses {n} threads: their products may round otherwise than "
-             "one-thread workers', so outputs can differ in the last bits from other clusters'. Use worker "
-             "processes, or start Python with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1")
 
 
 def _by_value(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -73,8 +73,3 @@ class OneThreadBLAS(WorkerPlugin):
 def pin_workers(client: Any) -> None:
     """Register :class:`OneThreadBLAS` with ``client``'s cluster (idempotent: one plugin by name)."""
     client.register_plugin(OneThreadBLAS(), name=OneThreadBLAS.name)
-
-
-def loose_workers(client: Any) -> dict[str, int]:
-    """Workers whose BLAS may still use several threads (those in the caller's process), with how many."""
-    return {w: n for w, n in client.run(blas_threads).items() if n > 1}

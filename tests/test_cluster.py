@@ -150,24 +150,32 @@ def test_no_nanny_workers_run_blas_on_one_thread_and_give_a_local_clusters_bytes
             assert pq.read_table(f).equals(theirs), f"{f.relative_to(tmp_path)} differs"
 
 
-def test_workers_in_this_process_keep_its_blas_and_get_a_warning() -> None:
-    """Workers of a ``Client(processes=False)`` are this very process: a one-thread limit would
-    outlive the job there, so the job leaves it and says that its products may round otherwise."""
+def test_workers_in_this_process_run_on_one_blas_thread_while_a_run_lasts(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers of a ``Client(processes=False)`` are this very process: a lasting one-thread limit
+    would outlive the job there, so the run holds it while it lasts and sets BLAS back after."""
     from distributed import Client, LocalCluster
     from threadpoolctl import threadpool_limits
 
-    from pairwise_dask.cluster import one_thread_blas
+    from fixtures import make_catalog
+    from pairwise_dask import job
     from pairwise_dask.threads import blas_threads
 
-    said: list[str] = []
+    log = tmp_path / "blas-threads.txt"
+    real = job._label_and_write
+
+    def counting(*args, **kwargs):  # runs in this process's worker threads (sent as a copy: a file)
+        with open(log, "a") as f:
+            f.write(f"{blas_threads()}\n")
+        return real(*args, **kwargs)
+
+    cat = make_catalog(tmp_path / "data")
     with threadpool_limits(limits=2), LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as c:
         if blas_threads() < 2:
             pytest.skip("this BLAS cannot use two threads here")
-        one_thread_blas(c, said.append)
-        assert blas_threads() == 2  # left as it was
-        assert len(said) == 1 and "run in this process, whose BLAS uses 2 threads" in said[0], said
-        assert "OMP_NUM_THREADS=1" in said[0]
-        with threadpool_limits(limits=1):
-            one_thread_blas(c, said.append)
-        assert len(said) == 1
+        monkeypatch.setattr(job, "_label_and_write", counting)  # the name the tourney pass uses
+        job.run(cat.settings(tmp_path / "out"), client=c)
+        seen = log.read_text().split()
+        assert seen and set(seen) == {"1"}, seen
+        assert blas_threads() == 2  # set back
