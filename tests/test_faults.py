@@ -518,3 +518,19 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_goes_on(
     assert rc == 0, err
     assert tree_bytes(out, "labels", "model", "disagreements") == reference
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_only_file_errors_get_the_file_error_message() -> None:
+    """Dask's comm errors and timeouts are OSErrors too: a lost scheduler must keep its own message,
+    not be called a refused file operation."""
+    import errno
+
+    from distributed.comm.core import CommClosedError
+
+    from pairwise_dask.cli import _file_error, lost_scheduler_message
+
+    assert _file_error(OSError(errno.ENOSPC, "No space left on device", "/out/x"))
+    assert not _file_error(CommClosedError("in <TCP>: Stream is closed"))
+    assert not _file_error(TimeoutError("Timed out trying to connect"))
+    assert not _file_error(OSError("Timed out during handshake"))  # no errno: a network message
+    assert lost_scheduler_message(CommClosedError("closed")) is not None
