@@ -589,6 +589,7 @@ class OutLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                holder = ""
                 with contextlib.suppress(OSError):
                     holder = open(path, encoding="utf-8").read().strip()
                 raise BadInputError("is being written by another pairwise-dask run"
