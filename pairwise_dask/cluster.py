@@ -7,6 +7,8 @@ import contextlib
 import logging
 from typing import Any, Callable, Iterator
 
+from distributed import WorkerPlugin
+
 from .config import Settings
 from .errors import BadInputError
 
@@ -36,6 +38,22 @@ def _quiet_bad_input_logs() -> None:  # runs in each worker process
         log.addFilter(_DropBadInputLogs())
 
 
+class CtrlCToTheDriver(WorkerPlugin):
+    """A worker plugin for the job's own LocalCluster only: its workers ignore SIGINT. A Ctrl-C at
+    a terminal goes to the whole process group, and each worker printed its own
+    ``KeyboardInterrupt`` traceback before the run's one line; the run, which gets it too, closes
+    them itself. (Workers the job did not start keep their Ctrl-C.)"""
+
+    name = "pairwise-dask-ctrl-c"
+
+    def setup(self, worker: Any) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # a worker's loop runs there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _silent) -> Iterator[Any]:
     """The given client; else one to ``s.scheduler``; else a multi-process ``LocalCluster``.
@@ -60,6 +78,7 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
                 memory_limit=s.memory_limit, silence_logs=logging.ERROR, dashboard_address=":0"))
             client = stack.enter_context(Client(cluster))
             client.run(_quiet_bad_input_logs)  # our own workers share our stderr
+            client.register_plugin(CtrlCToTheDriver(), name=CtrlCToTheDriver.name)
         else:
             _vet_workers(client, s, echo)
         if memory and any(not a.startswith("inproc://") for a in client.scheduler_info().get("workers", {})):

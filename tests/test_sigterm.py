@@ -41,3 +41,28 @@ def test_sigterm_removes_the_staged_outputs(small: Catalog, reference: dict[str,
     res = run_cli("run", str(job), "--quiet", "--overwrite", timeout=TIMEOUT)
     assert res.returncode == 0, res.stderr
     assert tree_bytes(out, "labels", "model", "disagreements") == reference
+
+
+@pytest.mark.cluster
+def test_ctrl_c_at_a_terminal_gives_one_line(small: Catalog, reference_out: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A terminal's Ctrl-C goes to the whole process group, the LocalCluster's workers included:
+    each printed its own KeyboardInterrupt traceback before the run's line. They ignore it now
+    (cluster.CtrlCToTheDriver); the run stops them, and the folder is as it was."""
+    import os
+
+    out = tmp_path / "out"
+    shutil.copytree(reference_out, out)
+    before = snapshot(out)
+    run = _start_run(_job(small, out, workers=1))  # its own session: a process group, as at a terminal
+    try:
+        _wait_for(lambda: MOMENTS["pass 2 writing labels"](out) or run.poll() is not None, "pass 2")
+        assert run.poll() is None, "the job ended before pass 2 was seen"
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=TIMEOUT)
+    finally:
+        kill_tree(run)
+    text = err.decode()
+    assert run.returncode == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert text.strip().splitlines()[-1] == "pairwise-dask: interrupted; the output folder was left as it was"
+    assert snapshot(out) == before
