@@ -24,6 +24,7 @@ PROCESS = uuid.uuid4().hex
 
 def one_thread_blas() -> None:
     """Limit every BLAS and OpenMP pool loaded in this process to one thread, for its lifetime."""
+    import numpy  # noqa: F401 - threadpoolctl limits only the libraries loaded: NumPy's BLAS first
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)  # not as a context: the limit stays until the process ends
