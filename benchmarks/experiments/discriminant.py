@@ -344,18 +344,22 @@ def class_distance(x: np.ndarray, mom: Moments, c: np.ndarray, shrink: float) ->
     return ((x64 * x64) @ iv.T - 2 * x64 @ (mu * iv).T + (mu * mu * iv).sum(1)[None, :]) / x.shape[1]
 
 
+def _top2_pair(fused: np.ndarray, pairs: np.ndarray, k: int) -> np.ndarray:
+    """Session 13: per item, the index of the pair made of its two best classes (by class score)."""
+    sc = class_scores(fused, pairs, k)
+    top2 = np.argpartition(-sc, 1, axis=1)[:, :2]
+    pid = np.full((k, k), -1)
+    pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
+    return pid[top2.min(1), top2.max(1)]
+
+
 def low_density_shift(fused: np.ndarray, pairs: np.ndarray, k: int, deltas: dict, *, nmin: int = 40,
                       bw: float = 0.3, wmax: float = 1.0) -> np.ndarray:
     """Session 13: per pair (a, b), the position of the density minimum of the fused a-vs-b margin
     among the items whose two best classes are a and b (cluster assumption: the boundary belongs
     in a low-density gap). Margins are in within-class std units (class means near ±Δ/2); the
     search is in ±min(wmax, Δ/4); a minimum on the window's edge (no valley) gives no shift."""
-    sc = class_scores(fused, pairs, k)
-    top2 = np.argpartition(-sc, 1, axis=1)[:, :2]
-    lo, hi = top2.min(1), top2.max(1)
-    pid = np.full((k, k), -1)
-    pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-    item_pair = pid[lo, hi]
+    item_pair = _top2_pair(fused, pairs, k)
     dbar = sum(deltas.values()) / len(deltas) if deltas else np.full(len(pairs), 4.0)
     shift = np.zeros(len(pairs), np.float32)
     for p in range(len(pairs)):
@@ -406,12 +410,7 @@ def pair_gmm_shift(fused: np.ndarray, pairs: np.ndarray, k: int, deltas: dict, *
     a-vs-b margins of the items whose two best classes are a and b (started at ±Δ/2, σ = 1: the
     margins are in within-class std units); the pair's threshold moved to the fitted mixture's
     Bayes point (local class proportions, no global counts). Degenerate fits give no shift."""
-    sc = class_scores(fused, pairs, k)
-    top2 = np.argpartition(-sc, 1, axis=1)[:, :2]
-    lo, hi = top2.min(1), top2.max(1)
-    pid = np.full((k, k), -1)
-    pid[pairs[:, 0], pairs[:, 1]] = np.arange(len(pairs))
-    item_pair = pid[lo, hi]
+    item_pair = _top2_pair(fused, pairs, k)
     dbar = sum(deltas.values()) / len(deltas)
     shift = np.zeros(len(pairs), np.float32)
     for p in range(len(pairs)):
