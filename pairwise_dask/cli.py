@@ -10,7 +10,7 @@ import threading
 from typing import Any, Sequence
 
 from .config import OPTIONS, Settings, check_model_method, load_settings, model_method, parse_views, read_job_file
-from .errors import COMMAND_LINE, BadInputError
+from .errors import COMMAND_LINE, BadInputError, NoWorkersError
 
 EXAMPLES = """\
 examples:
@@ -299,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
+    except NoWorkersError as e:
+        print(f"pairwise-dask: error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
 

@@ -160,9 +160,10 @@ OPTIONS: tuple[Option, ...] = (
            _rotate_dims_check),
     Option("scheduler", "cluster", str, "", "address of a running Dask scheduler (tcp://host:8786); "
            "empty: start a LocalCluster"),
-    Option("worker_wait", "cluster", float, 0.0, "with a scheduler that has no worker yet: seconds to wait "
-           "for one before starting, then give up (0: start at once and let the tasks wait, as an adaptive "
-           "cluster needs: it starts workers when tasks arrive)", _range(0, None)),
+    Option("worker_wait", "cluster", float, 0.0, "with a scheduler that has no worker (before the run, or "
+           "when every worker has left mid-run): seconds to wait for one, then give up and keep nothing (0: "
+           "let the tasks wait as long as it takes, as an adaptive cluster needs: it starts workers when tasks "
+           "arrive)", _range(0, None)),
     Option("workers", "cluster", int, 2, "LocalCluster worker processes", _range(1, 1024)),
     Option("threads_per_worker", "cluster", int, 1, "LocalCluster threads per worker", _range(1, 1024)),
     Option("memory_limit", "cluster", str, "auto", "LocalCluster memory limit per worker (e.g. 4GiB, or "

@@ -45,3 +45,8 @@ class BadInputError(ValueError):
 
 def _rebuild(what, file, column, row, hint) -> "BadInputError":
     return BadInputError(what, file=file, column=column, row=row, hint=hint)
+
+
+class NoWorkersError(RuntimeError):
+    """Every Dask worker of a cluster the job did not start left during a run, and none joined
+    within ``worker_wait`` seconds (:class:`~pairwise_dask.watch.WorkerWatch`); nothing was kept."""

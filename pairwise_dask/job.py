@@ -44,6 +44,7 @@ from .passes import (played_form, Histograms, PairSet, RemoteMasks, pairs_partit
 from .tourney import gathers
 from .cluster import connect
 from .threads import one_thread
+from .watch import WorkerWatch
 
 SPLIT_EVERY = 8
 #: the disagreement reasons in the order the summary lists them (the review list's: passes.review_order)
@@ -586,8 +587,12 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
                  f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
                  f"{workers} workers")
+            # a cluster the job did not start can lose every worker mid-run: say so, and with
+            # worker_wait > 0 give up after that long rather than wait for ever
+            watch = WorkerWatch(c, s.worker_wait, echo) if client is not None or s.scheduler else None
             try:
-                summary = body(c, parts, staging, timings)
+                with watch or contextlib.nullcontext():
+                    summary = body(c, parts, staging, timings)
                 cluster = {"scheduler": s.scheduler or (c.scheduler.address if client is not None else "LocalCluster"),
                            "workers": workers, "workers_at_end": len(c.scheduler_info().get("workers", {}))}
                 summary = _frame(s, prep, len(parts), cluster, timings, commit.run_id) | summary
@@ -608,6 +613,8 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
                 raise _with_items_file(_first_bad_partition(c, s, prep.spec, parts, e, echo), s, prep.info) from None
             except BaseException:
                 commit.abort()
+                if watch is not None and watch.gave_up:  # what the run waited on was cancelled for it
+                    raise watch.error() from None
                 raise
     except BaseException as e:
         # again, after our own LocalCluster is closed: a label task still writing its part when

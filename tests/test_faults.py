@@ -461,6 +461,37 @@ def test_scheduler_lost_mid_run_gets_one_message(big: Catalog, dask_procs: DaskP
     assert not (out / "summary.json").exists() and not (out / "labels").exists()
 
 
+@pytest.mark.cluster
+def test_every_worker_gone_mid_run_gives_up_after_worker_wait(big: Catalog, dask_procs: DaskProcesses,
+                                                              tmp_path: Path) -> None:
+    """The only worker SIGKILLed during pass 2 and none joining: the run used to wait for ever.
+    With --worker-wait 3 it says that every worker left, gives up 3 s later with one line (exit 1)
+    and keeps nothing."""
+    addr = dask_procs.start_scheduler()
+    dask_procs.start_worker()
+    dask_procs.wait_for_workers(1)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "pairwise_dask.cli", "run", str(_job(big, out)),
+                            "--scheduler", addr, "--worker-wait", "3"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True)
+    try:
+        _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
+        assert run.poll() is None, "the job ended before the kill"
+        kill_tree(dask_procs.workers[0])
+        stdout, err = run.communicate(timeout=TIMEOUT)  # the bound on a hang, not a speed check
+    finally:
+        kill_tree(run)
+    stdout, err = stdout.decode(), err.decode()
+    errors = [ln for ln in err.splitlines() if ln.startswith("pairwise-dask:")]
+    assert run.returncode == 1 and len(errors) == 1, err
+    assert err.rstrip().splitlines()[-1] == errors[0]
+    assert "every Dask worker left the scheduler" in errors[0] and "within 3 s" in errors[0], errors[0]
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    assert f"Every Dask worker left the scheduler at {addr}: the run waits up to 3 s" in stdout, stdout
+    assert not (out / "summary.json").exists() and not (out / "labels").exists()
+    assert not [p for p in out.iterdir() if p.name != ".pairwise-lock"] if out.exists() else True
+
+
 def test_a_full_disk_gets_one_message(small: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture) -> None:
     """An OSError mid-run (here the disk filling up as the review list is written) was a raw
