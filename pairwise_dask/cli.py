@@ -256,7 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_pack(ns)
     quiet = ns.quiet or ns.json
     settings: Settings | None = None
-    echo = (lambda _m: None) if quiet else (lambda m: print(m, flush=True))
+    bars = not quiet and sys.stdout.isatty()  # progress bars redraw a line: not for logs and pipes
+
+    def echo(m: str) -> None:
+        if quiet:
+            return
+        # a message from another thread (the worker watch) can come while a bar is drawn: own line
+        side = bars and threading.current_thread() is not threading.main_thread()
+        print(("\n" if side else "") + m, flush=True)
     try:
         overrides = _overrides(ns)
         model = getattr(ns, "model", None)
@@ -280,7 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_model_method(settings, params, ns.command)
         from . import job
 
-        bars = not quiet and sys.stdout.isatty()  # progress bars redraw a line: not for logs and pipes
         # signal handlers can only be set in the main thread (main() may be called from another)
         previous = signal.signal(signal.SIGTERM, _on_sigterm) \
             if threading.current_thread() is threading.main_thread() else None
