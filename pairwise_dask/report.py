@@ -212,6 +212,11 @@ def _short(name: str, n: int = NAME_CHARS) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
+def _items(n: int) -> str:
+    """"1 item", "2,178 items"."""
+    return f"{n:,} item" + ("" if n == 1 else "s")
+
+
 def _f(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -280,7 +285,7 @@ def _heatmap(conf: np.ndarray, names: tuple[str, ...], shown: np.ndarray, title:
             out.append(f'<rect x="{x0 + j * cell}" y="{y}" width="{cell}" height="{cell}" '
                        f'fill="{_colour(math.sqrt(s))}"{" class=diag" if i == j else ""}><title>'
                        f'{_e(row_title)} {_e(names[r])} → {_e(col_title)} {_e(names[c])}: '
-                       f'{int(sub[i, j]):,} items ({s:.0%} of the row)</title></rect>')
+                       f'{_items(int(sub[i, j]))} ({s:.0%} of the row)</title></rect>')
     out.append(f'<rect x="{x0}" y="{y0}" width="{n * cell}" height="{n * cell}" fill="none" stroke="#cbd5e1"/>')
     out.append(f'<text class="axis" x="{x0}" y="{y0 + n * cell + 22}">'
                f'rows: {_e(row_title)} · columns: {_e(col_title)}</text>')
@@ -322,7 +327,7 @@ def _class_bars(base: np.ndarray, tourney: np.ndarray, support: np.ndarray, name
     for i, c in enumerate(order):
         y = 30 + i * row_h
         b, t = float(base[c]), float(tourney[c])
-        out.append(f'<g><title>{_e(names[c])}: base {_f(b)} → tourney {_f(t)} ({int(support[c]):,} items)</title>'
+        out.append(f'<g><title>{_e(names[c])}: base {_f(b)} → tourney {_f(t)} ({_items(int(support[c]))})</title>'
                    f'<text class="tick" x="{label_w - 8}" y="{y + 14}" text-anchor="end">{_e(_short(names[c]))}</text>'
                    f'<rect x="{label_w}" y="{y + 2}" width="{np.nan_to_num(b) * bar_w:.1f}" height="9" fill="{BASE_COLOUR}"/>'
                    f'<rect x="{label_w}" y="{y + 12}" width="{np.nan_to_num(t) * bar_w:.1f}" height="9" fill="{TOURNEY_COLOUR}"/>')
@@ -361,7 +366,7 @@ def _histogram(counts: np.ndarray, view: str, margin_max: float = MARGIN_MAX, un
             bh = c / ymax * ph
             y -= bh
             out.append(f'<rect x="{left + i * bw + 0.5:.1f}" y="{y:.1f}" width="{bw - 1:.1f}" height="{bh:.1f}" '
-                       f'fill="{colour}"><title>margin {rng}, {what}: {c:,} items</title></rect>')
+                       f'fill="{colour}"><title>margin {rng}, {what}: {_items(c)}</title></rect>')
     for t in (0, 0.25, 0.5, 0.75, 1.0):
         x = left + t * pw
         lab = f"≥{t * margin_max:g}" if t == 1.0 else f"{t * margin_max:g}"
