@@ -46,7 +46,7 @@ class WorkerWatch:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=5)  # a question to a lost scheduler may hang: the thread is a daemon
 
     @property
     def address(self) -> str:
