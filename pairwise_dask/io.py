@@ -513,22 +513,47 @@ def _write_durably(where: Location, text: str) -> None:
         os.fsync(f.fileno())
 
 
+def _moved_in(trash: Location, entry: str) -> Location:
+    """The mark an object store's move of ``entry`` into ``out`` leaves once its copy is whole."""
+    return trash / f"moved-in.{entry}"
+
+
+def _move_in(src: Location, dst: Location, mark: Location) -> None:
+    """A staged entry into ``out``: locally one atomic rename. On an object store a move is a copy
+    and a delete, and a run killed during the delete left a partial source that the next roll
+    forward took for a move still to make (it then replaced the whole copy by the partial source):
+    so the copy is marked whole before its source is deleted."""
+    if src.local:
+        src.replace(dst)
+        return
+    if dst.exists():
+        dst.rmtree()  # a copy that a kill cut short
+    src.copy_to(dst)
+    _write_durably(mark, "")
+    src.rmtree()
+
+
 def _roll_forward(out: Location, staging: Location, trash: Location, staged: list[str]) -> None:
     """Move ``staging``'s entries into ``out`` and the previous ones into ``trash``, ``summary.json``
     away first and into place last; from any state a killed run of this same function left."""
     summary = out / "summary.json"
+
+    def in_place(e: str) -> bool:  # the new entry is whole in out already
+        return not (staging / e).exists() or _moved_in(trash, e).exists()
+
     if (staging / "summary.json").exists():  # else the new one is in place already
         if summary.exists():
             summary.replace(trash / "summary.json")
             trash.fsync_dir()
         for e in OUTPUT_ENTRIES:
-            if e == "summary.json" or (e in staged and not (staging / e).exists()):
-                continue  # the new entry is in place already
-            if (out / e).exists():
+            if e == "summary.json" or (e in staged and in_place(e)):
+                continue
+            if (out / e).exists():  # the previous entry, or a copy of the new one a kill cut short
+                (trash / e).rmtree()  # (what a killed move of it left there: trash, but not to nest into)
                 (out / e).replace(trash / e)
         for e in staged:
-            if (staging / e).exists():
-                (staging / e).replace(out / e)
+            if not in_place(e):
+                _move_in(staging / e, out / e, _moved_in(trash, e))
         out.fsync_dir()
         (staging / "summary.json").replace(summary)
         out.fsync_dir()

@@ -142,6 +142,10 @@ class Location:
         else:
             self.fs.mv(self.path, target.path, recursive=True)
 
+    def copy_to(self, target: "Location") -> None:
+        """Copy this file or folder to ``target`` (which must not exist)."""
+        self.fs.copy(self.path, target.path, recursive=True)
+
     def fsync_dir(self) -> None:
         """Make renames in this local folder durable (no-op elsewhere)."""
         if not self.local:
