@@ -119,7 +119,7 @@ class PairwiseLabeler:
         return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
 
     def _spec(self, classes: ClassSet, masks: Mapping[str, PairMasks] | None = None) -> Spec:
-        from .job import with_rotation
+        from .steps import with_rotation
 
         # a model fitted by the job with a quantile filter (cos_quantile / diff_quantile) keeps its
         # per-class thresholds and per-pair sets: partial_fit must select the new items' sets as they did
@@ -136,7 +136,7 @@ class PairwiseLabeler:
         the keep sample, as the job's)."""
         from dask import delayed
 
-        from .job import tree_reduce
+        from .steps import tree_reduce
         from .rotation import sample_below
 
         spec_d = delayed(spec, pure=True)
@@ -149,7 +149,7 @@ class PairwiseLabeler:
         """``rotate = pca``: every view's principal axes, from one pass of exact Grams (as the job)."""
         from dask import delayed
 
-        from .job import tree_reduce
+        from .steps import tree_reduce
         from .rotation import rotation_from_gram, sample_below, truncate
 
         self.rotation_ = {}
@@ -161,7 +161,7 @@ class PairwiseLabeler:
     def _statistics(self, ddf: Any, spec: Spec) -> Statistics:
         from dask import delayed
 
-        from .job import tree_reduce
+        from .steps import tree_reduce
 
         spec_d = delayed(spec, pure=True)  # one copy in the graph, not one per task
         parts = ddf.to_delayed()
@@ -178,7 +178,7 @@ class PairwiseLabeler:
 
     def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool,
                refined: bool = False) -> dict[str, PairMasks]:
-        # as job.fit_pair_masks: the first round of a refined fit stays cosine
+        # as steps.fit_pair_masks: the first round of a refined fit stays cosine
         decision = (self.decision if (refined or self.refine == 0 or self.fit_on == "annotation")
                     else "cosine")
         return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
@@ -234,7 +234,7 @@ class PairwiseLabeler:
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes), rows) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
         self._refit(classes, stats.moments, stats.rows)
-        for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as job.refine_rounds
+        for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as steps.refine_rounds
             spec = replace(self._spec(classes), masks=self.model_.masks)
             spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec, rows))
             moments = self._statistics(ddf, spec).moments

@@ -158,11 +158,11 @@ def test_workers_in_this_process_run_on_one_blas_thread_while_a_run_lasts(tmp_pa
     from threadpoolctl import threadpool_limits
 
     from fixtures import make_catalog
-    from pairwise_dask import job
+    from pairwise_dask import job, steps
     from pairwise_dask.threads import blas_threads
 
     log = tmp_path / "blas-threads.txt"
-    real = job._label_and_write
+    real = steps._label_and_write
 
     def counting(*args, **kwargs):  # runs in this process's worker threads (sent as a copy: a file)
         with open(log, "a") as f:
@@ -174,7 +174,7 @@ def test_workers_in_this_process_run_on_one_blas_thread_while_a_run_lasts(tmp_pa
             Client(lc) as c:
         if blas_threads() < 2:
             pytest.skip("this BLAS cannot use two threads here")
-        monkeypatch.setattr(job, "_label_and_write", counting)  # the name the tourney pass uses
+        monkeypatch.setattr(steps, "_label_and_write", counting)  # the name the tourney pass uses
         job.run(cat.settings(tmp_path / "out"), client=c)
         seen = log.read_text().split()
         assert seen and set(seen) == {"1"}, seen

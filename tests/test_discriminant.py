@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pairwise_dask import job
+from pairwise_dask import job, steps
 from pairwise_dask.config import load_settings
 from pairwise_dask.errors import BadInputError
 from pairwise_dask.masks import DISC_SHRINK, all_pairs, discriminant_values, fit_masks
@@ -348,8 +348,8 @@ def _rotated_spec_and_group(tmp_path, *, row_group: int, group: int, seed: int):
     cat = make_catalog(tmp_path / "data", n=300, d=16, row_group=row_group)
     prep = job.prepare(load_settings(None, {**cat, "out": str(tmp_path / "o")}))
     rng = np.random.default_rng(seed)
-    spec = job.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
-                                         for v in "ab"})
+    spec = steps.with_rotation(prep.spec, {v: np.linalg.qr(rng.normal(size=(16, 16)))[0].astype(np.float32)
+                                           for v in "ab"})
     return spec, read_row_group(cat["items"], group, ["id", "emb_a", "emb_b", "label"])
 
 

@@ -181,18 +181,18 @@ def test_worker_killed_while_it_holds_the_masks(big: Catalog, dask_procs: DaskPr
     and the scheduler recomputes them from their lineage: the same labels and model."""
     import threading
 
-    from pairwise_dask import job, tourney
+    from pairwise_dask import job, steps, tourney
     from pairwise_dask.config import load_settings
 
     addr = dask_procs.start_scheduler()
     dask_procs.start_worker()
     dask_procs.start_worker()
     dask_procs.wait_for_workers(2)
-    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # 24 classes' pairs: chunks on the workers
+    monkeypatch.setattr(steps, "PARALLEL_PAIRS", 10)  # 24 classes' pairs: chunks on the workers
     monkeypatch.setattr(tourney, "use_gather", lambda *a, **k: True)
     calls: list[dict] = []
-    on_workers = job._fit_on_workers
-    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
+    on_workers = steps._fit_on_workers
+    monkeypatch.setattr(steps, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
 
     def settings(out: Path):
         return load_settings(str(_job(big, out, scheduler=addr)), {"mode": "top-t", "top_t": 5, "refine": 0,
@@ -394,7 +394,7 @@ def test_cli_killed_leaves_previous_result_or_none(small: Catalog, reference: di
 
 @pytest.mark.cluster
 def test_a_value_sent_once_survives_losing_its_worker() -> None:
-    """``apply`` sends a saved model's masks and rotation to the workers once (``job._send_once``),
+    """``apply`` sends a saved model's masks and rotation to the workers once (``steps._send_once``),
     not by ``scatter``: the scheduler keeps the task's data, so when the worker holding it dies the
     value is made again on another worker (a scattered value would be lost with its worker)."""
     import logging
@@ -402,7 +402,7 @@ def test_a_value_sent_once_survives_losing_its_worker() -> None:
     import numpy as np
     from distributed import Client, LocalCluster
 
-    from pairwise_dask.job import _send_once
+    from pairwise_dask.steps import _send_once
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as c:
@@ -499,14 +499,14 @@ def test_a_full_disk_gets_one_message(small: Catalog, tmp_path: Path, monkeypatc
     import errno
 
     from pairwise_dask import cli
-    from pairwise_dask import job as pjob
+    from pairwise_dask import steps
 
     out = tmp_path / "out"
 
     def full(tally: Any, folder: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "part.00000.parquet"))
 
-    monkeypatch.setattr(pjob, "write_disagreements", full)
+    monkeypatch.setattr(steps, "write_disagreements", full)
     rc = cli.main(["run", str(_job(small, out, workers=1)), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err, err

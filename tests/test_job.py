@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pairwise_dask import job
+from pairwise_dask import job, steps
 from pairwise_dask import model as model_io
 from pairwise_dask.config import load_settings
 
@@ -117,7 +117,7 @@ def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
     said: list[str] = []
     job.run(_settings(cat, tmp_path / "auto", cache="auto"), client=client, echo=said.append)
     assert any(m.startswith("Keeping the decoded items in worker memory") for m in said)
-    monkeypatch.setattr(job, "CACHE_SHARE", 1e-9)  # as if the catalog were far larger than the cluster
+    monkeypatch.setattr(steps, "CACHE_SHARE", 1e-9)  # as if the catalog were far larger than the cluster
     said.clear()
     job.run(_settings(cat, tmp_path / "auto2", cache="auto"), client=client, echo=said.append)
     s = _settings(cat, tmp_path / "x")

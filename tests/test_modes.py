@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pairwise_dask import job
+from pairwise_dask import job, steps
 from pairwise_dask.arrays import hash_ids
 from pairwise_dask.config import load_settings
 from pairwise_dask.model import load
@@ -159,7 +159,7 @@ def test_refine_zero_is_plain_and_refine_is_partition_invariant(client, tmp_path
     plain = {"refine": 0, "fit_on": "view", "rotate": "none", "decision": "cosine"}
     _run(client, cat, tmp_path / "r0", **plain)
     s = load_settings(None, {**cat, "out": str(tmp_path / "x"), **plain})
-    masks = job.fit_pair_masks(s, job.prepare(s).spec, _moments(cat, s))
+    masks = steps.fit_pair_masks(s, job.prepare(s).spec, _moments(cat, s))
     model = load(tmp_path / "r0" / "model")
     for v in masks:
         assert np.array_equal(model.masks[v].dims, masks[v].dims)

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from fixtures import make_catalog
 from pairwise_dask import job
 from pairwise_dask.cli import format_summary
+from pairwise_dask.summary import REASON_ORDER
 
 
 def test_accuracy_is_over_the_annotated_items_and_says_so(tmp_path: Path, client) -> None:
@@ -47,7 +48,7 @@ def test_the_summary_lists_the_reasons_in_the_review_lists_order(tmp_path: Path,
                    tmp_path / "items.parquet")
     summary = job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "items.parquet")), client=client)
     reasons = [k for k in summary["disagreements"] if k != "rows"]
-    assert reasons == [r for r in job.REASON_ORDER if r in reasons] and len(reasons) == 3, reasons
+    assert reasons == [r for r in REASON_ORDER if r in reasons] and len(reasons) == 3, reasons
 
 
 def test_an_annotation_that_is_null_everywhere_gives_null_figures(tmp_path: Path, client) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pairwise_dask import job, tourney
+from pairwise_dask import job, steps, tourney
 from pairwise_dask.config import load_settings
 from pairwise_dask.masks import fit_masks
 from pairwise_dask.moments import class_moments
@@ -34,10 +34,10 @@ def test_tasks_get_the_masks_left_on_the_workers(client):
     [on_worker] = client.scatter([whole])
     spec = Spec("id", "", (("a", "a"), ("b", "b")), tuple("abcdef"), {"a": c, "b": c}, -1.0, 0.0, False,
                 masks={"a": RemoteMasks(on_worker, "cosine"), "b": whole})
-    ref = job.shared(spec)
+    ref = steps.shared(spec)
     # the spec task itself carries only the masks the client holds; the others go beside it
     assert list(client.compute(ref.stub).result().masks) == ["b"] and ref.masks == {"a": on_worker}
-    first, order, seen = client.compute(job.on_spec(_masks_seen, 7, ref)).result()
+    first, order, seen = client.compute(steps.on_spec(_masks_seen, 7, ref)).result()
     assert first == 7 and order == ["a", "b"]  # the views' order as the client had it
     for v in ("a", "b"):
         for got, want in zip(seen[v], (whole.pairs, whole.dims, whole.values)):
@@ -60,11 +60,11 @@ def test_remote_masks_give_the_client_fits_labels_and_model(tmp_path, client, mo
     client, bit for bit."""
     here = _run(tmp_path, "here", client, **opts)
     fit_here = _run(tmp_path, "fit-here", client, job.fit, **opts)
-    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: chunks on the workers
+    monkeypatch.setattr(steps, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: chunks on the workers
     monkeypatch.setattr(tourney, "use_gather", lambda *a, **k: True)  # sparse masks: the chunked path
     calls: list[dict] = []
-    on_workers = job._fit_on_workers
-    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
+    on_workers = steps._fit_on_workers
+    monkeypatch.setattr(steps, "_fit_on_workers", lambda *a, **k: calls.append(k) or on_workers(*a, **k))
     remote = _run(tmp_path, "remote", client, **opts)
     fit_remote = _run(tmp_path, "fit-remote", client, job.fit, **opts)
     assert len(calls) == 2 * fits and all(k["keep_remote"] for k in calls)

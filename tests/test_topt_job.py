@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pairwise_dask import job, tourney
+from pairwise_dask import job, steps, tourney
 from pairwise_dask.config import load_settings
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo.toml"
@@ -43,10 +43,10 @@ def test_gather_job_equals_product_job(tmp_path, client, monkeypatch):
 def test_masks_fitted_on_the_workers_equal_the_client_fit(tmp_path, client, monkeypatch):
     """Many pairs are fitted in chunks on the workers (``PARALLEL_PAIRS``): the same model, the same labels."""
     one, _ = _labels(tmp_path, "client", client, True, monkeypatch)
-    monkeypatch.setattr(job, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: in chunks
+    monkeypatch.setattr(steps, "PARALLEL_PAIRS", 10)  # the demo's 210 pairs: in chunks
     calls: list[int] = []
-    fit_on_workers = job._fit_on_workers
-    monkeypatch.setattr(job, "_fit_on_workers", lambda *a, **k: calls.append(k) or fit_on_workers(*a, **k))
+    fit_on_workers = steps._fit_on_workers
+    monkeypatch.setattr(steps, "_fit_on_workers", lambda *a, **k: calls.append(k) or fit_on_workers(*a, **k))
     chunked, _ = _labels(tmp_path, "workers", client, True, monkeypatch)
     assert calls  # the chunked path ran (once per round, for every view at once)
     assert all(k.get("keep_remote") for k in calls)  # and run left the chunks on the workers

@@ -20,7 +20,7 @@ import psutil
 import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
-from pairwise_dask import job
+from pairwise_dask import job, steps
 from pairwise_dask.config import load_settings
 
 FOLDER = Path(os.environ.get("CAT", "/tmp/pb10/1m-packed"))
@@ -35,8 +35,8 @@ def drop_page_cache() -> None:
 def main() -> None:
     threads, overlap = int(sys.argv[1]), sys.argv[2] == "overlap"
     if overlap:
-        wait = job._await
-        job._await = lambda c, p, label, progress: None if label == "read and check" else wait(c, p, label, progress)
+        wait = steps._await
+        steps._await = lambda c, p, label, progress: None if label == "read and check" else wait(c, p, label, progress)
     s = load_settings(None, {"items": str(FOLDER / "items.parquet"), "classes": str(FOLDER / "classes.parquet"),
                              "out": "/tmp/cold-threads-out", "views": (("image", "image"), ("text", "text")),
                              "label": "label", "overwrite": True, "workers": 2} | ARTICLE)
