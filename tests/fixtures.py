@@ -212,3 +212,19 @@ def kill_tree(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
+
+
+def scheduler_address(file: Path, timeout: float = 60) -> str:
+    """The address in a ``dask scheduler --scheduler-file``, once the file is whole: the scheduler
+    writes it in place, so it can exist and be empty (or cut short) for a moment."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(json.loads(file.read_text())["address"])
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the scheduler did not write {file} within {timeout:g} s") from None
+            time.sleep(0.05)

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalogs import DEMO_JOB, REPO
+from fixtures import scheduler_address
 
 pytestmark = pytest.mark.cluster
 
@@ -38,11 +38,7 @@ def _started_cluster(tmp_path: Path, *, nanny: bool = True, env: dict | None = N
                                "--no-dashboard", "--scheduler-file", str(sched_file)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert sched_file.exists(), "scheduler did not start"
-        address = json.loads(sched_file.read_text())["address"]
+        address = scheduler_address(sched_file)
         for i in range(workers):
             with open(tmp_path / f"worker-{i}.log", "wb") as log:  # read when a test fails
                 procs.append(subprocess.Popen([*_dask_cli(), "worker", address, "--nthreads", "1", "--host",

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import pyarrow.parquet as pq
 import pytest
 
-from fixtures import Catalog, cli_env, kill_tree, make_catalog, run_cli, snapshot, tree_bytes
+from fixtures import Catalog, cli_env, kill_tree, make_catalog, run_cli, scheduler_address, snapshot, tree_bytes
 from pairwise_dask import io as pio
 from pairwise_dask.storage import Location
 
@@ -66,12 +66,11 @@ class DaskProcesses:
     def start_scheduler(self) -> str:
         self._start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                      "--scheduler-file", str(self.file)], "scheduler")
-        _wait_for(lambda: self.file.exists() and self.file.stat().st_size > 0, "the scheduler file", 60)
         return self.address
 
     @property
     def address(self) -> str:
-        return json.loads(self.file.read_text())["address"]
+        return scheduler_address(self.file)
 
     def start_worker(self) -> subprocess.Popen:
         # --no-nanny: the worker is this very process, so SIGKILL really removes it (a nanny

@@ -4,7 +4,6 @@ run with no message (a worker that cannot unpickle a task, a client waiting on a
 from __future__ import annotations
 
 import http.server
-import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from fixtures import cli_env, kill_tree
+from fixtures import cli_env, kill_tree, scheduler_address
 from pairwise_dask import cluster
 from pairwise_dask.errors import BadInputError
 
@@ -29,10 +28,7 @@ def _scheduler_and_worker(folder: Path, pythonpath: str | None) -> Iterator[str]
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env(),
                               start_new_session=True)]
     try:
-        deadline = time.monotonic() + 60
-        while not (sf.exists() and sf.stat().st_size) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        address = json.loads(sf.read_text())["address"]
+        address = scheduler_address(sf)
         env = cli_env() | ({"PYTHONPATH": pythonpath} if pythonpath else {})
         procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
                                        "--no-nanny", "--no-dashboard"], stdout=subprocess.DEVNULL,
