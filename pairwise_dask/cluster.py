@@ -81,7 +81,8 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
             client.register_plugin(CtrlCToTheDriver(), name=CtrlCToTheDriver.name)
         else:
             _vet_workers(client, s, echo)
-        if memory and any(not a.startswith("inproc://") for a in client.scheduler_info().get("workers", {})):
+        if memory and any(not a.startswith("inproc://")
+                          for a in client.scheduler_info(n_workers=-1).get("workers", {})):
             raise _memory_error(memory[0])
         if s.worker_malloc == "tuned":
             tune_workers(client)
@@ -101,7 +102,7 @@ def wait_for_a_worker(client: Any, seconds: float, echo: Callable[[str], None] =
     """Say so when the scheduler has no worker: the job's tasks would otherwise wait in silence.
     With ``seconds`` > 0 wait that long for one and give up after; with 0 go on at once (an
     adaptive cluster only starts workers once tasks arrive, so waiting first would never end)."""
-    if client.scheduler_info().get("workers"):
+    if client.scheduler_info(n_workers=-1).get("workers"):
         return
     address = client.scheduler.address
     if not seconds:

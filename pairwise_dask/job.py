@@ -115,39 +115,44 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
         with one_thread(), connect(s, client, echo) as c:
             echo(f"Dask dashboard: {c.dashboard_link}")
             parts = item_parts(s, prep.info)
-            workers = len(c.scheduler_info().get("workers", {}))
+            workers = len(c.scheduler_info(n_workers=-1).get("workers", {}))
             echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
                  f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
                  f"{workers} workers")
             # a cluster the job did not start can lose every worker mid-run: say so, and with
-            # worker_wait > 0 give up after that long rather than wait for ever
+            # worker_wait > 0 give up after that long rather than wait for ever (the bad-input
+            # rescan below included)
             watch = WorkerWatch(c, s.worker_wait, echo) if client is not None or s.scheduler else None
-            try:
-                with watch or contextlib.nullcontext():
-                    summary = body(c, parts, staging, timings)
-                cluster = {"scheduler": s.scheduler or (c.scheduler.address if client is not None else "LocalCluster"),
-                           "workers": workers, "workers_at_end": len(c.scheduler_info().get("workers", {}))}
-                summary = frame(s, prep, len(parts), cluster, timings, commit.run_id) | summary
-                t = time.perf_counter()
+            with watch or contextlib.nullcontext():
                 try:
-                    write_report(staging, summary)
-                    summary["report"] = "report.html"
-                except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
-                    logger.warning("report.html was not written: %s", e)
-                    summary["report"] = f"not written: {type(e).__name__}: {e}"
-                timings["report"] = time.perf_counter() - t
-                timings["total"] = time.perf_counter() - t_start
-                summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-                write_json(summary, staging / "summary.json")
-                commit.publish()
-            except BadInputError as e:
-                commit.abort()
-                raise _with_items_file(_first_bad_partition(c, s, prep.spec, parts, e, echo), s, prep.info) from None
-            except BaseException:
-                commit.abort()
-                if watch is not None and watch.gave_up:  # what the run waited on was cancelled for it
-                    raise watch.error() from None
-                raise
+                    summary = body(c, parts, staging, timings)
+                    cluster = {"scheduler": s.scheduler or (c.scheduler.address if client is not None
+                                                            else "LocalCluster"),
+                               "workers": workers,
+                               "workers_at_end": len(c.scheduler_info(n_workers=-1).get("workers", {}))}
+                    summary = frame(s, prep, len(parts), cluster, timings, commit.run_id) | summary
+                    t = time.perf_counter()
+                    try:
+                        write_report(staging, summary)
+                        summary["report"] = "report.html"
+                    except Exception as e:  # noqa: BLE001 - the page is a view; never lose the labels over it
+                        logger.warning("report.html was not written: %s", e)
+                        summary["report"] = f"not written: {type(e).__name__}: {e}"
+                    timings["report"] = time.perf_counter() - t
+                    timings["total"] = time.perf_counter() - t_start
+                    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
+                    write_json(summary, staging / "summary.json")
+                    commit.publish()
+                except BadInputError as e:
+                    commit.abort()
+                    raise _with_items_file(_first_bad_partition(c, s, prep.spec, parts, e, echo), s,
+                                           prep.info) from None
+                except BaseException as e:
+                    commit.abort()
+                    # what the run waited on was released for it (a Ctrl-C stays a Ctrl-C)
+                    if watch is not None and watch.gave_up and not isinstance(e, KeyboardInterrupt):
+                        raise watch.error() from None
+                    raise
     except BaseException as e:
         # again, after our own LocalCluster is closed: a label task still writing its part when
         # the first abort ran (a failure elsewhere in the pass) cannot leave it behind now

@@ -9,10 +9,11 @@ stays in :mod:`pairwise_dask.passes`, which these call. The commands that chain 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -48,15 +49,44 @@ def tree_reduce(tasks: list, combine: Callable[[list], Any], split_every: int = 
     return tasks[0]
 
 
+#: Seconds a finished wait gives its progress bar to draw its last state.
+BAR_GRACE = 5.0
+
+
+def _draw(futures: Any) -> None:
+    from distributed import progress
+
+    try:
+        progress(futures)
+    except Exception:  # noqa: BLE001 - a bar is a view: the waiting is the caller's
+        pass
+
+
+@contextlib.contextmanager
+def _bar(label: str, futures: Any, show: bool) -> Iterator[None]:
+    """A progress bar for ``futures`` while the block waits on them. The bar is drawn from a thread
+    of its own, so that the waiting is never the bar's: a bar set up after its futures were
+    released (as :class:`~pairwise_dask.watch.WorkerWatch` releases a run's) waits on the
+    scheduler for ever, while the futures themselves raise."""
+    if not show:
+        yield
+        return
+    print(f"  {label}", flush=True)
+    t = threading.Thread(target=_draw, args=(futures,), name="pairwise-dask-progress", daemon=True)
+    t.start()
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        t.join(BAR_GRACE if done else 0.5)
+        print(flush=True)
+
+
 def _compute(client: Any, task: Any, label: str, show_progress: bool) -> Any:
     fut = client.compute(task)
-    if show_progress:
-        from distributed import progress
-
-        print(f"  {label}", flush=True)
-        progress(fut)
-        print(flush=True)
-    return fut.result()
+    with _bar(label, fut, show_progress):
+        return fut.result()
 
 
 def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: SpecRef, h: int | None) -> None:
@@ -264,7 +294,7 @@ def fit_pair_masks(s: Settings, spec: Spec, moments: dict[str, Moments],
     per_pair = spec.per_pair if per_pair is None else per_pair
     decision = s.decision if (refined or s.refine == 0 or s.fit_on == "annotation") else "cosine"
     masks, remote = {}, {}
-    workers = len(client.scheduler_info().get("workers", {})) if client is not None else 0
+    workers = len(client.scheduler_info(n_workers=-1).get("workers", {})) if client is not None else 0
     for v in spec.classes:
         k, dim = spec.classes[v].shape
         m = resolve_dims(s.dims, dim)
@@ -463,7 +493,7 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
     if s.cache == "off" or passes < 2:
         return parts
     need = decoded_bytes(info, spec)
-    limits = [w.get("memory_limit") or 0 for w in c.scheduler_info().get("workers", {}).values()]
+    limits = [w.get("memory_limit") or 0 for w in c.scheduler_info(n_workers=-1).get("workers", {}).values()]
     room = sum(limits) if limits and all(limits) else 0
     if s.cache == "auto" and need > room * CACHE_SHARE:
         echo(f"Streaming the items in each of {passes} passes ({format_bytes(need)} decoded; cache = auto keeps "
@@ -481,17 +511,10 @@ def cache_blocks(c: Any, s: Settings, info: ItemsInfo, spec: Spec, parts: list, 
 
 def _await(c: Any, persisted: list, label: str, progress: bool) -> None:
     """Wait until ``persisted`` (the result of ``c.persist``) is in worker memory, with a bar."""
-    if progress:
-        from distributed import progress as show
+    from distributed import wait
 
-        print(f"  {label}", flush=True)
-        show(persisted)
-        print(flush=True)
-    else:
-        from distributed import wait
-
-        with c.as_current():  # wait() syncs through the current client: make it this job's
-            wait(persisted)
+    with _bar(label, persisted, progress), c.as_current():  # wait() syncs through the current client
+        wait(persisted)
 
 
 def complete_masks(c: Any, spec: Spec, model: FittedModel, parts: list, *, progress: bool) -> dict[str, PairMasks]:

@@ -3,7 +3,7 @@
 Dask lets tasks wait for workers as long as it takes (an adaptive cluster starts its workers when
 tasks arrive). For a scheduled run on a fixed cluster that means a run that never ends once the
 last worker is gone. :class:`WorkerWatch` says so when it happens, and with ``worker_wait`` > 0
-gives up after that many seconds without a worker: it cancels the run's futures, the run stops,
+gives up after that many seconds without a worker: it releases the run's futures, the run stops,
 and the job raises :class:`~pairwise_dask.errors.NoWorkersError` instead.
 """
 from __future__ import annotations
@@ -14,10 +14,6 @@ from typing import Any, Callable
 
 from .errors import NoWorkersError
 
-#: The reason the run's futures are cancelled with (``FutureCancelledError.reason``).
-REASON = "pairwise-dask-no-workers"
-
-
 def _silent(_: str) -> None:
     pass
 
@@ -25,10 +21,11 @@ def _silent(_: str) -> None:
 class WorkerWatch:
     """A thread that counts the scheduler's workers every ``every`` seconds while a run lasts.
 
-    When the count falls to 0 it says so through ``echo``; with ``seconds`` > 0 and no worker
-    back within that many seconds it releases every future the run made (and any made later),
-    so that whatever the run waits on raises. The run then raises :meth:`error`. A scheduler that
-    cannot be asked is not counted as no workers: a lost scheduler is the run's own error.
+    When the count falls to 0 after the run has had workers, it says so through ``echo``; with
+    ``seconds`` > 0 and no worker back within that many seconds it releases every future of
+    ``client`` made while it watches (those held before it started are left alone), so that
+    whatever the run waits on raises. The run then raises :meth:`error`. A scheduler that cannot
+    be asked is not counted as no workers: a lost scheduler is the run's own error.
     """
 
     def __init__(self, client: Any, seconds: float, echo: Callable[[str], None] = _silent, *,
@@ -41,6 +38,7 @@ class WorkerWatch:
         self._thread = threading.Thread(target=self._loop, name="pairwise-dask-worker-watch", daemon=True)
 
     def __enter__(self) -> "WorkerWatch":
+        self.workers_seen = self._count() or 0
         self._thread.start()
         return self
 
@@ -62,19 +60,23 @@ class WorkerWatch:
             "set worker_wait = 0 to let a run wait for workers as long as it takes")
 
     def _count(self) -> int | None:
-        try:  # n_workers = 0: the totals only, not every worker's record
-            return int(self.client.scheduler_info(n_workers=0).get("n_workers", 0))
+        # asked of the scheduler directly: Client.scheduler_info() would also replace the client's
+        # cached identity, which the run reads its workers from, with this reply (no workers' records)
+        try:  # n_workers = 0: the totals only
+            info = self.client.sync(self.client.scheduler.identity, n_workers=0)
         except Exception:  # noqa: BLE001 - closing, or the scheduler is gone: not ours to report
             return None
+        n = info.get("n_workers")
+        return int(n) if n is not None else len(info.get("workers", {}))
 
     def _loop(self) -> None:
         gone_since: float | None = None
         while not self._stop.wait(self.every):
             if self.gave_up:
-                self._cancel()  # futures made after the first cancel (the driver went on)
+                self._cancel()  # futures made after the first release (the driver went on)
                 continue
             n = self._count()
-            if n is None:
+            if n is None or self._stop.is_set():
                 continue
             if n:
                 self.workers_seen = max(self.workers_seen, n)
@@ -82,6 +84,8 @@ class WorkerWatch:
                     self.echo(f"{n} Dask worker(s) joined the scheduler at {self.address}: the run goes on")
                 gone_since = None
                 continue
+            if not self.workers_seen:
+                continue  # none yet (an adaptive cluster scaling up): cluster.wait_for_a_worker said so
             now = time.monotonic()
             if gone_since is None:
                 gone_since = now
@@ -94,13 +98,17 @@ class WorkerWatch:
                 self._cancel()
 
     def _cancel(self) -> None:
-        self.client.loop.add_callback(self._release_run_keys)  # futures' states live on the client's loop
+        if not self._stop.is_set():  # never after the run: the futures then are the caller's
+            self.client.loop.add_callback(self._release_run_keys)  # futures' states live on its loop
 
     def _release_run_keys(self) -> None:
         # Released as Client.close releases its keys: each waiter raises FutureCancelledError, and the
         # scheduler forgets the tasks, so a progress bar waiting on them stops too. (Client.cancel would
         # be the public way, but the scheduler's stimulus_cancel asserts on a cancelled key's dependents
         # that no client holds, as the pass's intermediate tasks are, and drops the client's stream.)
-        # Keys the caller's client held before the run are not the run's to release.
-        for key in [k for k in self.client.futures if k not in self._before]:
+        # Keys the caller's client held before the run are not the run's to release. (list():
+        # the driver's thread adds futures while this runs on the loop.)
+        if self._stop.is_set():
+            return
+        for key in [k for k in list(self.client.futures) if k not in self._before]:
             self.client._release_key(key)

@@ -70,3 +70,37 @@ def test_gives_up_after_its_seconds_and_releases_only_the_runs_futures(cluster: 
     err = w.error()
     assert isinstance(err, NoWorkersError)
     assert f"scheduler at {c.scheduler.address}" in str(err) and "within 0.3 s" in str(err)
+
+
+def test_a_progress_bar_over_released_futures_does_not_hold_the_run(cluster: Any) -> None:
+    """A bar set up after its futures were released (the watch gives up by releasing them) waits
+    on the scheduler for ever: it used to be drawn in the thread that waits, and the run hung
+    there. Now the wait is the future's own, and it raises."""
+    import threading
+
+    from dask import delayed
+
+    from pairwise_dask import steps
+
+    lc, c = cluster
+    real = c.compute
+
+    def released_at_once(task: Any, **kw: Any) -> Any:
+        fut = real(task, **kw)
+        c._release_key(fut.key)  # as WorkerWatch does, before the bar can see the key
+        return fut
+
+    c.compute = released_at_once  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def waits() -> None:
+        try:
+            steps._compute(c, delayed(sum, pure=False)([1, 2]), "a pass", True)
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            raised.append(e)
+
+    t = threading.Thread(target=waits, daemon=True)
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive(), "the wait hung in its progress bar"
+    assert raised and isinstance(raised[0], FutureCancelledError), raised
