@@ -262,18 +262,26 @@ def test_an_object_store_publish_killed_inside_any_copy_or_delete_is_finished_by
     """A move on an object store copies every file, then deletes every source. A kill among the
     deletes of a staged folder left its partial source, which the next command moved in over the
     whole copy: a published result with files missing. Killed before each single file operation
-    of a publish, the next command must find the complete new result."""
+    of a publish (copies, deletes, folders made or removed, files opened for writing), the next
+    command must find the previous complete result when the kill came before the journal, and the
+    complete new result after it."""
     import uuid
 
     from fsspec.implementations.memory import MemoryFileSystem
 
-    ops = ("cp_file", "rm_file", "pipe_file")  # copies, deletes, and small writes (the journal, marks)
+    # copies, deletes, folders, and every file opened for writing (the journal, the marks)
+    ops = ("cp_file", "rm_file", "pipe_file", "_open", "rmdir", "mkdir", "makedirs")
     real = {op: getattr(MemoryFileSystem, op) for op in ops}
     counted: list[str] = []
 
+    def changes(op: str, a: tuple, k: dict) -> bool:
+        mode = k.get("mode", a[1] if len(a) > 1 else "rb")
+        return op != "_open" or any(m in mode for m in "wax")
+
     def counting(op: str):
         def f(self, *a, **k):
-            counted.append(op)
+            if changes(op, a, k):
+                counted.append(f"{op} {a[0] if a else ''}")
             return real[op](self, *a, **k)
         return f
 
@@ -282,7 +290,11 @@ def test_an_object_store_publish_killed_inside_any_copy_or_delete_is_finished_by
         monkeypatch.setattr(MemoryFileSystem, op, counting(op))
     c.publish()
     n = len(counted)
-    assert counted.count("rm_file") >= 4 and counted.count("cp_file") >= 4, counted
+    kinds = [c.split()[0] for c in counted]
+    assert kinds.count("rm_file") >= 4 and kinds.count("cp_file") >= 4, counted
+    # the journal is opened before any move: a kill up to there leaves the previous result (or none)
+    journal = next(i for i, c in enumerate(counted) if c.startswith("_open") and c.endswith(pio.JOURNAL))
+    assert all(not c.startswith(("cp_file", "rm_file")) for c in counted[:journal]), counted
     for k in range(n + 1):
         root = f"memory://kill-{uuid.uuid4().hex}/out"
         for op in ops:
@@ -292,9 +304,10 @@ def test_an_object_store_publish_killed_inside_any_copy_or_delete_is_finished_by
 
         def dying(op: str, k: int = k, done: list = done):
             def f(self, *a, **kw):
-                if len(done) == k:
-                    raise Killed()
-                done.append(1)
+                if changes(op, a, kw):
+                    if len(done) == k:
+                        raise Killed()
+                    done.append(1)
                 return real[op](self, *a, **kw)
             return f
 
@@ -307,7 +320,9 @@ def test_an_object_store_publish_killed_inside_any_copy_or_delete_is_finished_by
             monkeypatch.setattr(MemoryFileSystem, op, real[op])
         nxt = pio.Commit(root, fingerprint="other", overwrite=True)
         nxt.check_target()
-        assert _mem_visible(root) == _complete(NEW, "new"), (k, counted[k] if k < n else "after")
+        before = _complete(OLD, "old") if previous else {}
+        assert _mem_visible(root) == (before if k <= journal else _complete(NEW, "new")), \
+            (k, counted[k] if k < n else "after")
         nxt.begin()  # a trash folder whose note a kill deleted first is a leftover, cleared here
         assert not [p for p in Location.of(root).iterdir() if p.name.startswith(pio.TRASH_PREFIX)], k
         nxt.abort()
