@@ -526,9 +526,7 @@ def _move_in(src: Location, dst: Location, mark: Location) -> None:
     if src.local:
         src.replace(dst)
         return
-    if dst.exists():
-        dst.rmtree()  # a copy that a kill cut short
-    src.copy_to(dst)
+    src.copy_to(dst)  # (a copy a kill cut short is in the trash by now: _roll_forward moved it there)
     _write_durably(mark, "")
     src.rmtree()
 
