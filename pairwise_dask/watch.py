@@ -66,8 +66,8 @@ class WorkerWatch:
             info = self.client.sync(self.client.scheduler.identity, n_workers=0)
         except Exception:  # noqa: BLE001 - closing, or the scheduler is gone: not ours to report
             return None
-        n = info.get("n_workers")
-        return int(n) if n is not None else len(info.get("workers", {}))
+        n = info.get("n_workers")  # (asked for no workers' records, a reply without it says nothing)
+        return int(n) if n is not None else None
 
     def _loop(self) -> None:
         gone_since: float | None = None
