@@ -240,7 +240,11 @@ def os_error_message(e: OSError) -> str:
                "command again"))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
+    """Run one command line; returns the exit code. ``exiting``: the process ends when this returns
+    (the console script), so a Ctrl-C once the command has succeeded is ignored: the outputs are
+    complete, and the interpreter's last half second of shutdown would otherwise die on it with no
+    message and a signal's exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
@@ -323,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pairwise-dask: {what}" + (f" as the run finished: {done} holds its complete output" if done
                                           else "; the output folder was left as it was"), file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    if exiting and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if ns.json:
         from .io import json_text
 
@@ -332,5 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``pairwise-dask`` console script."""
+    sys.exit(main(exiting=True))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

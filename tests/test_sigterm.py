@@ -66,3 +66,32 @@ def test_ctrl_c_at_a_terminal_gives_one_line(small: Catalog, reference_out: Path
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert text.strip().splitlines()[-1] == "pairwise-dask: interrupted; the output folder was left as it was"
     assert snapshot(out) == before
+
+
+@pytest.mark.cluster
+def test_ctrl_c_after_the_summary_is_ignored(small: Catalog, reference: dict[str, bytes],  # noqa: F811
+                                             tmp_path: Path) -> None:
+    """Once the summary is printed the outputs are complete; the interpreter's shutdown still takes
+    about half a second, and a Ctrl-C in it ended the process with a signal's status (-2) and no word.
+    It is ignored now: the command succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    from fixtures import cli_env
+
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "pairwise_dask.cli", "run", str(_job(small, out, workers=1))],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True)
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:  # the summary's last line
+            if line.decode().lstrip().startswith("outputs"):
+                os.killpg(run.pid, signal.SIGINT)
+                break
+        _, err = run.communicate(timeout=TIMEOUT)
+    finally:
+        kill_tree(run)
+    assert run.returncode == 0, err.decode()
+    assert "Traceback" not in err.decode(), err.decode()
+    assert tree_bytes(out, "labels", "model", "disagreements") == reference
