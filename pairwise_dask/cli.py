@@ -9,6 +9,13 @@ import sys
 import threading
 from typing import Any, Sequence
 
+if "--multiprocessing-fork" in sys.orig_argv:
+    # This process is a worker of the LocalCluster the command started: multiprocessing's spawn
+    # imports the command's main module, hence this one, before anything else. A terminal's Ctrl-C
+    # goes to the whole process group; it is the command's to act on (it closes its workers), and a
+    # worker it reached in its imports printed a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 from .config import OPTIONS, Settings, check_model_method, load_settings, model_method, parse_views, read_job_file
 from .errors import COMMAND_LINE, BadInputError, NoWorkersError
 
@@ -245,7 +252,10 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     (the console script), so a Ctrl-C once the command has succeeded is ignored: the outputs are
     complete, and the interpreter's last half second of shutdown would otherwise die on it with no
     message and a signal's exit status."""
-    parser = build_parser()
+    from .interrupts import held
+
+    with held():  # it imports pyarrow: a Ctrl-C inside a compiled module's import breaks it
+        parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
         parser.print_help()
@@ -269,6 +279,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         side = bars and threading.current_thread() is not threading.main_thread()
         print(("\n" if side else "") + m, flush=True)
     try:
+        with held():  # Dask, pandas, pyarrow first: a Ctrl-C inside a compiled module's import breaks it
+            from . import job
         overrides = _overrides(ns)
         model = getattr(ns, "model", None)
         if model and "://" not in model:
@@ -289,8 +301,6 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         settings = load_settings(ns.job, overrides, defaults=defaults)
         if model:  # what still differs from the model was asked for (job file or flags): refuse it
             check_model_method(settings, params, ns.command)
-        from . import job
-
         # signal handlers can only be set in the main thread (main() may be called from another)
         previous = signal.signal(signal.SIGTERM, _on_sigterm) \
             if threading.current_thread() is threading.main_thread() else None
@@ -340,7 +350,12 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
 
 def entry() -> None:
     """The ``pairwise-dask`` console script."""
-    sys.exit(main(exiting=True))
+    try:
+        code = main(exiting=True)
+    except KeyboardInterrupt:  # before a command started (main's own handler names the folder)
+        print("pairwise-dask: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from distributed import WorkerPlugin
 
 from .config import Settings
 from .errors import BadInputError
+from .interrupts import held
 
 #: Seconds to wait for ``s.scheduler`` to answer before the job gives up on it.
 SCHEDULER_TIMEOUT = 30
@@ -73,10 +74,11 @@ def connect(s: Settings, client: Any = None, echo: Callable[[str], None] = _sile
             client = stack.enter_context(_client_to(s.scheduler))
             _vet_workers(client, s, echo)
         elif client is None:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
-                memory_limit=s.memory_limit, silence_logs=logging.ERROR, dashboard_address=":0"))
-            client = stack.enter_context(Client(cluster))
+            with held():  # raised below the with: the stack then closes what was started
+                cluster = stack.enter_context(LocalCluster(
+                    n_workers=s.workers, threads_per_worker=s.threads_per_worker, processes=True,
+                    memory_limit=s.memory_limit, silence_logs=logging.ERROR, dashboard_address=":0"))
+                client = stack.enter_context(Client(cluster))
             client.run(_quiet_bad_input_logs)  # our own workers share our stderr
             client.register_plugin(CtrlCToTheDriver(), name=CtrlCToTheDriver.name)
         else:

@@ -23,6 +23,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
+# Imported with the job rather than by pyarrow's first conversion in the middle of a run: pyarrow
+# imports them from compiled code, where a Ctrl-C is swallowed or breaks the import (interrupts.py)
+import pandas  # noqa: F401
+import pyarrow.pandas_compat  # noqa: F401
 
 from . import steps
 from .config import Settings, check_model_method, with_model_method
