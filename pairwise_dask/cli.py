@@ -17,7 +17,7 @@ if "--multiprocessing-fork" in sys.orig_argv:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 from .config import OPTIONS, Settings, check_model_method, load_settings, model_method, parse_views, read_job_file
-from .errors import COMMAND_LINE, BadInputError, NoWorkersError
+from .errors import COMMAND_LINE, BadInputError, NoWorkersError, Notice
 
 EXAMPLES = """\
 examples:
@@ -273,11 +273,12 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     bars = not quiet and sys.stdout.isatty()  # progress bars redraw a line: not for logs and pipes
 
     def echo(m: str) -> None:
-        if quiet:
+        notice = isinstance(m, Notice)  # no worker: a scheduled (--quiet) run's log must show it too
+        if quiet and not notice:
             return
         # a message from another thread (the worker watch) can come while a bar is drawn: own line
         side = bars and threading.current_thread() is not threading.main_thread()
-        print(("\n" if side else "") + m, flush=True)
+        print(("\n" if side else "") + m, file=sys.stderr if notice else sys.stdout, flush=True)
     try:
         with held():  # Dask, pandas, pyarrow first: a Ctrl-C inside a compiled module's import breaks it
             from . import job

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from distributed import WorkerPlugin
 
 from .config import Settings
-from .errors import BadInputError
+from .errors import BadInputError, NoWorkersError, Notice
 from .interrupts import held
 
 #: Seconds to wait for ``s.scheduler`` to answer before the job gives up on it.
@@ -108,17 +108,19 @@ def wait_for_a_worker(client: Any, seconds: float, echo: Callable[[str], None] =
         return
     address = client.scheduler.address
     if not seconds:
-        echo(f"The scheduler at {address} has no workers yet: the tasks wait for some to join (start them with "
-             f"`dask worker {address}`; an adaptive cluster starts its own). --worker-wait N gives up after N s")
+        echo(Notice(f"The scheduler at {address} has no workers yet: the tasks wait for some to join (start them "
+                    f"with `dask worker {address}`; an adaptive cluster starts its own). --worker-wait N gives up "
+                    "after N s"))
         return
-    echo(f"The scheduler at {address} has no workers yet; waiting up to {seconds:g} s for one to join "
-         f"(start one with `dask worker {address}`)")
+    echo(Notice(f"The scheduler at {address} has no workers yet; waiting up to {seconds:g} s for one to join "
+                f"(start one with `dask worker {address}`)"))
     try:
         client.wait_for_workers(1, timeout=seconds)
-    except TimeoutError:
-        raise BadInputError(f"no worker joined the Dask scheduler at {address} within {seconds:g} s",
-                            hint=f"Start workers with `dask worker {address}` (cluster/README.md), or raise "
-                                 "[cluster] worker_wait / --worker-wait (0: let the tasks wait)") from None
+    except TimeoutError:  # the cluster's state, not the input: exit 1 as when every worker left mid-run
+        raise NoWorkersError(f"no worker joined the Dask scheduler at {address} within {seconds:g} s; the output "
+                             f"folder was left as it was. Start workers with `dask worker {address}` "
+                             "(cluster/README.md), or raise [cluster] worker_wait / --worker-wait (0: let the "
+                             "tasks wait)") from None
 
 
 def _client_to(address: str) -> Any:

@@ -1,4 +1,5 @@
-"""The one exception type users see for bad input, with the facts they need to fix it."""
+"""The one exception type users see for bad input, with the facts they need to fix it; and the
+other things a run must tell its user whatever else it prints."""
 from __future__ import annotations
 
 
@@ -48,5 +49,12 @@ def _rebuild(what, file, column, row, hint) -> "BadInputError":
 
 
 class NoWorkersError(RuntimeError):
-    """Every Dask worker of a cluster the job did not start left during a run, and none joined
-    within ``worker_wait`` seconds (:class:`~pairwise_dask.watch.WorkerWatch`); nothing was kept."""
+    """The cluster the job did not start had no worker, and none joined within ``worker_wait``
+    seconds: before the run (:func:`~pairwise_dask.cluster.wait_for_a_worker`), or after every
+    worker left during it (:class:`~pairwise_dask.watch.WorkerWatch`); nothing was kept."""
+
+
+class Notice(str):
+    """A message the user must see even when a run prints nothing else (``--quiet``, ``--json``,
+    a scheduled run's log): the cluster has no worker, or lost every one. The command line prints
+    it on stderr; the job's other messages are progress on stdout."""

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .errors import NoWorkersError
+from .errors import NoWorkersError, Notice
 
 def _silent(_: str) -> None:
     pass
@@ -81,7 +81,7 @@ class WorkerWatch:
             if n:
                 self.workers_seen = max(self.workers_seen, n)
                 if gone_since is not None:
-                    self.echo(f"{n} Dask worker(s) joined the scheduler at {self.address}: the run goes on")
+                    self.echo(Notice(f"{n} Dask worker(s) joined the scheduler at {self.address}: the run goes on"))
                 gone_since = None
                 continue
             if not self.workers_seen:
@@ -91,8 +91,8 @@ class WorkerWatch:
                 gone_since = now
                 wait = (f"the run waits up to {self.seconds:g} s for one to join" if self.seconds else
                         "the tasks wait for workers to join (--worker-wait N gives up after N s)")
-                self.echo(f"Every Dask worker left the scheduler at {self.address}: {wait} "
-                          f"(start them with `dask worker {self.address}`)")
+                self.echo(Notice(f"Every Dask worker left the scheduler at {self.address}: {wait} "
+                                 f"(start them with `dask worker {self.address}`)"))
             elif self.seconds and now - gone_since >= self.seconds:
                 self.gave_up = True
                 self._cancel()

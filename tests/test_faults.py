@@ -464,14 +464,14 @@ def test_scheduler_lost_mid_run_gets_one_message(big: Catalog, dask_procs: DaskP
 def test_every_worker_gone_mid_run_gives_up_after_worker_wait(big: Catalog, dask_procs: DaskProcesses,
                                                               tmp_path: Path) -> None:
     """The only worker SIGKILLed during pass 2 and none joining: the run used to wait for ever.
-    With --worker-wait 3 it says that every worker left, gives up 3 s later with one line (exit 1)
-    and keeps nothing."""
+    With --worker-wait 3 it says that every worker left (on stderr, even with --quiet), gives up
+    3 s later with one line (exit 1) and keeps nothing."""
     addr = dask_procs.start_scheduler()
     dask_procs.start_worker()
     dask_procs.wait_for_workers(1)
     out = tmp_path / "out"
     run = subprocess.Popen([sys.executable, "-m", "pairwise_dask.cli", "run", str(_job(big, out)),
-                            "--scheduler", addr, "--worker-wait", "3"],
+                            "--scheduler", addr, "--worker-wait", "3", "--quiet"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True)
     try:
         _wait_for(lambda: _staged_parts(out) >= 3 or run.poll() is not None, "pass 2 to start")
@@ -486,7 +486,9 @@ def test_every_worker_gone_mid_run_gives_up_after_worker_wait(big: Catalog, dask
     assert err.rstrip().splitlines()[-1] == errors[0]
     assert "every Dask worker left the scheduler" in errors[0] and "within 3 s" in errors[0], errors[0]
     assert "Traceback" not in err and "CancelledError" not in err, err
-    assert f"Every Dask worker left the scheduler at {addr}: the run waits up to 3 s" in stdout, stdout
+    # --quiet (a scheduled run) prints nothing else, but this on stderr (it printed nothing at all)
+    assert f"Every Dask worker left the scheduler at {addr}: the run waits up to 3 s" in err, err
+    assert stdout == "", stdout
     assert not (out / "summary.json").exists() and not (out / "labels").exists()
     assert not [p for p in out.iterdir() if p.name != ".pairwise-lock"] if out.exists() else True
 

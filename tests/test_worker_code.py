@@ -16,7 +16,7 @@ import pytest
 
 from fixtures import cli_env, kill_tree, scheduler_address
 from pairwise_dask import cluster
-from pairwise_dask.errors import BadInputError
+from pairwise_dask.errors import BadInputError, NoWorkersError
 
 PACKAGE = Path(cluster.__file__).parent
 
@@ -145,7 +145,7 @@ def test_a_scheduler_without_workers_is_said_and_waited_for(tmp_path: Path) -> N
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as lc:
         said: list[str] = []
         t0 = time.monotonic()
-        with pytest.raises(BadInputError, match=r"no worker joined the Dask scheduler at .* within 2 s.*dask worker"):
+        with pytest.raises(NoWorkersError, match=r"no worker joined the Dask scheduler at .* within 2 s.*dask worker"):
             with cluster.connect(settings(lc.scheduler_address, 2), echo=said.append):
                 pass
         assert time.monotonic() - t0 < 30
@@ -162,3 +162,27 @@ def test_a_scheduler_without_workers_is_said_and_waited_for(tmp_path: Path) -> N
         summary = job.run(settings(lc.scheduler_address, 0, "adaptive"), client=c, echo=said.append)
         assert summary["labelled_items"] == 200
         assert any("has no workers yet: the tasks wait for some to join" in m for m in said), said
+
+
+def test_a_quiet_run_still_says_the_scheduler_has_no_worker(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--quiet is for scheduled runs, whose log must still show why nothing happens: the notice
+    goes to stderr whatever the flags (it was dropped, and the run waited in silence). Giving up
+    is the cluster's state, not bad input: exit 1, as when every worker leaves mid-run (it was 2)."""
+    from distributed import LocalCluster
+
+    from catalogs import make_catalog
+    from pairwise_dask import cli
+
+    cat = make_catalog(tmp_path / "data", n=200)
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as lc:
+        rc = cli.main(["run", "--items", cat["items"], "--classes", cat["classes"], "--views",
+                       ",".join(f"{v}={c}" for v, c in cat["views"]), "--label", cat["label"], "--out", str(out),
+                       "--scheduler", lc.scheduler_address, "--worker-wait", "1", "--quiet"])
+    got = capsys.readouterr()
+    assert rc == 1, got.err
+    assert got.out == ""
+    lines = got.err.strip().splitlines()
+    assert lines[0].startswith(f"The scheduler at {lc.scheduler_address} has no workers yet; waiting up to 1 s"), lines
+    assert lines[-1].startswith("pairwise-dask: error: no worker joined the Dask scheduler"), lines
+    assert not out.exists() or not [p for p in out.iterdir() if p.name != ".pairwise-lock"]
