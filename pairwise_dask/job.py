@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -316,6 +317,7 @@ def apply(s: Settings, model_dir: str, *, client: Any = None, progress: bool = F
           echo: Echo = _silent) -> dict:
     """Label items with a saved model: the tourney pass only, no statistics."""
     t_start = time.perf_counter()
+    _check_model_outside_out(model_dir, s.out)
     model = load(model_dir, s.storage_options)
     _check_compatible(s, model, command="apply")
     s = with_model_method(s, model.params, "apply")  # what the masks fix is the model's, and so recorded
@@ -352,6 +354,19 @@ def _passes(s: Settings, label: bool) -> int:
 
 def _model_classes(model: FittedModel) -> ClassSet:
     return ClassSet(model.names, dict(model.classes), {v: f"model:{v}" for v in model.classes})
+
+
+def _check_model_outside_out(model_dir: str, out: str) -> None:
+    """``apply``'s output (labels/, disagreements/) replaces its folder whole: a model inside it
+    would be deleted by the publish, with ``--overwrite`` (without, the refusal named another job)."""
+    def norm(p: str) -> str:
+        return p.rstrip("/") if "://" in p else os.path.realpath(p)
+
+    m, o = norm(str(model_dir)), norm(str(out))
+    if m == o or m.startswith(o + "/"):
+        raise BadInputError(f"holds the model being applied ({model_dir}); apply writes labels/ and disagreements/, "
+                            "and publishing them replaces the folder's outputs, the model's included", file=str(out),
+                            hint="Write the labels to another --out (the model stays where it is)")
 
 
 def _check_compatible(s: Settings, model: FittedModel, *, command: str) -> None:

@@ -100,6 +100,20 @@ def test_fit_does_not_replace_a_runs_output(client, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["command"] == "fit"
 
 
+def test_apply_into_the_models_own_folder_is_refused(client, fitted, tmp_path, capsys):
+    """`apply M/model --out M --overwrite` published labels/ and disagreements/ over M, deleting
+    the very model it had applied (found by a fresh-user review). Refused now, with or without
+    --overwrite, and M stays as it was."""
+    cat, model = fitted
+    before = sorted(p.relative_to(model.parent) for p in model.parent.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        assert _main(client, "apply", str(model), *_flags(cat), "--out", str(model.parent), *extra) == 2
+        err = capsys.readouterr().err
+        assert f"holds the model being applied ({model})" in err and "another --out" in err, err
+    assert _main(client, "apply", str(model), *_flags(cat), "--out", str(model), "--overwrite") == 2
+    assert sorted(p.relative_to(model.parent) for p in model.parent.rglob("*")) == before
+
+
 def test_update_refuses_a_refined_model_and_a_view_it_lacks(client, tmp_path):
     from pairwise_dask.errors import BadInputError
 
