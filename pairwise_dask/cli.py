@@ -173,6 +173,8 @@ def format_summary(s: dict) -> str:
                             for v in views)
             n, rows = s["final"].get("annotated_items", it["rows"]), s["labelled_items"]
             over = "" if n == rows else f" of {n:,} annotated items"
+            if s.get("method", {}).get("fit_on") == "annotation":  # a QA run: not a held-out figure
+                over += "; in-sample: the statistics were fitted on it"
             lines.append(f"  accuracy   {acc}   final: {s['final']['accuracy']:.3f}  (against the annotation{over})")
         d = s["disagreements"]
         parts = ", ".join(f"{k} {v:,}" for k, v in d.items() if k != "rows")
@@ -180,7 +182,8 @@ def format_summary(s: dict) -> str:
     if "model_items" in s:
         lines.append(f"  model      statistics of {s['model_items']:,} items")
     total_pairs = sum(pv["pairs"] for pv in s["per_view"].values())
-    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs} pairs had too few items")
+    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs:,} pair masks ({_views(len(s['per_view']))}) "
+                 "had too few items")
     steps = " · ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
     lines.append(f"  steps      {steps}")
     outs = "labels/, disagreements/, model/" if s.get("command") == "run" else (
@@ -188,6 +191,10 @@ def format_summary(s: dict) -> str:
     lines.append(f"  outputs    {s['out']}: {outs}, summary.json"
                  + (", report.html" if s.get("report") == "report.html" else f"  (report {s.get('report')})"))
     return "\n".join(lines)
+
+
+def _views(n: int) -> str:
+    return f"{n} view" + ("" if n == 1 else "s")
 
 
 class Terminated(KeyboardInterrupt):

@@ -414,6 +414,8 @@ def load_settings(job_file: str | None = None, overrides: dict[str, Any] | None 
         opt = _BY_NAME.get(k)
         if opt is not None:  # a flag's bad value is the command line's, not the job file's
             v = _coerce(opt, v, COMMAND_LINE)
+            if opt.path and v and "://" not in v:  # as the command line's: from where the caller runs,
+                v = os.path.abspath(v)              # recorded whole (summary.json, the fingerprint)
             flags.add(opt.name)
         elif k in ("views", "class_columns") and isinstance(v, dict):  # as a job file's table
             v = tuple((str(name), col) for name, col in v.items())

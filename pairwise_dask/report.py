@@ -420,7 +420,10 @@ footer { margin-top: 36px; color: #64748b; font-size: 12px; }
 def _over_annotated(s: dict) -> str:
     """"; over the 2,178 of 3,107 items with an annotation" when some items have none."""
     n, rows = s.get("final", {}).get("annotated_items"), s.get("labelled_items")
-    return "" if n is None or rows is None or n == rows else f"; over the {n:,} of {rows:,} items with an annotation"
+    over = "" if n is None or rows is None or n == rows else f"; over the {n:,} of {rows:,} items with an annotation"
+    if s.get("method", {}).get("fit_on") == "annotation":  # a QA run: not a held-out figure
+        over += "; in-sample: the statistics were fitted on the annotation"
+    return over
 
 
 def _card(key: str, label: str, value: str, detail: str = "", raw: Any = None) -> str:
@@ -473,7 +476,9 @@ def _headline(s: dict) -> str:
                            (" (the saved model's and these)" if s.get("command") == "update" else ""), mi))
     pairs = sum(int(pv.get("pairs", 0)) for pv in s["per_view"].values())
     fb = int(s.get("fallback_pairs", 0))
-    cards.append(_card("fallback", "fallback pairs", f"{fb:,}", f"of {pairs:,} pairs had too few items", fb))
+    nv = len(s["per_view"])
+    cards.append(_card("fallback", "fallback pairs", f"{fb:,}", f"of {pairs:,} pair masks ({nv} view"
+                       f"{'' if nv == 1 else 's'}) had too few items", fb))
     if "timings_s" in s and "total" in s["timings_s"]:
         steps = " · ".join(f"{_e(k)} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
         cards.append(_card("time", "run time", f"{s['timings_s']['total']:.1f} s", steps, s["timings_s"]["total"]))
@@ -547,10 +552,10 @@ def _fallback_section(data: ReportData, s: dict, limit: int = 200) -> str:
         rows = rows[:limit]
     pairs = sum(int(pv.get("pairs", 0)) for pv in s["per_view"].values())
     if not total:
-        out.append(f'<p class="note">None: every one of the {pairs:,} pairs had at least {_e(min_items)} '
-                   f'confident items on both sides, so every mask comes from the statistics.</p>')
+        out.append(f'<p class="note">None: every one of the {pairs:,} pair masks (pairs × views) had at least '
+                   f'{_e(min_items)} confident items on both sides, so every mask comes from the statistics.</p>')
         return "".join(out)
-    out.append(f'<p class="note">{total:,} of {pairs:,} pairs had fewer than {_e(min_items)} items on a side; '
+    out.append(f'<p class="note">{total:,} of {pairs:,} pair masks (pairs × views) had fewer than {_e(min_items)} items on a side; '
                f'their masks are the dimensions where the two class prompts differ most.'
                + (f" The first {limit} are listed." if total > limit else "") + "</p>")
     if "class_a" in rows[0]:

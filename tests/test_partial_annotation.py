@@ -73,3 +73,19 @@ def test_an_annotation_that_is_null_everywhere_gives_null_figures(tmp_path: Path
     printed = format_summary(summary)
     assert "no item has an annotation" in printed and not re.search(r"\bnan\b", printed)
     assert not re.search(r"\bnan\b", (tmp_path / "out" / "report.html").read_text(), re.I)
+
+
+def test_a_qa_runs_accuracy_is_marked_in_sample(tmp_path: Path, client) -> None:
+    """With fit_on = annotation the statistics are fitted on the annotation the accuracy is then
+    measured against: the printed summary and the report say the figure is in-sample. The fallback
+    count is of pair masks (pairs × views), which it now says."""
+    cat = make_catalog(tmp_path / "data", n=120, noise=1.2)
+    qa = job.run(cat.settings(tmp_path / "qa", fit_on="annotation"), client=client)
+    text = format_summary(qa)
+    assert "(against the annotation; in-sample: the statistics were fitted on it)" in text, text
+    assert "in-sample: the statistics were fitted on the annotation" in (tmp_path / "qa" / "report.html").read_text()
+    views = len(qa["per_view"])
+    assert re.search(rf"fallback   \d+ of \d+ pair masks \({views} views\) had too few items", text), text
+    plain = job.run(cat.settings(tmp_path / "plain"), client=client)
+    assert "in-sample" not in format_summary(plain)
+    assert "in-sample" not in (tmp_path / "plain" / "report.html").read_text()

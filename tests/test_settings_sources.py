@@ -56,3 +56,17 @@ def test_unknown_override_keys_are_refused_and_tables_are_read(tmp_path: Path) -
     nested = load_settings(job_file, {"method": {"dims": 3, "seed": 7}, "cluster": {"workers": 1}})
     assert (nested.dims, nested.seed, nested.workers) == (3, 7, 1)
     assert nested == load_settings(job_file, {"dims": 3, "seed": 7, "workers": 1})
+
+
+def test_relative_paths_given_to_the_api_are_recorded_whole(tmp_path: Path, monkeypatch) -> None:
+    """As the command line's flags: a relative path is from where the caller runs, and recorded
+    absolute (summary.json wrote "relabel-api/today" as given)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, {"items": "data/*.parquet", "classes": "c.parquet", "out": "relabel-api/today",
+                             "views": "a=emb_a"})
+    assert s.out == os.path.join(str(tmp_path), "relabel-api", "today")
+    assert s.items == os.path.join(str(tmp_path), "data", "*.parquet")
+    assert s.classes == os.path.join(str(tmp_path), "c.parquet")
+    assert load_settings(None, {"items": "s3://b/x", "classes": "c", "out": "memory://o", "views": "a"}).out == "memory://o"
