@@ -16,9 +16,17 @@ from typing import IO, Any, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import BadInputError
+
 
 def is_url(path: str) -> bool:
     return "://" in str(path)
+
+
+#: The package behind each object store's URL scheme, and the pairwise-dask extra that installs it.
+FS_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "abfs": "adlfs", "abfss": "adlfs",
+               "az": "adlfs"}
+EXTRAS = {"s3fs": "s3", "gcsfs": "gcs", "adlfs": "azure"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,14 @@ class Location:
             return where
         where = os.fspath(where)
         if is_url(where) and not where.startswith("file://"):
-            fs, path = fsspec.core.url_to_fs(where, **(storage_options or {}))
+            try:
+                fs, path = fsspec.core.url_to_fs(where, **(storage_options or {}))
+            except ImportError as e:  # fsspec's file system for the scheme is a package of its own
+                package = FS_PACKAGES.get(where.split("://", 1)[0].lower())
+                raise BadInputError(f"needs a file-system package that is not installed ({e})", file=where,
+                                    hint=f"Install it here and on every Dask worker: pip install {package or '…'}"
+                                         + (f' (or pip install "pairwise-dask[{EXTRAS[package]}]")'
+                                            if package in EXTRAS else "")) from None
             return cls(path.rstrip("/") or path, fs)
         if where.startswith("file://"):
             where = where[len("file://"):]

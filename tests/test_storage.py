@@ -185,3 +185,23 @@ def test_urls_in_a_job_file_are_kept_as_written(tmp_path: Path) -> None:
     s = load_settings(str(job_file))
     assert s.items == "s3://bucket/catalog/" and s.out == "memory://pw-out/run"
     assert s.classes == str(tmp_path / "jobs" / "classes.parquet")
+
+
+def test_an_object_store_without_its_package_gets_one_line(tmp_path, capsys):
+    """s3://… without s3fs installed was two chained tracebacks ending in fsspec's ImportError;
+    now one line naming the package (and the extra that installs it), exit code 2."""
+    import importlib.util
+
+    from catalogs import make_catalog
+    from pairwise_dask import cli
+
+    if importlib.util.find_spec("s3fs") is not None:
+        pytest.skip("s3fs is installed here")
+    cat = make_catalog(tmp_path / "data", n=50)
+    rc = cli.main(["run", "--items", cat["items"], "--classes", cat["classes"], "--views", "a=emb_a,b=emb_b",
+                   "--out", "s3://some-bucket/out", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("pairwise-dask: error: file s3://some-bucket/out: needs a file-system package"), err
+    assert 'pip install s3fs (or pip install "pairwise-dask[s3]")' in err, err
