@@ -692,7 +692,7 @@ class Commit:
             self._lock.acquire()  # before settle: a live run's publish is its own to finish
             settle(self.out)
         except OSError as e:
-            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out), folder=True,
                                 hint="Choose a folder you may write to for --out") from None
         entries = [p.name for p in self.out.iterdir()
                    if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) and p.name != LOCK]
@@ -747,7 +747,7 @@ class Commit:
             missing.append(p)
             p = p.parent
         if p.local and p is not self.out and not p.is_dir():
-            raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out),
+            raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out), folder=True,
                                 hint="Choose another --out")
         self._created = missing  # deepest first; set before mkdir, which may make some and then fail
         try:
@@ -760,7 +760,7 @@ class Commit:
             self.staging.mkdir()
         except OSError as e:
             self.abort()
-            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out), folder=True,
                                 hint="Choose a folder you may write to for --out") from None
         return self.staging
 

@@ -129,7 +129,7 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
         raise BadInputError("already exists", file=out, hint="Choose another OUT or pass --overwrite")
     root, files = _files(items)
     if Path(items).is_dir() and (dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents):
-        raise BadInputError("is inside the catalog it would pack", file=out, hint="Write the packed catalog elsewhere")
+        raise BadInputError("is inside the catalog it would pack", file=out, folder=True, hint="Write the packed catalog elsewhere")
     schema = open_parquet(files[0]).schema_arrow
     chosen = tuple(columns) if columns else tuple(f.name for f in schema if is_float_list(f.type))
     if not chosen:

@@ -256,7 +256,7 @@ def run_command(ns: argparse.Namespace) -> int:
     try:
         out = Path(ns.out)
         if out.is_dir():  # checked before the model loads: it would fail only at the very end
-            raise BadInputError("is a folder; --out names the classes Parquet file to write", file=str(out),
+            raise BadInputError("is a folder, but --out names the classes Parquet file to write", file=str(out),
                                 hint="E.g. --out classes.parquet, or a path inside this folder")
         above = next((p for p in out.parents if p.exists()), None)
         if above is not None and not above.is_dir():

@@ -298,6 +298,8 @@ def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: P
     with pytest.raises(BadInputError, match=re.escape(phrase)) as info:
         job.run(cat.settings(out, items=items))
     assert info.value.file == file and info.value.hint
+    # a folder is called one ("file /path/empty: holds no Parquet files" read as if it were a file)
+    assert str(info.value).startswith(f"{'folder' if what == 'empty folder' else 'file'} {file}")
     assert snapshot(tmp_path) == before
 
 
@@ -394,7 +396,7 @@ def test_out_holding_a_different_job(tmp_path: Path, client: Any, previous_resul
     with pytest.raises(BadInputError) as info:
         job.run(cat.settings(out), client=client)
     prev = previous_result.parent / "data"  # the other job's catalog; it also ran refine = 0
-    assert str(info.value) == (f"file {out}: already holds the output of a different job (items: "
+    assert str(info.value) == (f"folder {out}: already holds the output of a different job (items: "
                                f"{prev / 'items.parquet'} → {cat.items_path}; classes: {prev / 'classes.parquet'} → "
                                f"{cat.classes_path}; refine: 0 → 2). "
                                "Choose another --out, or pass --overwrite to replace it")
@@ -563,7 +565,9 @@ def test_cli_exit_code_and_single_message(tmp_path: Path, name: str) -> None:
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr  # no traceback, no worker log
-    assert lines[0].startswith("pairwise-dask: error: file ") and phrase in lines[0], lines[0]
+    # the catalog's files are "file …", an output folder (made or not) "folder …"
+    kind = "folder" if name in ("out inside a file", "out not writable") else "file"
+    assert lines[0].startswith(f"pairwise-dask: error: {kind} ") and phrase in lines[0], lines[0]
     assert res.stdout == ""
     assert not out.exists()
 
@@ -586,7 +590,7 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     res = run_cli("run", str(cat.job_file(out)), "--quiet")
     assert res.returncode == 2
     prev = previous_result.parent / "data"
-    assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
+    assert res.stderr.strip() == (f"pairwise-dask: error: folder {out}: already holds the output of a different "
                                   f"job (items: {prev / 'items.parquet'} → {cat.items_path}; classes: "
                                   f"{prev / 'classes.parquet'} → {cat.classes_path}; refine: 0 → 2). "
                                   "Choose another --out, or pass --overwrite to replace it")
@@ -710,3 +714,4 @@ def test_bad_rows_in_several_partitions_name_the_first_partitions_row(tmp_path: 
     # an error that is not about a row of the items is left as it is
     setting = BadInputError("dims = 9 is larger than d = 8", hint="lower it")
     assert job._first_bad_partition(client, s, prep.spec, [], setting, lambda _: None) is setting
+

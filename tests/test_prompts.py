@@ -106,7 +106,8 @@ def test_command_refuses_missing_names_and_existing_out(tmp_path: Path, capsys) 
     # leaving a temporary file behind)
     (tmp_path / "folder").mkdir()
     assert main(["--names", "a", "b", "--out", str(tmp_path / "folder"), "--overwrite"]) == 2
-    assert "is a folder; --out names the classes Parquet file to write" in capsys.readouterr().err
+    assert f"folder {tmp_path / 'folder'}: is a folder, but --out names the classes Parquet file to write" in \
+        capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet", "folder"]
     # a path under a file: refused up front too (a NotADirectoryError traceback after the embedding)
     assert main(["--names", "a", "b", "--out", str(tmp_path / "c.parquet" / "x.parquet")]) == 2
