@@ -304,13 +304,47 @@ def _unknown(key: str, known: list[str], where: str) -> BadInputError:
     return BadInputError(f"unknown key {key!r}", file=where, hint=hint)
 
 
+#: how to call the commands that take a model folder (a swapped pair of arguments is a common slip)
+MODEL_USAGE = "pairwise-dask apply MODEL [JOB] --items … --views … --out … (update likewise)"
+
+
+def _job_text(path: Path) -> str:
+    """The job file's text; anything that is not a TOML job file (a folder, a Parquet file a glob
+    spilled into the job's place, binary or UTF-16 text) is a :class:`BadInputError` saying what it is."""
+    if path.is_dir():
+        if (path / "params.json").exists():
+            raise BadInputError("is a saved model's folder, not a job file", file=str(path),
+                                hint=f"apply and update take the model folder first, then the job file: {MODEL_USAGE}")
+        has_parquet = any(p.suffix in (".parquet", ".parq", ".pq") for p in path.iterdir())
+        raise BadInputError("is a folder, not a job file", file=str(path),
+                            hint=f"To read its Parquet files pass --items {path}" if has_parquet else
+                            "Give a TOML job file (see jobs/demo.toml), or no job file and the flags "
+                            "--items, --classes, --views and --out")
+    data = path.read_bytes()
+    if data[:4] == b"PAR1":  # Parquet's magic: an items file given as the job (or an unquoted glob)
+        raise BadInputError("is a Parquet file, not a TOML job file", file=str(path),
+                            hint=f"Pass Parquet items with --items {path}; quote a glob (--items 'folder/*.parquet') "
+                                 "or the shell expands it and its second file lands here")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise BadInputError("is UTF-16 text; a TOML job file is UTF-8", file=str(path),
+                            hint="Save the job file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8-sig")  # (a byte order mark, which some editors write, is let through)
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"is not a TOML job file (not UTF-8 text: byte {e.start} is 0x{data[e.start]:02x})",
+                            file=str(path), hint="Give the job's TOML file (see jobs/demo.toml), saved as UTF-8") from None
+
+
 def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     """The job file's values as ``{option key: value}``; paths resolved against its folder."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(_job_text(path))
     except FileNotFoundError:
         raise BadInputError("job file not found", file=str(path), hint="Check the path") from None
+    except PermissionError:
+        raise BadInputError("cannot be read (permission denied)", file=str(path),
+                            hint="Make the job file readable, or run as a user who may read it") from None
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"is not valid TOML ({e})", file=str(path),
                             hint="Fix the job file at that line (each key and each [table] may appear once)") from None

@@ -8,6 +8,7 @@ the exit code and the single line on stderr.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -714,4 +715,76 @@ def test_bad_rows_in_several_partitions_name_the_first_partitions_row(tmp_path: 
     # an error that is not about a row of the items is left as it is
     setting = BadInputError("dims = 9 is larger than d = 8", hint="lower it")
     assert job._first_bad_partition(client, s, prep.spec, [], setting, lambda _: None) is setting
+
+# --- arguments in the wrong place: one line that says what the path is and what to give --------
+
+def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The CLI's one error line (in-process: these are refused before any cluster starts)."""
+    from pairwise_dask import cli
+
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pairwise-dask: error: "), err
+    return err
+
+
+def _fake_model(folder: Path, views: list[str]) -> Path:
+    """A folder that passes for a saved model until its arrays are read."""
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"views": views}))
+    for f in ("classes.parquet", "moments.parquet", "masks.parquet"):
+        (folder / f).write_bytes(b"")
+    return folder
+
+
+def test_a_parquet_file_or_utf16_text_as_the_job_file(tmp_path: Path, capsys) -> None:
+    """`run part-0.parquet` (or an unquoted --items glob whose second file lands in the job's
+    place) and a UTF-16 job file were UnicodeDecodeError tracebacks with exit status 1."""
+    cat = make_catalog(tmp_path / "data")
+    err = _cli_error(capsys, "run", str(cat.items_path))
+    assert f"{cat.items_path}: is a Parquet file, not a TOML job file" in err
+    assert f"--items {cat.items_path}" in err and "quote a glob" in err
+    job_file = cat.job_file(tmp_path / "out")
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes(job_file.read_text().encode("utf-16"))
+    assert "is UTF-16 text; a TOML job file is UTF-8" in _cli_error(capsys, "run", str(utf16))
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x00\x9c\xffjunk")
+    assert "is not a TOML job file (not UTF-8 text" in _cli_error(capsys, "run", str(binary))
+    bom = tmp_path / "bom.toml"  # a UTF-8 byte order mark (some editors write one) is fine
+    bom.write_bytes(b"\xef\xbb\xbf" + job_file.read_bytes())
+    assert load_settings(str(bom)).items == str(cat.items_path)
+
+
+def test_a_folder_as_the_job_file_or_swapped_model_arguments(tmp_path: Path, capsys) -> None:
+    """A folder as the job file was "the system refused a file operation … Is a directory … Free
+    space or fix the permissions"; so was `apply JOB MODEL` (the job and the model swapped)."""
+    cat = make_catalog(tmp_path / "data")
+    err = _cli_error(capsys, "run", str(cat.folder))
+    assert f"folder {cat.folder}: is a folder, not a job file" in err and f"--items {cat.folder}" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "is a folder, not a job file. Give a TOML job file" in _cli_error(capsys, "run", str(empty))
+    model = _fake_model(tmp_path / "run" / "model", ["a", "b"])
+    job_file = cat.job_file(tmp_path / "out")
+    for command in ("apply", "update"):
+        err = _cli_error(capsys, command, str(job_file), str(model), "--out", str(tmp_path / "x"))
+        assert f"folder {model}: is a saved model's folder, not a job file" in err
+        assert "take the model folder first, then the job file: pairwise-dask apply MODEL [JOB]" in err
+    # with --storage-options the model is read first: the job file in its place is named
+    err = _cli_error(capsys, "apply", str(job_file), str(model), "--out", str(tmp_path / "x"),
+                     "--storage-options", '{"anon": true}')
+    assert f"file {job_file}: is a file, not a saved model's folder. Give the model/ folder first" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_model_path_that_does_not_exist_or_is_the_runs_folder(tmp_path: Path, capsys) -> None:
+    """Both said "is not a saved model (no params.json, …)"."""
+    cat = make_catalog(tmp_path / "data")
+    args = ["--items", str(cat.items_path), "--views", "a=emb_a,b=emb_b", "--out", str(tmp_path / "x")]
+    err = _cli_error(capsys, "apply", str(tmp_path / "nothere" / "model"), *args)
+    assert f"{tmp_path / 'nothere' / 'model'}: does not exist. Check the model path" in err
+    model = _fake_model(tmp_path / "run" / "model", ["a", "b"])
+    err = _cli_error(capsys, "update", str(model.parent), *args)
+    assert f"folder {model.parent}: is a run's output folder, not its model. Point at the model inside it: {model}" in err
 
