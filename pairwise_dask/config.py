@@ -6,6 +6,7 @@ default, range and one line of help. Parsing the TOML file, building the ``argpa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -385,6 +386,26 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def _model_views(classes: str, storage_options: dict | None) -> str:
+    """``--views`` for the saved model whose ``classes.parquet`` ``classes`` is (apply and update
+    take their classes from the model), as ``a=emb_a,b=emb_b``: the model's view names, with the
+    columns its run read when the run's ``summary.json`` is beside the model; "" for a classes
+    file that is no model's. Error path only."""
+    from .storage import Location
+
+    try:
+        model = Location.of(classes, storage_options).parent
+        if not (model / "params.json").exists():
+            return ""
+        names = [str(v) for v in json.loads((model / "params.json").read_text()).get("views") or []]
+        columns: dict = {}
+        with contextlib.suppress(Exception):  # the run's summary names the columns it read
+            columns = json.loads((model.parent / "summary.json").read_text()).get("views") or {}
+        return ",".join(f"{v}={columns.get(v, 'COLUMN')}" for v in names)
+    except Exception:  # noqa: BLE001 - only a hint: a model that cannot be read is refused elsewhere
+        return ""
+
+
 def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settings:
     """Validate merged values (job file, then flags) into :class:`Settings`."""
     kw: dict[str, Any] = {}
@@ -401,8 +422,10 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
                                 hint=f"Set `{required} = ...` in the job file or pass --{required}")
     views = values.get("views") or ()
     if not views:
-        raise BadInputError("no views given", file=where,
-                            hint="Add a [views] table (name = \"column\") or pass --views a=emb_a,b=emb_b")
+        model = _model_views(kw["classes"], values.get("storage_options"))
+        raise BadInputError("no views given", file=where, hint=f"Pass the model's views: --views {model} (or a [views] "
+                            "table in the job file)" if model else "Add a [views] table (name = \"column\") or pass "
+                            "--views a=emb_a,b=emb_b")
     names = [v for v, _ in views]
     for v in names:
         if names.count(v) > 1:

@@ -788,3 +788,13 @@ def test_a_model_path_that_does_not_exist_or_is_the_runs_folder(tmp_path: Path, 
     err = _cli_error(capsys, "update", str(model.parent), *args)
     assert f"folder {model.parent}: is a run's output folder, not its model. Point at the model inside it: {model}" in err
 
+def test_apply_without_views_names_the_models_views(tmp_path: Path, capsys) -> None:
+    """The hint suggested the demo's `--views a=emb_a,b=emb_b` whatever the model's views."""
+    cat = make_catalog(tmp_path / "data")
+    model = _fake_model(tmp_path / "run" / "model", ["image", "text"])
+    args = ["--items", str(cat.items_path), "--out", str(tmp_path / "x")]
+    err = _cli_error(capsys, "apply", str(model), *args)
+    assert "no views given. Pass the model's views: --views image=COLUMN,text=COLUMN" in err
+    # the run's summary.json beside the model names the columns it read
+    (model.parent / "summary.json").write_text(json.dumps({"views": {"image": "img_emb", "text": "txt_emb"}}))
+    assert "Pass the model's views: --views image=img_emb,text=txt_emb" in _cli_error(capsys, "update", str(model), *args)
