@@ -101,6 +101,21 @@ def _dim_list(cat: Catalog) -> None:  # list<float> of equal lengths: only a wor
     cat.write_items(replace_column(cat.items, "emb_b", var_list(list(matrix(cat.items, "emb_b")[:, :6]))))
 
 
+def _dim_packed(marked: bool) -> Edit:
+    """Packed float32 embeddings of the wrong width (6 marked, 5 unmarked): the width is in the schema."""
+    def edit(cat: Catalog) -> None:
+        from pairwise_dask.pack import pack_column
+        from pairwise_dask.arrays import PACKED_FLOAT_KEY
+
+        packed = pack_column(fsl(matrix(cat.items, "emb_b")[:, :6 if marked else 5]), name="emb_b")
+        table = replace_column(cat.items, "emb_b", packed)
+        if marked:
+            i = table.column_names.index("emb_b")
+            table = table.cast(table.schema.set(i, table.field(i).with_metadata({PACKED_FLOAT_KEY: "float32"})))
+        cat.write_items(table)
+    return edit
+
+
 def _duplicate(i: int, j: int, partition_rows: int) -> Edit:
     def edit(cat: Catalog) -> dict[str, Any]:
         ids = cat.items.column("id").to_pylist()
@@ -185,7 +200,12 @@ CASES = [
     Case("non-list column", _non_list, "items", "emb_b", None, "not a list of floats"),
     Case("mixed lengths", _mixed, "items", "emb_b", "it-00011", "mixed lengths (8 and 5)"),
     Case("dimension != classes (fixed)", _dim_fixed, "items", "emb_b", None, "dimension 6"),
-    Case("dimension != classes (list)", _dim_list, "items", "emb_b", "it-00000", "dimension 6"),
+    # the first row and the footer's value count give a list column's dimension: refused up front
+    Case("dimension != classes (list)", _dim_list, "items", "emb_b", None, "has dimension 6 but the classes"),
+    Case("dimension != classes (packed)", _dim_packed(True), "items", "emb_b", None,
+         "has dimension 6 but the classes"),
+    Case("dimension != classes (packed, unmarked)", _dim_packed(False), "items", "emb_b", None,
+         "fixed_size_binary[20], which cannot hold the classes' 8 floats (as float32 it holds 5 values)"),
     Case("NaN", _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan)), "items", "emb_a", "it-00005", "NaN"),
     Case("NaN found in the quantile pass", lambda cat: (_edit_view("emb_a", lambda x: _set(x, 33, 1, np.nan))(cat),
                                                         {"cos_quantile": 0.2})[1], "items", "emb_a", "it-00033", "NaN"),
@@ -798,3 +818,65 @@ def test_apply_without_views_names_the_models_views(tmp_path: Path, capsys) -> N
     # the run's summary.json beside the model names the columns it read
     (model.parent / "summary.json").write_text(json.dumps({"views": {"image": "img_emb", "text": "txt_emb"}}))
     assert "Pass the model's views: --views image=img_emb,text=txt_emb" in _cli_error(capsys, "update", str(model), *args)
+
+
+def test_a_dimension_mismatch_is_found_before_the_cluster_starts(tmp_path: Path) -> None:
+    """List and packed columns of another model's dimension were found only on the workers, after
+    the cluster had started, and blamed on the first row of every partition ("the first of 8
+    partitions of 8 with bad rows"); the footers (and a list column's first row) tell it up front."""
+    for name, edit in [("list", _dim_list), ("packed", _dim_packed(True)), ("unmarked", _dim_packed(False))]:
+        cat = make_catalog(tmp_path / name)
+        edit(cat)
+        with pytest.raises(BadInputError) as info:
+            job.prepare(cat.settings(tmp_path / "out"))  # no cluster, no items read
+        assert (info.value.column, info.value.row, info.value.file) == ("emb_b", None, str(cat.items_path))
+
+
+def test_a_list_dimension_mismatch_in_a_later_file_says_every_row_is_off(tmp_path: Path, client: Any) -> None:
+    """Only the first file is checked up front; a later file of list<float> rows all of another
+    dimension is found on a worker, and the message says every row is off rather than blaming one."""
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    a, b = cat.items.slice(0, 30), cat.items.slice(30)
+    pq.write_table(replace_column(a, "emb_b", var_list(list(matrix(a, "emb_b")))), folder / "a.parquet")
+    pq.write_table(replace_column(b, "emb_b", var_list(list(matrix(b, "emb_b")[:, :6]))), folder / "b.parquet")
+    with pytest.raises(BadInputError) as info:
+        job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    assert info.value.file == str(folder / "b.parquet") and info.value.column == "emb_b"
+    assert "has dimension 6 in every row of its partition, but the classes have 8" in str(info.value)
+
+
+def test_a_missing_id_column_suggests_the_flag_and_a_likely_column(tmp_path: Path) -> None:
+    """It listed the file's columns but not --id, nor which of them looked like the ids."""
+    cat = make_catalog(tmp_path / "data")
+    cat.write_items(cat.items.rename_columns(["item_id" if c == "id" else c for c in cat.items.column_names]))
+    with pytest.raises(BadInputError) as info:
+        job.prepare(cat.settings(tmp_path / "out"))
+    msg = str(info.value)
+    assert "column 'id': is missing. Did you mean 'item_id'? Name the column with --id COLUMN" in msg, msg
+    assert "The file has: item_id, emb_a, emb_b, label" in msg
+    with pytest.raises(BadInputError, match=r"Name the column with --label COLUMN"):
+        job.prepare(cat.settings(tmp_path / "out", id="item_id", label="Label"))
+    assert job.prepare(cat.settings(tmp_path / "out", id="item_id")).info.rows == 60
+
+
+def test_an_empty_file_written_by_pandas_is_left_out(tmp_path: Path, client: Any) -> None:
+    """pandas writes an empty frame's columns as type null: such a file among the inputs was
+    refused ("has type null here but fixed_size_list…"), where an empty pyarrow file was read."""
+    import pandas as pd
+
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    pd.DataFrame(columns=cat.items.column_names).to_parquet(folder / "a-empty.parquet")
+    pq.write_table(cat.items, folder / "b.parquet")
+    summary = job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    assert summary["labelled_items"] == 60
+    job.run(cat.settings(tmp_path / "ref"), client=client)
+    labels = [pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("out", "ref")]
+    assert labels[0].equals(labels[1])
+    # a catalog of empty files only is still an empty catalog
+    shutil.move(folder / "b.parquet", tmp_path / "b.parquet")
+    with pytest.raises(BadInputError, match="holds no rows"):
+        job.prepare(cat.settings(tmp_path / "out2", items=str(folder)))
