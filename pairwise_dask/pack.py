@@ -130,7 +130,9 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     root, files = _files(items)
     if Path(items).is_dir() and (dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents):
         raise BadInputError("is inside the catalog it would pack", file=out, folder=True, hint="Write the packed catalog elsewhere")
-    schema = open_parquet(files[0]).schema_arrow
+    # the schema of a file with rows: pandas writes an empty frame's columns as type null
+    schema = next((pf.schema_arrow for pf in map(open_parquet, files) if pf.metadata.num_rows),
+                  open_parquet(files[0]).schema_arrow)
     chosen = tuple(columns) if columns else tuple(f.name for f in schema if is_float_list(f.type))
     if not chosen:
         raise BadInputError("has no list-of-floats column to pack", file=str(files[0]),
@@ -141,6 +143,10 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     try:
         for f in files:
             pf = open_parquet(f)
+            if not pf.metadata.num_rows:  # no items (and, from pandas, null-typed columns): left out
+                bytes_in += f.stat().st_size
+                echo(f"  left out {f} (no rows)")
+                continue
             names = set(pf.schema_arrow.names)
             for c in chosen:
                 if c not in names:

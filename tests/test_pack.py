@@ -203,3 +203,18 @@ def test_files_and_row_groups_without_rows_are_left_out(tmp_path: Path, client) 
     job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "packed")), client=client)
     a, b = (pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("lists", "out"))
     assert a.equals(b)
+
+
+def test_an_empty_file_written_by_pandas_is_left_out(tmp_path: Path) -> None:
+    """pandas writes an empty frame's columns as type null: pack refused such a file
+    ("has type null, not a list of floats"), or found no column to pack when it came first."""
+    import pandas as pd
+
+    cat = make_catalog(tmp_path / "data", n=60)
+    src = tmp_path / "items"
+    src.mkdir()
+    pd.DataFrame(columns=cat.items.column_names).to_parquet(src / "a-empty.parquet")
+    pq.write_table(cat.items, src / "b.parquet")
+    r = pack_catalog(str(src), str(tmp_path / "packed"))
+    assert (r.files, r.rows, r.columns) == (1, 60, ("emb_a", "emb_b"))
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["b.parquet"]
