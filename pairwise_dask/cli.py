@@ -60,7 +60,9 @@ def _json_object(text: str) -> dict:
 
 def _add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
-    p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
+    p.add_argument("--views", metavar="NAME=COLUMN[,…]",
+                   help="embedding column of each view, comma-separated, e.g. image=img_emb,text=txt_emb; a bare "
+                        "COLUMN is a view named after its column (--views img_emb,txt_emb)")
     p.add_argument("--storage-options", metavar="JSON", type=_json_object,
                    help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),

@@ -280,7 +280,14 @@ def parse_views(text: str, *, where: str = "--views") -> tuple[tuple[str, str], 
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, col = part.partition("=")
-        out.append((name.strip(), (col or name).strip()))
+        col = (col or name).strip()
+        if "=" in col or any(ch.isspace() for ch in col):
+            # 'image=img_emb text=txt_emb': spaces where commas go (else "column … is missing")
+            fixed = ",".join(p.strip() for p in text.replace(",", " ").split())
+            raise BadInputError(f"{where} {text!r}: column {col!r} holds " + ("'='" if "=" in col else "a space"),
+                                file=COMMAND_LINE, hint=f"Separate the views with commas: {where} {fixed} (a "
+                                "column whose name has spaces goes in the job file's [views] table)")
+        out.append((name.strip(), col))
     return tuple(out)
 
 
