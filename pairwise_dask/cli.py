@@ -63,6 +63,10 @@ def _add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
     p.add_argument("--views", metavar="NAME=COLUMN[,…]",
                    help="embedding column of each view, comma-separated, e.g. image=img_emb,text=txt_emb; a bare "
                         "COLUMN is a view named after its column (--views img_emb,txt_emb)")
+    if command in ("run", "fit"):  # apply and update read the model's classes, named by view
+        p.add_argument("--class-columns", metavar="VIEW=COLUMN[,…]",
+                       help="the classes file's embedding column of a view, when it is named neither like the "
+                            "view nor like the items' column nor `embedding` ([class_columns] in the job file)")
     p.add_argument("--storage-options", metavar="JSON", type=_json_object,
                    help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),
@@ -98,6 +102,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         values[o.name] = v
     if ns.views:
         values["views"] = parse_views(ns.views)
+    if getattr(ns, "class_columns", None):
+        values["class_columns"] = parse_views(ns.class_columns, where="--class-columns")
     if ns.storage_options is not None:
         values["storage_options"] = ns.storage_options
     return values

@@ -446,9 +446,11 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
         col = next((c for c in candidates if c in table.column_names), None)
         if col is None:
             raise BadInputError(f"has no embedding column for view {view!r} (looked for "
-                                f"{', '.join(repr(c) for c in candidates)})", file=where,
-                                hint="Name a column after the view or the items' column, provide one "
-                                     "shared `embedding`, or set [class_columns]")
+                                f"{', '.join(repr(c) for c in candidates)}; it has "
+                                f"{', '.join(table.column_names)})", file=where,
+                                hint=f"Name the view's column with --class-columns {view}=COLUMN (or a "
+                                     "[class_columns] table in the job file), or name a column after the view "
+                                     "or the items' column, or provide one shared `embedding`")
         try:
             x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object),
                                  packed_float=packed_float_of(table.schema.field(col)))

@@ -880,3 +880,22 @@ def test_an_empty_file_written_by_pandas_is_left_out(tmp_path: Path, client: Any
     shutil.move(folder / "b.parquet", tmp_path / "b.parquet")
     with pytest.raises(BadInputError, match="holds no rows"):
         job.prepare(cat.settings(tmp_path / "out2", items=str(folder)))
+
+
+def test_classes_without_a_views_column_list_theirs_and_the_flag_names_one(tmp_path: Path) -> None:
+    """The message did not list the classes file's columns, and its hint named [class_columns],
+    which only a job file had: --class-columns now names them from the command line too."""
+    from pairwise_dask import cli
+
+    cat = make_catalog(tmp_path / "data")
+    _class_views(cat)  # columns name, img, txt
+    argv = ["run", "--items", str(cat.items_path), "--classes", str(cat.classes_path), "--views", "a=emb_a,b=emb_b",
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(BadInputError) as info:
+        job.prepare(load_settings(None, cli._overrides(cli.build_parser().parse_args(argv))))
+    assert "(looked for 'emb_a', 'a', 'embedding'; it has name, img, txt)" in str(info.value)
+    assert info.value.hint.startswith("Name the view's column with --class-columns a=COLUMN (or a [class_columns]")
+    ns = cli.build_parser().parse_args(argv + ["--class-columns", "a=img,b=txt"])
+    s = load_settings(None, cli._overrides(ns))
+    assert s.class_columns == (("a", "img"), ("b", "txt")) and s.where("class_columns") == COMMAND_LINE
+    assert job.prepare(s).classes.columns == {"a": "img", "b": "txt"}
