@@ -195,3 +195,19 @@ def test_a_model_that_cannot_be_loaded_is_one_message(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 2 and "could not be loaded" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
         res.stderr
+
+
+def test_names_separated_by_commas_are_accepted(tmp_path: Path, capsys) -> None:
+    """`--names a,b` was one class name ("1 class name(s) given; the tourney needs at least two"):
+    the other list flags (--views, --columns) take commas."""
+    from pairwise_dask.prompts import _read_names, configure_parser
+    import argparse
+
+    parser = configure_parser(argparse.ArgumentParser())
+    for argv, names in [(["--names", "games,fonts"], ["games", "fonts"]),
+                        (["--names", "games, email software ,fonts"], ["games", "email software", "fonts"]),
+                        (["--names", "games", "fonts"], ["games", "fonts"]),
+                        (["--names", "a, b", "c"], ["a, b", "c"])]:  # several arguments: commas are the names'
+        assert _read_names(parser.parse_args(argv + ["--out", "x"])) == names
+    assert main(["--names", "games", "--out", str(tmp_path / "c.parquet")]) == 2
+    assert "separated by spaces or by commas" in capsys.readouterr().err
