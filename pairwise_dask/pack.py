@@ -221,6 +221,15 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _size(n: int) -> str:
+    """A byte count in the largest binary unit that keeps it at 1 or more (``0.00 GiB`` said
+    nothing about a small catalog)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{n:,} B"
+
+
 def run_command(ns: argparse.Namespace) -> int:
     """Execute parsed ``pack`` arguments; 0 on success, 2 on bad input (message on stderr)."""
     echo = (lambda _m: None) if ns.quiet else (lambda m: print(m, flush=True))
@@ -231,7 +240,11 @@ def run_command(ns: argparse.Namespace) -> int:
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
-    echo(f"pairwise-dask pack: {r.rows:,} rows in {r.files} files ({r.row_groups} row groups) written to "
+    def count(n: int, what: str) -> str:
+        return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+    echo(f"pairwise-dask pack: {count(r.rows, 'row')} in {count(r.files, 'file')} "
+         f"({count(r.row_groups, 'row group')}) written to "
          f"{r.out} in {r.seconds:.1f} s; packed {', '.join(r.columns)}; "
-         f"{r.bytes_in / 2**30:.2f} GiB → {r.bytes_out / 2**30:.2f} GiB")
+         f"{_size(r.bytes_in)} → {_size(r.bytes_out)}")
     return 0
