@@ -488,6 +488,38 @@ def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> 
     return None
 
 
+def locate_id(files: tuple[str, ...] | list[str], id_col: str, value: object,
+              storage_options: dict | None = None) -> list[tuple[str, int]]:
+    """Every (file, row number from 0) whose id is ``value``, in file order. Error path only: it
+    reads the id column of every file, to name both copies of a duplicated id."""
+    import pyarrow.compute as pc
+
+    found = []
+    for f in files:
+        try:
+            pf = _parquet_file(f, storage_options)
+            if not pf.metadata.num_rows or id_col not in pf.schema_arrow.names:
+                continue
+            ids = pf.read(columns=[id_col]).column(id_col)
+            hits = pc.indices_nonzero(pc.fill_null(pc.equal(ids, pa.scalar(value, ids.type)), False))
+        except (OSError, pa.ArrowException):
+            continue
+        found += [(f, int(i)) for i in hits.to_pylist()]
+    return found
+
+
+def duplicate_places(places: list[tuple[str, int]]) -> str:
+    """``"(rows 3 and 50)"`` within one file, ``"(row 3, and row 50 of /x/b.parquet)"`` across files."""
+    if len(places) < 2:
+        return ""
+    first = places[0][0]
+    if all(f == first for f, _ in places):
+        return f"(rows {', '.join(str(i) for _, i in places[:-1])} and {places[-1][1]}, counted from 0)"
+    rest = ", ".join(f"row {i}" + ("" if f == first else f" of {f}") for f, i in places[1:4])
+    more = f" and {len(places) - 4} more" if len(places) > 4 else ""
+    return f"(row {places[0][1]}, and {rest}{more}; rows counted from 0)"
+
+
 # --- writing -------------------------------------------------------------------------------
 
 def write_table(table: pa.Table, path: "str | os.PathLike | Location") -> None:

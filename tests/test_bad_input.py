@@ -899,3 +899,25 @@ def test_classes_without_a_views_column_list_theirs_and_the_flag_names_one(tmp_p
     s = load_settings(None, cli._overrides(ns))
     assert s.class_columns == (("a", "img"), ("b", "txt")) and s.where("class_columns") == COMMAND_LINE
     assert job.prepare(s).classes.columns == {"a": "img", "b": "txt"}
+
+
+def test_a_duplicate_id_across_two_files_names_both(tmp_path: Path, client: Any) -> None:
+    """It named only the file of the first copy; the second copy, in another file, is the one to find."""
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    ids = cat.items.column("id").to_pylist()
+    ids[50] = ids[3]
+    table = replace_column(cat.items, "id", pa.array(ids))
+    pq.write_table(table.slice(0, 30), folder / "a.parquet")
+    pq.write_table(table.slice(30), folder / "b.parquet")
+    with pytest.raises(BadInputError) as info:
+        job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    e = info.value
+    assert (e.file, e.column, e.row) == (str(folder / "a.parquet"), "id", "it-00003"), str(e)
+    assert f"appears more than once (row 3, and row 20 of {folder / 'b.parquet'}; rows counted from 0)" in str(e)
+    # one file, two partitions: the rows
+    cat.write_items(table, row_group_size=10)
+    with pytest.raises(BadInputError, match=r"appears more than once \(rows 3 and 50, counted from 0\)") as info:
+        job.run(cat.settings(tmp_path / "out"), client=client)
+    assert info.value.file == str(cat.items_path)
