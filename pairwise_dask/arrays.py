@@ -104,9 +104,10 @@ def embedding_matrix(column: object, *, name: str, ids: np.ndarray | None = None
                             row=_row_id(ids, i), hint="Fix or drop the row")
     flat = values.to_numpy(zero_copy_only=False)
     if dim is not None and d != dim:
-        # every row is off; name the first so the message still points into the data
-        raise BadInputError(f"has dimension {d}, but the classes have {dim}", column=name,
-                            row=_row_id(ids, 0) if len(arr) else None,
+        # every row of the block is off, not one: say so (the first row's id only tells the job
+        # which file to name)
+        raise BadInputError(f"has dimension {d} in every row of its partition, but the classes have {dim}",
+                            column=name, row=_row_id(ids, 0) if len(arr) else None,
                             hint="Items and classes of a view must come from the same model")
     return flat.astype(np.float32, copy=False).reshape(len(arr), d)
 

@@ -60,7 +60,13 @@ def _json_object(text: str) -> dict:
 
 def _add_run_flags(p: argparse.ArgumentParser, command: str = "run") -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); flags override its values")
-    p.add_argument("--views", metavar="NAME=COLUMN[,…]", help="embedding column of each view, e.g. a=emb_a,b=emb_b")
+    p.add_argument("--views", metavar="NAME=COLUMN[,…]",
+                   help="embedding column of each view, comma-separated, e.g. image=img_emb,text=txt_emb; a bare "
+                        "COLUMN is a view named after its column (--views img_emb,txt_emb)")
+    if command in ("run", "fit"):  # apply and update read the model's classes, named by view
+        p.add_argument("--class-columns", metavar="VIEW=COLUMN[,…]",
+                       help="the classes file's embedding column of a view, when it is named neither like the "
+                            "view nor like the items' column nor `embedding` ([class_columns] in the job file)")
     p.add_argument("--storage-options", metavar="JSON", type=_json_object,
                    help='fsspec options for URL paths (s3://, gs://, abfs://, memory://), e.g. \'{"anon": true}\'')
     groups = {None: p.add_argument_group("data and outputs"),
@@ -96,6 +102,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
         values[o.name] = v
     if ns.views:
         values["views"] = parse_views(ns.views)
+    if getattr(ns, "class_columns", None):
+        values["class_columns"] = parse_views(ns.class_columns, where="--class-columns")
     if ns.storage_options is not None:
         values["storage_options"] = ns.storage_options
     return values
@@ -125,11 +133,19 @@ examples:
 """
 
 
+def _top_examples() -> str:
+    """The top-level --help's one examples block: run's, then the model commands', then run's
+    note on the outputs (each list has its own \"examples:\" heading in its command's --help)."""
+    run_lines, _, outputs = EXAMPLES.partition("\n\n")
+    model_lines = MODEL_EXAMPLES.split("\n", 1)[1]  # without its heading
+    return run_lines + "\n" + model_lines + "\n" + outputs
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pairwise-dask", description=(
         "Relabel a catalog from precomputed embeddings: pairwise cross-variance masks and a seeded "
         "knockout tourney over the classes, run on Dask. Reports the items whose labels look wrong."),
-        epilog=EXAMPLES + "\n" + MODEL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_top_examples(), formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
     p.add_argument("--version", action="version", version=f"pairwise-dask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -152,14 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 partition``, ``4 partitions``, ``3,107 items``."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def format_summary(s: dict) -> str:
     """The one-screen summary printed at the end of a command."""
     views = list(s.get("per_view", {}))
     lines = [f"pairwise-dask {s.get('command', 'run')}: done in {s['timings_s']['total']:.1f} s (run {s['run_id']})"]
     it = s["items"]
-    lines.append(f"  read       {it['rows']:,} items in {it['partitions']} partitions, "
-                 f"{len(s['classes']['names'])} classes, views "
-                 f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {s['cluster']['workers']} workers")
+    lines.append(f"  read       {_count(it['rows'], 'item')} in {_count(it['partitions'], 'partition')}, "
+                 f"{_count(len(s['classes']['names']), 'class', 'classes')}, views "
+                 f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {_count(s['cluster']['workers'], 'worker')}")
     if "labelled_items" in s:
         ch = "  ".join(f"{v}: {s['per_view'][v]['changed']:,} ({s['per_view'][v]['changed'] / max(it['rows'], 1):.1%})"
                        for v in views)

@@ -6,6 +6,7 @@ default, range and one line of help. Parsing the TOML file, building the ``argpa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -279,7 +280,14 @@ def parse_views(text: str, *, where: str = "--views") -> tuple[tuple[str, str], 
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, col = part.partition("=")
-        out.append((name.strip(), (col or name).strip()))
+        col = (col or name).strip()
+        if "=" in col or any(ch.isspace() for ch in col):
+            # 'image=img_emb text=txt_emb': spaces where commas go (else "column … is missing")
+            fixed = ",".join(p.strip() for p in text.replace(",", " ").split())
+            raise BadInputError(f"{where} {text!r}: column {col!r} holds " + ("'='" if "=" in col else "a space"),
+                                file=COMMAND_LINE, hint=f"Separate the views with commas: {where} {fixed} (a "
+                                "column whose name has spaces goes in the job file's [views] table)")
+        out.append((name.strip(), col))
     return tuple(out)
 
 
@@ -304,13 +312,47 @@ def _unknown(key: str, known: list[str], where: str) -> BadInputError:
     return BadInputError(f"unknown key {key!r}", file=where, hint=hint)
 
 
+#: how to call the commands that take a model folder (a swapped pair of arguments is a common slip)
+MODEL_USAGE = "pairwise-dask apply MODEL [JOB] --items … --views … --out … (update likewise)"
+
+
+def _job_text(path: Path) -> str:
+    """The job file's text; anything that is not a TOML job file (a folder, a Parquet file a glob
+    spilled into the job's place, binary or UTF-16 text) is a :class:`BadInputError` saying what it is."""
+    if path.is_dir():
+        if (path / "params.json").exists():
+            raise BadInputError("is a saved model's folder, not a job file", file=str(path),
+                                hint=f"apply and update take the model folder first, then the job file: {MODEL_USAGE}")
+        has_parquet = any(p.suffix in (".parquet", ".parq", ".pq") for p in path.iterdir())
+        raise BadInputError("is a folder, not a job file", file=str(path),
+                            hint=f"To read its Parquet files pass --items {path}" if has_parquet else
+                            "Give a TOML job file (see jobs/demo.toml), or no job file and the flags "
+                            "--items, --classes, --views and --out")
+    data = path.read_bytes()
+    if data[:4] == b"PAR1":  # Parquet's magic: an items file given as the job (or an unquoted glob)
+        raise BadInputError("is a Parquet file, not a TOML job file", file=str(path),
+                            hint=f"Pass Parquet items with --items {path}; quote a glob (--items 'folder/*.parquet') "
+                                 "or the shell expands it and its second file lands here")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise BadInputError("is UTF-16 text; a TOML job file is UTF-8", file=str(path),
+                            hint="Save the job file as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8-sig")  # (a byte order mark, which some editors write, is let through)
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"is not a TOML job file (not UTF-8 text: byte {e.start} is 0x{data[e.start]:02x})",
+                            file=str(path), hint="Give the job's TOML file (see jobs/demo.toml), saved as UTF-8") from None
+
+
 def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     """The job file's values as ``{option key: value}``; paths resolved against its folder."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(_job_text(path))
     except FileNotFoundError:
         raise BadInputError("job file not found", file=str(path), hint="Check the path") from None
+    except PermissionError:
+        raise BadInputError("cannot be read (permission denied)", file=str(path),
+                            hint="Make the job file readable, or run as a user who may read it") from None
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"is not valid TOML ({e})", file=str(path),
                             hint="Fix the job file at that line (each key and each [table] may appear once)") from None
@@ -351,6 +393,26 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
+def _model_views(classes: str, storage_options: dict | None) -> str:
+    """``--views`` for the saved model whose ``classes.parquet`` ``classes`` is (apply and update
+    take their classes from the model), as ``a=emb_a,b=emb_b``: the model's view names, with the
+    columns its run read when the run's ``summary.json`` is beside the model; "" for a classes
+    file that is no model's. Error path only."""
+    from .storage import Location
+
+    try:
+        model = Location.of(classes, storage_options).parent
+        if not (model / "params.json").exists():
+            return ""
+        names = [str(v) for v in json.loads((model / "params.json").read_text()).get("views") or []]
+        columns: dict = {}
+        with contextlib.suppress(Exception):  # the run's summary names the columns it read
+            columns = json.loads((model.parent / "summary.json").read_text()).get("views") or {}
+        return ",".join(f"{v}={columns.get(v, 'COLUMN')}" for v in names)
+    except Exception:  # noqa: BLE001 - only a hint: a model that cannot be read is refused elsewhere
+        return ""
+
+
 def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settings:
     """Validate merged values (job file, then flags) into :class:`Settings`."""
     kw: dict[str, Any] = {}
@@ -367,8 +429,10 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
                                 hint=f"Set `{required} = ...` in the job file or pass --{required}")
     views = values.get("views") or ()
     if not views:
-        raise BadInputError("no views given", file=where,
-                            hint="Add a [views] table (name = \"column\") or pass --views a=emb_a,b=emb_b")
+        model = _model_views(kw["classes"], values.get("storage_options"))
+        raise BadInputError("no views given", file=where, hint=f"Pass the model's views: --views {model} (or a [views] "
+                            "table in the job file)" if model else "Add a [views] table (name = \"column\") or pass "
+                            "--views a=emb_a,b=emb_b")
     names = [v for v, _ in views]
     for v in names:
         if names.count(v) > 1:

@@ -105,13 +105,21 @@ def _read_as(t: pa.DataType) -> pa.DataType:
 
 
 def inspect_items(s: Settings) -> ItemsInfo:
-    """Check the items' schema and size from the footers: missing or non-list columns, empty catalogs."""
+    """Check the items' schema and size from the footers: missing or non-list columns, empty catalogs,
+    and each view's dimension where the footers (or the first file's first row) tell it."""
     files = parquet_files(s.items, s.storage_options)
+    metas = [(f, open_parquet(f, s.storage_options).metadata) for f in files]
+    rows = sum(m.num_rows for _, m in metas)
+    if rows == 0:
+        raise BadInputError("holds no rows (empty catalog)", file=s.items,
+                            hint="Point the job at a catalog with items")
+    # a file without rows holds no items: it is not read, and its schema is not compared (pandas
+    # writes an empty frame's columns as type null, which no other file of the catalog has)
+    metas = [(f, m) for f, m in metas if m.num_rows]
+    files = [f for f, _ in metas]
     schema = None
-    rows = groups = 0
-    for f in files:
-        meta = open_parquet(f, s.storage_options).metadata
-        rows += meta.num_rows
+    groups = 0
+    for f, meta in metas:
         groups += meta.num_row_groups
         fs = meta.schema.to_arrow_schema()
         if schema is None:
@@ -135,15 +143,13 @@ def inspect_items(s: Settings) -> ItemsInfo:
     need = [s.id] + [c for _, c in s.views] + ([s.label] if s.label else [])
     for col in need:
         if col not in schema.names:
-            near = [n for n in schema.names if n.lower() == col.lower()]
-            raise BadInputError("is missing", file=files[0], column=col,
-                                hint=(f"Did you mean {near[0]!r}? " if near else "") +
-                                f"The file has: {', '.join(schema.names)}")
+            raise BadInputError("is missing", file=files[0], column=col, hint=_missing_hint(s, col, schema.names))
     dims: dict[str, int | None] = {}
     for v, col in s.views:
-        t = schema.field(col).type
-        if _is_packed(t):  # its dimension is known only with the classes' (checked when read)
-            dims[v] = None
+        field = schema.field(col)
+        t = field.type
+        if _is_packed(t):
+            dims[v] = _packed_dims(s, v, col, field, files[0])
             continue
         if not is_list_type(t):
             raise BadInputError(f"has type {t}, not a list of floats", file=files[0], column=col,
@@ -151,11 +157,72 @@ def inspect_items(s: Settings) -> ItemsInfo:
         if not pa.types.is_floating(t.value_type):
             raise BadInputError(f"holds {t.value_type}, not floats", file=files[0], column=col,
                                 hint="Embeddings must be float16, float32 or float64")
-        dims[v] = t.list_size if pa.types.is_fixed_size_list(t) else None
-    if rows == 0:
-        raise BadInputError("holds no rows (empty catalog)", file=s.items,
-                            hint="Point the job at a catalog with items")
+        dims[v] = t.list_size if pa.types.is_fixed_size_list(t) else \
+            _list_length(files[0], col, metas[0][1], s.storage_options)
     return ItemsInfo(tuple(files), rows, groups, dims)
+
+
+def _missing_hint(s: Settings, col: str, names: list[str]) -> str:
+    """What to do about a missing items column: the flag (or job file key) that names it, and the
+    file's column that it most likely is."""
+    near = [n for n in names if n.lower() == col.lower()]
+    if not near and col == s.id:  # ids are often item_id, sku_id, productId, …
+        near = [n for n in names if n.lower().endswith("id") or n.lower() in ("key", "uid", "uuid")]
+    flag = ("--id COLUMN (or `id = ...` in the job file)" if col == s.id else
+            "--label COLUMN (or `label = ...`)" if col == s.label else "--views NAME=COLUMN (or [views])")
+    return ((f"Did you mean {near[0]!r}? " if near else "") + f"Name the column with {flag}. "
+            f"The file has: {', '.join(names)}")
+
+
+def _classes_dim(s: Settings, view: str, item_col: str) -> int | None:
+    """The classes' dimension for ``view`` from their footer (fixed_size_list), or None. The
+    column is the one :func:`classes_from_table` takes; anything amiss is left to it."""
+    try:
+        schema = open_parquet(parquet_files(s.classes, s.storage_options)[0], s.storage_options).schema_arrow
+        explicit = dict(s.class_columns)
+        candidates = [explicit[view]] if view in explicit else [item_col, view, "embedding"]
+        col = next((c for c in candidates if c in schema.names), None)
+        t = schema.field(col).type if col else None
+        return t.list_size if t is not None and pa.types.is_fixed_size_list(t) else None
+    except Exception:  # noqa: BLE001 - read_classes reports a bad classes file
+        return None
+
+
+def _packed_dims(s: Settings, view: str, col: str, field: pa.Field, file: str) -> int | None:
+    """A packed column's dimension from its schema: its width over its marked float size; unmarked,
+    the width must hold the classes' d floats of 2, 4 or 8 bytes. Checked here, before the cluster
+    starts (it was found on a worker, and blamed on one row of every partition)."""
+    from .arrays import _PACKED_FLOATS
+
+    width = field.type.byte_width
+    marked = packed_float_of(field)
+    if marked is not None:
+        size = _PACKED_FLOATS.get(marked)
+        return width // size if size and width % size == 0 else None  # a bad mark: the read names it
+    d = _classes_dim(s, view, col)
+    if d and (width % d or width // d not in (2, 4, 8)):
+        raise BadInputError(f"is fixed_size_binary[{width}], which cannot hold the classes' {d} floats (as "
+                            f"float32 it holds {width / 4:g} values)", file=file, column=col,
+                            hint="Items and classes of a view must come from the same model")
+    return d
+
+
+def _list_length(file: str, col: str, meta: pq.FileMetaData, storage_options: dict | None) -> int | None:
+    """The length of every list of a ``list<float>`` column of ``file``, when its first row and the
+    footer's value count agree on one (rows × length values); else None (checked when read)."""
+    leaves = [meta.row_group(g).column(i) for g in range(meta.num_row_groups)
+              for i in range(meta.num_columns)]
+    values = sum(c.num_values for c in leaves
+                 if c.path_in_schema.startswith(col + ".") and c.path_in_schema[len(col) + 1:] in _LIST_LEAVES)
+    try:
+        pf = _parquet_file(file, storage_options)
+        first = next(pf.iter_batches(batch_size=1, columns=[col], use_threads=False)).column(0)
+    except (OSError, StopIteration, pa.ArrowException):
+        return None  # damaged pages: the read names them
+    if first.null_count:
+        return None
+    n = len(first[0].values)
+    return n if n and values == n * meta.num_rows else None
 
 
 #: Bytes of embedding values per batch when a row group's list columns are streamed
@@ -379,9 +446,11 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
         col = next((c for c in candidates if c in table.column_names), None)
         if col is None:
             raise BadInputError(f"has no embedding column for view {view!r} (looked for "
-                                f"{', '.join(repr(c) for c in candidates)})", file=where,
-                                hint="Name a column after the view or the items' column, provide one "
-                                     "shared `embedding`, or set [class_columns]")
+                                f"{', '.join(repr(c) for c in candidates)}; it has "
+                                f"{', '.join(table.column_names)})", file=where,
+                                hint=f"Name the view's column with --class-columns {view}=COLUMN (or a "
+                                     "[class_columns] table in the job file), or name a column after the view "
+                                     "or the items' column, or provide one shared `embedding`")
         try:
             x = embedding_matrix(table.column(col), name=col, ids=np.asarray(names, dtype=object),
                                  packed_float=packed_float_of(table.schema.field(col)))
@@ -417,6 +486,38 @@ def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> 
         if hit:
             return f
     return None
+
+
+def locate_id(files: tuple[str, ...] | list[str], id_col: str, value: object,
+              storage_options: dict | None = None) -> list[tuple[str, int]]:
+    """Every (file, row number from 0) whose id is ``value``, in file order. Error path only: it
+    reads the id column of every file, to name both copies of a duplicated id."""
+    import pyarrow.compute as pc
+
+    found = []
+    for f in files:
+        try:
+            pf = _parquet_file(f, storage_options)
+            if not pf.metadata.num_rows or id_col not in pf.schema_arrow.names:
+                continue
+            ids = pf.read(columns=[id_col]).column(id_col)
+            hits = pc.indices_nonzero(pc.fill_null(pc.equal(ids, pa.scalar(value, ids.type)), False))
+        except (OSError, pa.ArrowException):
+            continue
+        found += [(f, int(i)) for i in hits.to_pylist()]
+    return found
+
+
+def duplicate_places(places: list[tuple[str, int]]) -> str:
+    """``"(rows 3 and 50)"`` within one file, ``"(row 3, and row 50 of /x/b.parquet)"`` across files."""
+    if len(places) < 2:
+        return ""
+    first = places[0][0]
+    if all(f == first for f, _ in places):
+        return f"(rows {', '.join(str(i) for _, i in places[:-1])} and {places[-1][1]}, counted from 0)"
+    rest = ", ".join(f"row {i}" + ("" if f == first else f" of {f}") for f, i in places[1:4])
+    more = f" and {len(places) - 4} more" if len(places) > 4 else ""
+    return f"(row {places[0][1]}, and {rest}{more}; rows counted from 0)"
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -692,7 +793,7 @@ class Commit:
             self._lock.acquire()  # before settle: a live run's publish is its own to finish
             settle(self.out)
         except OSError as e:
-            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out), folder=True,
                                 hint="Choose a folder you may write to for --out") from None
         entries = [p.name for p in self.out.iterdir()
                    if not p.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) and p.name != LOCK]
@@ -747,7 +848,7 @@ class Commit:
             missing.append(p)
             p = p.parent
         if p.local and p is not self.out and not p.is_dir():
-            raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out),
+            raise BadInputError(f"cannot be created: {p} is a file, not a folder", file=str(self.out), folder=True,
                                 hint="Choose another --out")
         self._created = missing  # deepest first; set before mkdir, which may make some and then fail
         try:
@@ -760,7 +861,7 @@ class Commit:
             self.staging.mkdir()
         except OSError as e:
             self.abort()
-            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out),
+            raise BadInputError(f"cannot be written ({e.strerror or e})", file=str(self.out), folder=True,
                                 hint="Choose a folder you may write to for --out") from None
         return self.staging
 

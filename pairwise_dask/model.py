@@ -134,10 +134,22 @@ def model_fit_options(params: dict) -> dict:
 
 
 def _model_folder(folder: "str | Path | Location", storage_options: dict | None) -> Location:
+    from .config import MODEL_USAGE
+
     folder = Location.of(folder, storage_options)
+    if not folder.exists():
+        raise BadInputError("does not exist", file=str(folder), folder=True,
+                            hint="Check the model path: the model/ folder a run, fit or update wrote")
+    if not folder.is_dir():  # a job file or items given first: the arguments are swapped
+        raise BadInputError("is a file, not a saved model's folder", file=str(folder),
+                            hint=f"Give the model/ folder first, then the job file: {MODEL_USAGE}")
     missing = [f for f in ("params.json", "classes.parquet", "moments.parquet", "masks.parquet")
                if not (folder / f).exists()]
     if missing:
+        inner = folder / "model"
+        if (inner / "params.json").exists():  # the run's output folder rather than its model/
+            raise BadInputError("is a run's output folder, not its model", file=str(folder),
+                                hint=f"Point at the model inside it: {inner}")
         raise BadInputError(f"is not a saved model (no {', '.join(missing)})", file=str(folder),
                             hint="Point at the model/ folder a run, fit or update wrote")
     return folder

@@ -129,8 +129,10 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
         raise BadInputError("already exists", file=out, hint="Choose another OUT or pass --overwrite")
     root, files = _files(items)
     if Path(items).is_dir() and (dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents):
-        raise BadInputError("is inside the catalog it would pack", file=out, hint="Write the packed catalog elsewhere")
-    schema = open_parquet(files[0]).schema_arrow
+        raise BadInputError("is inside the catalog it would pack", file=out, folder=True, hint="Write the packed catalog elsewhere")
+    # the schema of a file with rows: pandas writes an empty frame's columns as type null
+    schema = next((pf.schema_arrow for pf in map(open_parquet, files) if pf.metadata.num_rows),
+                  open_parquet(files[0]).schema_arrow)
     chosen = tuple(columns) if columns else tuple(f.name for f in schema if is_float_list(f.type))
     if not chosen:
         raise BadInputError("has no list-of-floats column to pack", file=str(files[0]),
@@ -141,6 +143,10 @@ def pack_catalog(items: str, out: str, *, columns: Sequence[str] | None = None, 
     try:
         for f in files:
             pf = open_parquet(f)
+            if not pf.metadata.num_rows:  # no items (and, from pandas, null-typed columns): left out
+                bytes_in += f.stat().st_size
+                echo(f"  left out {f} (no rows)")
+                continue
             names = set(pf.schema_arrow.names)
             for c in chosen:
                 if c not in names:
@@ -215,6 +221,15 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _size(n: int) -> str:
+    """A byte count in the largest binary unit that keeps it at 1 or more (``0.00 GiB`` said
+    nothing about a small catalog)."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{n:,} B"
+
+
 def run_command(ns: argparse.Namespace) -> int:
     """Execute parsed ``pack`` arguments; 0 on success, 2 on bad input (message on stderr)."""
     echo = (lambda _m: None) if ns.quiet else (lambda m: print(m, flush=True))
@@ -225,7 +240,11 @@ def run_command(ns: argparse.Namespace) -> int:
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
-    echo(f"pairwise-dask pack: {r.rows:,} rows in {r.files} files ({r.row_groups} row groups) written to "
+    def count(n: int, what: str) -> str:
+        return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+    echo(f"pairwise-dask pack: {count(r.rows, 'row')} in {count(r.files, 'file')} "
+         f"({count(r.row_groups, 'row group')}) written to "
          f"{r.out} in {r.seconds:.1f} s; packed {', '.join(r.columns)}; "
-         f"{r.bytes_in / 2**30:.2f} GiB → {r.bytes_out / 2**30:.2f} GiB")
+         f"{_size(r.bytes_in)} → {_size(r.bytes_out)}")
     return 0

@@ -76,7 +76,9 @@ def _check_names(names: Sequence[str]) -> list[str]:
             raise BadInputError(f"class name {n!r} is empty or not text", hint="Every class needs a name")
         out.append(n.strip())
     if len(out) < 2:
-        raise BadInputError(f"{len(out)} class name(s) given; the tourney needs at least two", hint="Add classes")
+        raise BadInputError(f"{len(out)} class name(s) given; the tourney needs at least two",
+                            hint="Add classes (--names takes them separated by spaces or by commas: "
+                                 "--names games fonts, or --names games,fonts)")
     seen: set[str] = set()
     for n in out:
         if n in seen:
@@ -218,7 +220,9 @@ def build_classes(names: Sequence[str], templates: Sequence[str] | str | None = 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``classes`` command's flags to ``p`` (the lead's subparser, or a standalone one)."""
     src = p.add_argument_group("class names (one of)")
-    src.add_argument("--names", nargs="+", metavar="NAME", help="class names (quote names with spaces)")
+    src.add_argument("--names", nargs="+", metavar="NAME",
+                     help="class names, separated by spaces (quote names with spaces) or, as the other list "
+                          "flags take them, by commas in one argument: --names games,fonts")
     src.add_argument("--names-file", metavar="FILE",
                      help="a text file with one class name per line (# comments and blank lines skipped)")
     p.add_argument("--template", action="append", metavar="TEMPLATE", dest="templates",
@@ -240,6 +244,8 @@ def _read_names(ns: argparse.Namespace) -> list[str]:
         raise BadInputError("give class names with either --names or --names-file",
                             hint="e.g. --names games fonts \"email software\"")
     if ns.names:
+        if len(ns.names) == 1 and "," in ns.names[0]:  # --names games,fonts: as --views and --columns take lists
+            return [n.strip() for n in ns.names[0].split(",") if n.strip()]
         return list(ns.names)
     try:
         lines = Path(ns.names_file).read_text(encoding="utf-8").splitlines()
@@ -256,7 +262,7 @@ def run_command(ns: argparse.Namespace) -> int:
     try:
         out = Path(ns.out)
         if out.is_dir():  # checked before the model loads: it would fail only at the very end
-            raise BadInputError("is a folder; --out names the classes Parquet file to write", file=str(out),
+            raise BadInputError("is a folder, but --out names the classes Parquet file to write", file=str(out),
                                 hint="E.g. --out classes.parquet, or a path inside this folder")
         above = next((p for p in out.parents if p.exists()), None)
         if above is not None and not above.is_dir():

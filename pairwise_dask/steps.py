@@ -96,8 +96,13 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: SpecRef, h: int 
     found = c.compute([on_spec(ids_with_hash, p, spec_f, h, pure=False) for p in parts])
     ids = [i for f in found for i in f.result()]
     if len(set(ids)) < len(ids):
-        raise BadInputError("appears more than once", file=s.items, column=s.id,
-                            row=next(i for i in ids if ids.count(i) > 1),
+        from .io import duplicate_places, locate_id, parquet_files
+
+        row = next(i for i in ids if ids.count(i) > 1)
+        # both copies, by file and row: the copy in another file is the one easily missed
+        places = locate_id(parquet_files(s.items, s.storage_options), s.id, row, s.storage_options)
+        raise BadInputError(" ".join(filter(None, ["appears more than once", duplicate_places(places)])),
+                            file=places[0][0] if places else s.items, column=s.id, row=row,
                             hint="Ids must be unique; drop or rename the duplicates")
 
 

@@ -8,6 +8,7 @@ the exit code and the single line on stderr.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -100,6 +101,21 @@ def _dim_list(cat: Catalog) -> None:  # list<float> of equal lengths: only a wor
     cat.write_items(replace_column(cat.items, "emb_b", var_list(list(matrix(cat.items, "emb_b")[:, :6]))))
 
 
+def _dim_packed(marked: bool) -> Edit:
+    """Packed float32 embeddings of the wrong width (6 marked, 5 unmarked): the width is in the schema."""
+    def edit(cat: Catalog) -> None:
+        from pairwise_dask.pack import pack_column
+        from pairwise_dask.arrays import PACKED_FLOAT_KEY
+
+        packed = pack_column(fsl(matrix(cat.items, "emb_b")[:, :6 if marked else 5]), name="emb_b")
+        table = replace_column(cat.items, "emb_b", packed)
+        if marked:
+            i = table.column_names.index("emb_b")
+            table = table.cast(table.schema.set(i, table.field(i).with_metadata({PACKED_FLOAT_KEY: "float32"})))
+        cat.write_items(table)
+    return edit
+
+
 def _duplicate(i: int, j: int, partition_rows: int) -> Edit:
     def edit(cat: Catalog) -> dict[str, Any]:
         ids = cat.items.column("id").to_pylist()
@@ -184,7 +200,12 @@ CASES = [
     Case("non-list column", _non_list, "items", "emb_b", None, "not a list of floats"),
     Case("mixed lengths", _mixed, "items", "emb_b", "it-00011", "mixed lengths (8 and 5)"),
     Case("dimension != classes (fixed)", _dim_fixed, "items", "emb_b", None, "dimension 6"),
-    Case("dimension != classes (list)", _dim_list, "items", "emb_b", "it-00000", "dimension 6"),
+    # the first row and the footer's value count give a list column's dimension: refused up front
+    Case("dimension != classes (list)", _dim_list, "items", "emb_b", None, "has dimension 6 but the classes"),
+    Case("dimension != classes (packed)", _dim_packed(True), "items", "emb_b", None,
+         "has dimension 6 but the classes"),
+    Case("dimension != classes (packed, unmarked)", _dim_packed(False), "items", "emb_b", None,
+         "fixed_size_binary[20], which cannot hold the classes' 8 floats (as float32 it holds 5 values)"),
     Case("NaN", _edit_view("emb_a", lambda x: _set(x, 5, 2, np.nan)), "items", "emb_a", "it-00005", "NaN"),
     Case("NaN found in the quantile pass", lambda cat: (_edit_view("emb_a", lambda x: _set(x, 33, 1, np.nan))(cat),
                                                         {"cos_quantile": 0.2})[1], "items", "emb_a", "it-00033", "NaN"),
@@ -298,6 +319,8 @@ def test_paths_that_are_not_a_catalog_or_an_output_folder(what: str, tmp_path: P
     with pytest.raises(BadInputError, match=re.escape(phrase)) as info:
         job.run(cat.settings(out, items=items))
     assert info.value.file == file and info.value.hint
+    # a folder is called one ("file /path/empty: holds no Parquet files" read as if it were a file)
+    assert str(info.value).startswith(f"{'folder' if what == 'empty folder' else 'file'} {file}")
     assert snapshot(tmp_path) == before
 
 
@@ -394,7 +417,7 @@ def test_out_holding_a_different_job(tmp_path: Path, client: Any, previous_resul
     with pytest.raises(BadInputError) as info:
         job.run(cat.settings(out), client=client)
     prev = previous_result.parent / "data"  # the other job's catalog; it also ran refine = 0
-    assert str(info.value) == (f"file {out}: already holds the output of a different job (items: "
+    assert str(info.value) == (f"folder {out}: already holds the output of a different job (items: "
                                f"{prev / 'items.parquet'} → {cat.items_path}; classes: {prev / 'classes.parquet'} → "
                                f"{cat.classes_path}; refine: 0 → 2). "
                                "Choose another --out, or pass --overwrite to replace it")
@@ -563,7 +586,9 @@ def test_cli_exit_code_and_single_message(tmp_path: Path, name: str) -> None:
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr  # no traceback, no worker log
-    assert lines[0].startswith("pairwise-dask: error: file ") and phrase in lines[0], lines[0]
+    # the catalog's files are "file …", an output folder (made or not) "folder …"
+    kind = "folder" if name in ("out inside a file", "out not writable") else "file"
+    assert lines[0].startswith(f"pairwise-dask: error: {kind} ") and phrase in lines[0], lines[0]
     assert res.stdout == ""
     assert not out.exists()
 
@@ -586,7 +611,7 @@ def test_cli_refuses_a_different_run_without_overwrite(tmp_path: Path, previous_
     res = run_cli("run", str(cat.job_file(out)), "--quiet")
     assert res.returncode == 2
     prev = previous_result.parent / "data"
-    assert res.stderr.strip() == (f"pairwise-dask: error: file {out}: already holds the output of a different "
+    assert res.stderr.strip() == (f"pairwise-dask: error: folder {out}: already holds the output of a different "
                                   f"job (items: {prev / 'items.parquet'} → {cat.items_path}; classes: "
                                   f"{prev / 'classes.parquet'} → {cat.classes_path}; refine: 0 → 2). "
                                   "Choose another --out, or pass --overwrite to replace it")
@@ -710,3 +735,189 @@ def test_bad_rows_in_several_partitions_name_the_first_partitions_row(tmp_path: 
     # an error that is not about a row of the items is left as it is
     setting = BadInputError("dims = 9 is larger than d = 8", hint="lower it")
     assert job._first_bad_partition(client, s, prep.spec, [], setting, lambda _: None) is setting
+
+# --- arguments in the wrong place: one line that says what the path is and what to give --------
+
+def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The CLI's one error line (in-process: these are refused before any cluster starts)."""
+    from pairwise_dask import cli
+
+    assert cli.main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pairwise-dask: error: "), err
+    return err
+
+
+def _fake_model(folder: Path, views: list[str]) -> Path:
+    """A folder that passes for a saved model until its arrays are read."""
+    folder.mkdir(parents=True)
+    (folder / "params.json").write_text(json.dumps({"views": views}))
+    for f in ("classes.parquet", "moments.parquet", "masks.parquet"):
+        (folder / f).write_bytes(b"")
+    return folder
+
+
+def test_a_parquet_file_or_utf16_text_as_the_job_file(tmp_path: Path, capsys) -> None:
+    """`run part-0.parquet` (or an unquoted --items glob whose second file lands in the job's
+    place) and a UTF-16 job file were UnicodeDecodeError tracebacks with exit status 1."""
+    cat = make_catalog(tmp_path / "data")
+    err = _cli_error(capsys, "run", str(cat.items_path))
+    assert f"{cat.items_path}: is a Parquet file, not a TOML job file" in err
+    assert f"--items {cat.items_path}" in err and "quote a glob" in err
+    job_file = cat.job_file(tmp_path / "out")
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes(job_file.read_text().encode("utf-16"))
+    assert "is UTF-16 text; a TOML job file is UTF-8" in _cli_error(capsys, "run", str(utf16))
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x00\x9c\xffjunk")
+    assert "is not a TOML job file (not UTF-8 text" in _cli_error(capsys, "run", str(binary))
+    bom = tmp_path / "bom.toml"  # a UTF-8 byte order mark (some editors write one) is fine
+    bom.write_bytes(b"\xef\xbb\xbf" + job_file.read_bytes())
+    assert load_settings(str(bom)).items == str(cat.items_path)
+
+
+def test_a_folder_as_the_job_file_or_swapped_model_arguments(tmp_path: Path, capsys) -> None:
+    """A folder as the job file was "the system refused a file operation … Is a directory … Free
+    space or fix the permissions"; so was `apply JOB MODEL` (the job and the model swapped)."""
+    cat = make_catalog(tmp_path / "data")
+    err = _cli_error(capsys, "run", str(cat.folder))
+    assert f"folder {cat.folder}: is a folder, not a job file" in err and f"--items {cat.folder}" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "is a folder, not a job file. Give a TOML job file" in _cli_error(capsys, "run", str(empty))
+    model = _fake_model(tmp_path / "run" / "model", ["a", "b"])
+    job_file = cat.job_file(tmp_path / "out")
+    for command in ("apply", "update"):
+        err = _cli_error(capsys, command, str(job_file), str(model), "--out", str(tmp_path / "x"))
+        assert f"folder {model}: is a saved model's folder, not a job file" in err
+        assert "take the model folder first, then the job file: pairwise-dask apply MODEL [JOB]" in err
+    # with --storage-options the model is read first: the job file in its place is named
+    err = _cli_error(capsys, "apply", str(job_file), str(model), "--out", str(tmp_path / "x"),
+                     "--storage-options", '{"anon": true}')
+    assert f"file {job_file}: is a file, not a saved model's folder. Give the model/ folder first" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_model_path_that_does_not_exist_or_is_the_runs_folder(tmp_path: Path, capsys) -> None:
+    """Both said "is not a saved model (no params.json, …)"."""
+    cat = make_catalog(tmp_path / "data")
+    args = ["--items", str(cat.items_path), "--views", "a=emb_a,b=emb_b", "--out", str(tmp_path / "x")]
+    err = _cli_error(capsys, "apply", str(tmp_path / "nothere" / "model"), *args)
+    assert f"{tmp_path / 'nothere' / 'model'}: does not exist. Check the model path" in err
+    model = _fake_model(tmp_path / "run" / "model", ["a", "b"])
+    err = _cli_error(capsys, "update", str(model.parent), *args)
+    assert f"folder {model.parent}: is a run's output folder, not its model. Point at the model inside it: {model}" in err
+
+def test_apply_without_views_names_the_models_views(tmp_path: Path, capsys) -> None:
+    """The hint suggested the demo's `--views a=emb_a,b=emb_b` whatever the model's views."""
+    cat = make_catalog(tmp_path / "data")
+    model = _fake_model(tmp_path / "run" / "model", ["image", "text"])
+    args = ["--items", str(cat.items_path), "--out", str(tmp_path / "x")]
+    err = _cli_error(capsys, "apply", str(model), *args)
+    assert "no views given. Pass the model's views: --views image=COLUMN,text=COLUMN" in err
+    # the run's summary.json beside the model names the columns it read
+    (model.parent / "summary.json").write_text(json.dumps({"views": {"image": "img_emb", "text": "txt_emb"}}))
+    assert "Pass the model's views: --views image=img_emb,text=txt_emb" in _cli_error(capsys, "update", str(model), *args)
+
+
+def test_a_dimension_mismatch_is_found_before_the_cluster_starts(tmp_path: Path) -> None:
+    """List and packed columns of another model's dimension were found only on the workers, after
+    the cluster had started, and blamed on the first row of every partition ("the first of 8
+    partitions of 8 with bad rows"); the footers (and a list column's first row) tell it up front."""
+    for name, edit in [("list", _dim_list), ("packed", _dim_packed(True)), ("unmarked", _dim_packed(False))]:
+        cat = make_catalog(tmp_path / name)
+        edit(cat)
+        with pytest.raises(BadInputError) as info:
+            job.prepare(cat.settings(tmp_path / "out"))  # no cluster, no items read
+        assert (info.value.column, info.value.row, info.value.file) == ("emb_b", None, str(cat.items_path))
+
+
+def test_a_list_dimension_mismatch_in_a_later_file_says_every_row_is_off(tmp_path: Path, client: Any) -> None:
+    """Only the first file is checked up front; a later file of list<float> rows all of another
+    dimension is found on a worker, and the message says every row is off rather than blaming one."""
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    a, b = cat.items.slice(0, 30), cat.items.slice(30)
+    pq.write_table(replace_column(a, "emb_b", var_list(list(matrix(a, "emb_b")))), folder / "a.parquet")
+    pq.write_table(replace_column(b, "emb_b", var_list(list(matrix(b, "emb_b")[:, :6]))), folder / "b.parquet")
+    with pytest.raises(BadInputError) as info:
+        job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    assert info.value.file == str(folder / "b.parquet") and info.value.column == "emb_b"
+    assert "has dimension 6 in every row of its partition, but the classes have 8" in str(info.value)
+
+
+def test_a_missing_id_column_suggests_the_flag_and_a_likely_column(tmp_path: Path) -> None:
+    """It listed the file's columns but not --id, nor which of them looked like the ids."""
+    cat = make_catalog(tmp_path / "data")
+    cat.write_items(cat.items.rename_columns(["item_id" if c == "id" else c for c in cat.items.column_names]))
+    with pytest.raises(BadInputError) as info:
+        job.prepare(cat.settings(tmp_path / "out"))
+    msg = str(info.value)
+    assert "column 'id': is missing. Did you mean 'item_id'? Name the column with --id COLUMN" in msg, msg
+    assert "The file has: item_id, emb_a, emb_b, label" in msg
+    with pytest.raises(BadInputError, match=r"Name the column with --label COLUMN"):
+        job.prepare(cat.settings(tmp_path / "out", id="item_id", label="Label"))
+    assert job.prepare(cat.settings(tmp_path / "out", id="item_id")).info.rows == 60
+
+
+def test_an_empty_file_written_by_pandas_is_left_out(tmp_path: Path, client: Any) -> None:
+    """pandas writes an empty frame's columns as type null: such a file among the inputs was
+    refused ("has type null here but fixed_size_list…"), where an empty pyarrow file was read."""
+    import pandas as pd
+
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    pd.DataFrame(columns=cat.items.column_names).to_parquet(folder / "a-empty.parquet")
+    pq.write_table(cat.items, folder / "b.parquet")
+    summary = job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    assert summary["labelled_items"] == 60
+    job.run(cat.settings(tmp_path / "ref"), client=client)
+    labels = [pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("out", "ref")]
+    assert labels[0].equals(labels[1])
+    # a catalog of empty files only is still an empty catalog
+    shutil.move(folder / "b.parquet", tmp_path / "b.parquet")
+    with pytest.raises(BadInputError, match="holds no rows"):
+        job.prepare(cat.settings(tmp_path / "out2", items=str(folder)))
+
+
+def test_classes_without_a_views_column_list_theirs_and_the_flag_names_one(tmp_path: Path) -> None:
+    """The message did not list the classes file's columns, and its hint named [class_columns],
+    which only a job file had: --class-columns now names them from the command line too."""
+    from pairwise_dask import cli
+
+    cat = make_catalog(tmp_path / "data")
+    _class_views(cat)  # columns name, img, txt
+    argv = ["run", "--items", str(cat.items_path), "--classes", str(cat.classes_path), "--views", "a=emb_a,b=emb_b",
+            "--out", str(tmp_path / "out")]
+    with pytest.raises(BadInputError) as info:
+        job.prepare(load_settings(None, cli._overrides(cli.build_parser().parse_args(argv))))
+    assert "(looked for 'emb_a', 'a', 'embedding'; it has name, img, txt)" in str(info.value)
+    assert info.value.hint.startswith("Name the view's column with --class-columns a=COLUMN (or a [class_columns]")
+    ns = cli.build_parser().parse_args(argv + ["--class-columns", "a=img,b=txt"])
+    s = load_settings(None, cli._overrides(ns))
+    assert s.class_columns == (("a", "img"), ("b", "txt")) and s.where("class_columns") == COMMAND_LINE
+    assert job.prepare(s).classes.columns == {"a": "img", "b": "txt"}
+
+
+def test_a_duplicate_id_across_two_files_names_both(tmp_path: Path, client: Any) -> None:
+    """It named only the file of the first copy; the second copy, in another file, is the one to find."""
+    cat = make_catalog(tmp_path / "data")
+    folder = tmp_path / "items"
+    folder.mkdir()
+    ids = cat.items.column("id").to_pylist()
+    ids[50] = ids[3]
+    table = replace_column(cat.items, "id", pa.array(ids))
+    pq.write_table(table.slice(0, 30), folder / "a.parquet")
+    pq.write_table(table.slice(30), folder / "b.parquet")
+    with pytest.raises(BadInputError) as info:
+        job.run(cat.settings(tmp_path / "out", items=str(folder)), client=client)
+    e = info.value
+    assert (e.file, e.column, e.row) == (str(folder / "a.parquet"), "id", "it-00003"), str(e)
+    assert f"appears more than once (row 3, and row 20 of {folder / 'b.parquet'}; rows counted from 0)" in str(e)
+    # one file, two partitions: the rows
+    cat.write_items(table, row_group_size=10)
+    with pytest.raises(BadInputError, match=r"appears more than once \(rows 3 and 50, counted from 0\)") as info:
+        job.run(cat.settings(tmp_path / "out"), client=client)
+    assert info.value.file == str(cat.items_path)

@@ -2,6 +2,7 @@
 bit, keeping files, row groups and other columns; the job's outputs are the same on either."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,9 @@ def test_cli(tmp_path: Path) -> None:
     cat = make_catalog(tmp_path / "data", n=20)
     done = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
     assert done.returncode == 0, done.stderr
-    assert "20 rows in 1 files" in done.stdout and "packed emb_a, emb_b" in done.stdout
+    assert "20 rows in 1 file (1 row group)" in done.stdout and "packed emb_a, emb_b" in done.stdout
+    # a small catalog's sizes in a unit that shows them (it printed "0.00 GiB → 0.00 GiB")
+    assert re.search(r"; \d+\.\d\d KiB → \d+\.\d\d KiB\n", done.stdout), done.stdout
     again = run_cli("pack", str(cat.items_path), str(tmp_path / "p"))
     assert again.returncode == 2 and "already exists. Choose another OUT or pass --overwrite" in again.stderr
     cut = tmp_path / "cut.parquet"  # a copy cut short: one line naming the file, not pyarrow's traceback
@@ -203,3 +206,25 @@ def test_files_and_row_groups_without_rows_are_left_out(tmp_path: Path, client) 
     job.run(cat.settings(tmp_path / "out", items=str(tmp_path / "packed")), client=client)
     a, b = (pq.read_table(tmp_path / o / "labels").sort_by("id") for o in ("lists", "out"))
     assert a.equals(b)
+
+
+def test_an_empty_file_written_by_pandas_is_left_out(tmp_path: Path) -> None:
+    """pandas writes an empty frame's columns as type null: pack refused such a file
+    ("has type null, not a list of floats"), or found no column to pack when it came first."""
+    import pandas as pd
+
+    cat = make_catalog(tmp_path / "data", n=60)
+    src = tmp_path / "items"
+    src.mkdir()
+    pd.DataFrame(columns=cat.items.column_names).to_parquet(src / "a-empty.parquet")
+    pq.write_table(cat.items, src / "b.parquet")
+    r = pack_catalog(str(src), str(tmp_path / "packed"))
+    assert (r.files, r.rows, r.columns) == (1, 60, ("emb_a", "emb_b"))
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["b.parquet"]
+
+
+def test_sizes_are_printed_in_a_unit_that_fits() -> None:
+    from pairwise_dask.pack import _size
+
+    assert [_size(n) for n in (0, 1023, 1024, 5 << 20, 3 << 30)] == ["0 B", "1,023 B", "1.00 KiB", "5.00 MiB",
+                                                                     "3.00 GiB"]

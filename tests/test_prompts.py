@@ -106,7 +106,8 @@ def test_command_refuses_missing_names_and_existing_out(tmp_path: Path, capsys) 
     # leaving a temporary file behind)
     (tmp_path / "folder").mkdir()
     assert main(["--names", "a", "b", "--out", str(tmp_path / "folder"), "--overwrite"]) == 2
-    assert "is a folder; --out names the classes Parquet file to write" in capsys.readouterr().err
+    assert f"folder {tmp_path / 'folder'}: is a folder, but --out names the classes Parquet file to write" in \
+        capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.parquet", "folder"]
     # a path under a file: refused up front too (a NotADirectoryError traceback after the embedding)
     assert main(["--names", "a", "b", "--out", str(tmp_path / "c.parquet" / "x.parquet")]) == 2
@@ -194,3 +195,19 @@ def test_a_model_that_cannot_be_loaded_is_one_message(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 2 and "could not be loaded" in res.stderr and len(res.stderr.strip().splitlines()) == 1, \
         res.stderr
+
+
+def test_names_separated_by_commas_are_accepted(tmp_path: Path, capsys) -> None:
+    """`--names a,b` was one class name ("1 class name(s) given; the tourney needs at least two"):
+    the other list flags (--views, --columns) take commas."""
+    from pairwise_dask.prompts import _read_names, configure_parser
+    import argparse
+
+    parser = configure_parser(argparse.ArgumentParser())
+    for argv, names in [(["--names", "games,fonts"], ["games", "fonts"]),
+                        (["--names", "games, email software ,fonts"], ["games", "email software", "fonts"]),
+                        (["--names", "games", "fonts"], ["games", "fonts"]),
+                        (["--names", "a, b", "c"], ["a, b", "c"])]:  # several arguments: commas are the names'
+        assert _read_names(parser.parse_args(argv + ["--out", "x"])) == names
+    assert main(["--names", "games", "--out", str(tmp_path / "c.parquet")]) == 2
+    assert "separated by spaces or by commas" in capsys.readouterr().err

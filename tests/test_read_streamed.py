@@ -147,7 +147,7 @@ def test_empty_lists_and_dotted_names(tmp_path):
     path = str(tmp_path / "e.parquet")
     pq.write_table(pa.table({"id": ["a", "b"], "my.emb": pa.array([[], []], pa.list_(pa.float32()))}), path)
     t = read_row_group(path, 0, ["id", "my.emb"])
-    with pytest.raises(BadInputError, match="has dimension 0, but the classes have 4"):
+    with pytest.raises(BadInputError, match="has dimension 0 in every row of its partition, but the classes have 4"):
         embedding_matrix(t.column("my.emb"), name="my.emb", dim=4)
     x = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     pq.write_table(pa.table({"id": [str(i) for i in range(40)], "my.emb": pa.array(x.tolist(), pa.list_(pa.float32()))}),

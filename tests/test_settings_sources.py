@@ -70,3 +70,28 @@ def test_relative_paths_given_to_the_api_are_recorded_whole(tmp_path: Path, monk
     assert s.items == os.path.join(str(tmp_path), "data", "*.parquet")
     assert s.classes == os.path.join(str(tmp_path), "c.parquet")
     assert load_settings(None, {"items": "s3://b/x", "classes": "c", "out": "memory://o", "views": "a"}).out == "memory://o"
+def test_views_separated_by_spaces_say_they_are_comma_separated(capsys) -> None:
+    """`--views 'image=img_emb text=txt_emb'` read as one view of column 'img_emb text=txt_emb',
+    refused later as "is missing" with no hint."""
+    from pairwise_dask import cli
+    from pairwise_dask.config import parse_views
+
+    with pytest.raises(BadInputError) as info:
+        parse_views("image=img_emb text=txt_emb")
+    assert info.value.file == COMMAND_LINE
+    assert str(info.value) == ("the command line: --views 'image=img_emb text=txt_emb': column 'img_emb "
+                               "text=txt_emb' holds '='. Separate the views with commas: --views "
+                               "image=img_emb,text=txt_emb (a column whose name has spaces goes in the job "
+                               "file's [views] table)")
+    with pytest.raises(BadInputError, match="column 'img_emb txt_emb' holds a space. Separate the views with "
+                                            "commas: --views img_emb,txt_emb"):
+        parse_views("img_emb txt_emb")
+    # commas with spaces after them, and bare columns (views named after them), are fine
+    assert parse_views("image=img_emb, text=txt_emb") == (("image", "img_emb"), ("text", "txt_emb"))
+    assert parse_views("img_emb,txt_emb") == (("img_emb", "img_emb"), ("txt_emb", "txt_emb"))
+    # the command line: exit 2, one line; --help documents the bare form
+    assert cli.main(["run", "--items", "x", "--classes", "y", "--out", "z", "--views", "a=emb_a b=emb_b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Separate the views with commas: --views a=emb_a,b=emb_b" in err
+    assert "a bare COLUMN is a view named after its column" in " ".join(cli.build_parser()._subparsers._group_actions[0]
+                                                                        .choices["run"].format_help().split())
