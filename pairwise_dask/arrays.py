@@ -168,30 +168,50 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
     return out
 
 
+#: float32's smallest normal: a float32 Σx² below it has lost precision (subnormal) or underflowed
+_TINY32 = float(np.finfo(np.float32).tiny)
+_MAX32 = float(np.finfo(np.float32).max)
+
+
+def row_squares(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``Σ_j x_ij²`` per row (float64), checked, and the mask of the rows measured again in float64.
+
+    One float32 pass measures every row (the common case ends there). A row whose float32 sum
+    overflowed to inf, fell below float32's smallest normal (subnormal: precision lost; or 0), or is
+    NaN (a NaN or an infinity in the row) is measured again in float64, which holds the squares of
+    any float32 exactly. The decision is each row's own, so a row's value never depends on which
+    other rows share its block. NaN/inf and all-zero rows are bad input, named by their row id.
+    """
+    sq32 = np.einsum("ij,ij->i", x, x)
+    odd = ~((sq32 >= _TINY32) & (sq32 <= _MAX32))  # NaN fails both comparisons, so it is caught here too
+    sq = sq32.astype(np.float64)
+    if not odd.any():
+        return sq, odd
+    rows = np.flatnonzero(odd)
+    sq[rows] = np.einsum("ij,ij->i", x[rows], x[rows], dtype=np.float64)
+    bad = ~np.isfinite(sq[rows])
+    if bad.any():
+        i = int(rows[np.flatnonzero(bad)[0]])
+        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
+                            hint="Recompute or drop that embedding")
+    zero = sq[rows] == 0
+    if zero.any():
+        i = int(rows[np.flatnonzero(zero)[0]])
+        raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
+                            row=_row_id(ids, i), hint="Recompute or drop that embedding")
+    return sq, odd
+
+
 def inverse_norms(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
     """``1 / ‖x_i‖`` per row (float32); NaN/inf and all-zero rows are bad input, never patched.
 
     The passes keep the rows as read and carry these factors: cosines scale by them, the pair
     decisions and masked margins do not need them at all (both sides share the row's norm), and
     the moments apply them while quantising, so no normalised copy of a block is ever made.
+    Each row's factor is a function of that row alone (:func:`row_squares`).
     """
-    # one float32 pass checks and measures: a NaN or an infinity makes the sum of squares
-    # non-finite. So can a huge finite value (squares above 3e38) or underflow make it 0 for a
-    # tiny one: those rare blocks are measured again in float64, which holds both exactly.
-    sq = np.einsum("ij,ij->i", x, x)
-    if not (np.isfinite(sq).all() and (sq > 0).all()):
-        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    finite = np.isfinite(sq)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
-                            hint="Recompute or drop that embedding")
-    zero = sq == 0
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
-                            row=_row_id(ids, i), hint="Recompute or drop that embedding")
-    return (1.0 / np.sqrt(sq.astype(np.float64))).astype(np.float32)
+    sq, _ = row_squares(x, name=name, ids=ids)
+    return (1.0 / np.sqrt(sq)).astype(np.float32)
 
 
 def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:

@@ -104,6 +104,28 @@ def test_labels_identical_for_any_partitioning(client, tmp_path):
         assert t.equals(tables[0])
 
 
+def test_outputs_identical_for_any_partitioning_with_extreme_rows(client, tmp_path):
+    """A few valid rows far out of float32's square range (Σx² overflows at ×1e20, underflows at
+    ×1e-25, goes subnormal at ×3e-21) must not make any output depend on the partitioning: one
+    such row once sent its whole partition's norms to float64, changing its neighbours' scales."""
+    cat = make_catalog(tmp_path / "data", n=900, row_group=128)
+    t = pq.read_table(cat["items"])
+    for col in ("emb_a", "emb_b"):
+        x = np.asarray(t.column(col).combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1).copy()
+        for row, factor in ((5, 1e20), (300, 1e-25), (700, 3e-21), (701, 1e20)):
+            x[row] *= np.float32(factor)
+        t = t.set_column(t.column_names.index(col), col, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+    pq.write_table(t, cat["items"], row_group_size=128)
+    for i, rows in enumerate([0, 1000, 37]):
+        job.run(_settings(cat, tmp_path / f"o{i}", partition_rows=rows), client=client)
+    for i in (1, 2):
+        assert _labels(tmp_path / f"o{i}").sort_by("id").equals(_labels(tmp_path / "o0").sort_by("id"))
+        assert pq.read_table(tmp_path / f"o{i}" / "disagreements").sort_by("id").equals(
+            pq.read_table(tmp_path / "o0" / "disagreements").sort_by("id"))
+        for f in ("moments.parquet", "masks.parquet"):
+            assert (tmp_path / f"o{i}" / "model" / f).read_bytes() == (tmp_path / "o0" / "model" / f).read_bytes()
+
+
 def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
     """Keeping the decoded items in worker memory between passes changes no output byte, and
     ``cache = auto`` keeps them only when they fit."""
