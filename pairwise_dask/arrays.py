@@ -173,17 +173,19 @@ _TINY32 = float(np.finfo(np.float32).tiny)
 _MAX32 = float(np.finfo(np.float32).max)
 
 
-def row_squares(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def row_squares(x: np.ndarray, *, name: str, ids: np.ndarray | None = None, low: float = _TINY32,
+                high: float = _MAX32) -> tuple[np.ndarray, np.ndarray]:
     """``Σ_j x_ij²`` per row (float64), checked, and the mask of the rows measured again in float64.
 
     One float32 pass measures every row (the common case ends there). A row whose float32 sum
-    overflowed to inf, fell below float32's smallest normal (subnormal: precision lost; or 0), or is
-    NaN (a NaN or an infinity in the row) is measured again in float64, which holds the squares of
-    any float32 exactly. The decision is each row's own, so a row's value never depends on which
-    other rows share its block. NaN/inf and all-zero rows are bad input, named by their row id.
+    falls outside ``[low, high]`` (by default: overflowed to inf, or below float32's smallest normal,
+    so subnormal with its precision lost, or 0) or is NaN (a NaN or an infinity in the row) is
+    measured again in float64, which holds the squares of any float32 exactly. The decision is
+    each row's own, so a row's value never depends on which other rows share its block. NaN/inf
+    and all-zero rows are bad input, named by their row id.
     """
     sq32 = np.einsum("ij,ij->i", x, x)
-    odd = ~((sq32 >= _TINY32) & (sq32 <= _MAX32))  # NaN fails both comparisons, so it is caught here too
+    odd = ~((sq32 >= low) & (sq32 <= high))  # NaN fails both comparisons, so it is caught here too
     sq = sq32.astype(np.float64)
     if not odd.any():
         return sq, odd
@@ -214,9 +216,42 @@ def inverse_norms(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) ->
     return (1.0 / np.sqrt(sq)).astype(np.float32)
 
 
+#: The rows :func:`checked_rows` brings back to unit scale: float32 Σx² outside this band (norms
+#: outside about [2.3e-10, 4.3e9]). Inside it float32 squares, masked sums of squares and products
+#: with the pair weights keep far from overflow and from subnormals; the band is wider than any
+#: embedding model's norms, so the common path never copies.
+SAFE_SQUARES = (2.0 ** -64, 2.0 ** 64)
+
+
+def checked_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, 1 / ‖rows_i‖)``: ``x`` checked (as :func:`inverse_norms`), each row of extreme
+    magnitude multiplied by a power of two that brings its norm into ``[0.5, 1)``.
+
+    The passes compute on the rows as read and count on scale-invariance (cosine decisions and
+    masked margins carry no norm; the moments and the Gram apply the factors). That holds in
+    float32 only while the squares neither overflow nor go subnormal: an item ×1e-25 had every
+    cosine margin 0 (its masked norms underflowed), one ×1e20 its raw decisions as margins (they
+    overflowed, to NaN after the mask product), and both other labels. A power of two changes
+    no bit of a row's direction (it is exact), nor of anything computed from it that stays in
+    range, so only rows that need it are touched (float32 Σx² outside :data:`SAFE_SQUARES`: a
+    decision of the row alone, so partition-invariant), and their factors are measured as the
+    common path measures, in float32. ``x`` itself is returned unless a row is rescaled; then a
+    copy (``x`` may be a read-only view of Arrow memory).
+    """
+    sq, odd = row_squares(x, name=name, ids=ids, low=SAFE_SQUARES[0], high=SAFE_SQUARES[1])
+    if odd.any():
+        rows = np.flatnonzero(odd)
+        _, e = np.frexp(np.sqrt(sq[rows]))  # ‖x‖ = f·2**e, f in [0.5, 1)
+        x = x.copy()
+        x[rows] = np.ldexp(x[rows], -e[:, None].astype(np.int32))
+        sq[rows] = np.einsum("ij,ij->i", x[rows], x[rows])
+    return x, (1.0 / np.sqrt(sq)).astype(np.float32)
+
+
 def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
-    """L2-normalised float32 rows (checked as in :func:`inverse_norms`)."""
-    return np.multiply(x, inverse_norms(x, name=name, ids=ids)[:, None], dtype=np.float32)
+    """L2-normalised float32 rows (checked and brought into range as in :func:`checked_rows`)."""
+    x, scale = checked_rows(x, name=name, ids=ids)
+    return np.multiply(x, scale[:, None], dtype=np.float32)
 
 
 # --- stable 64-bit hashes of ids (the bracket's randomness must not depend on row position) -----

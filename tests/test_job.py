@@ -17,6 +17,7 @@ from pairwise_dask import model as model_io
 from pairwise_dask.config import load_settings
 
 from catalogs import DEMO_JOB, REPO, make_catalog
+from fixtures import fsl, matrix
 
 DEBIAN = REPO.parent / "shared" / "data" / "debian"
 #: METHOD.md as written (the reference figures' method); the defaults add fusion, mix and refine
@@ -124,6 +125,36 @@ def test_outputs_identical_for_any_partitioning_with_extreme_rows(client, tmp_pa
             pq.read_table(tmp_path / "o0" / "disagreements").sort_by("id"))
         for f in ("moments.parquet", "masks.parquet"):
             assert (tmp_path / f"o{i}" / "model" / f).read_bytes() == (tmp_path / "o0" / "model" / f).read_bytes()
+
+
+@pytest.mark.parametrize("method", [{}, {"decision": "cosine"}], ids=["defaults", "cosine"])
+def test_items_of_extreme_magnitude_are_labelled_as_at_unit_scale(client, tmp_path, method):
+    """Scaling an item's embeddings changes no cosine, so it must change no output beyond float
+    rounding. ×1e20 (float32 squares overflow) and ×1e-25 (they underflow) once made every masked
+    norm of the item inf or 0 under cosine decisions: every margin 0, and in mode score the first
+    class as its label."""
+    cat = make_catalog(tmp_path / "data", n=600)
+    t = pq.read_table(cat["items"])
+    rows = [3, 250, 501]
+    outs = {}
+    for factor in (1.0, 1e20, 1e-25):
+        scaled = t
+        for col in ("emb_a", "emb_b"):
+            x = matrix(t, col)
+            x[rows] *= np.float32(factor)
+            scaled = scaled.set_column(scaled.column_names.index(col), col, fsl(x))
+        items = tmp_path / f"items-{factor:g}.parquet"
+        pq.write_table(scaled, items, row_group_size=100)
+        job.run(_settings({**cat, "items": str(items)}, tmp_path / f"out-{factor:g}", **method), client=client)
+        outs[factor] = _labels(tmp_path / f"out-{factor:g}").sort_by("id")
+    ref = outs[1.0]
+    for factor in (1e20, 1e-25):
+        for c in ref.column_names:
+            if c.startswith("margin_"):
+                np.testing.assert_allclose(outs[factor].column(c).to_numpy(), ref.column(c).to_numpy(),
+                                           rtol=1e-4, atol=1e-5, err_msg=f"{c} at ×{factor:g}")
+            else:
+                assert outs[factor].column(c).equals(ref.column(c)), f"{c} at ×{factor:g}"
 
 
 def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
