@@ -627,14 +627,25 @@ def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.n
 
 def review_order(dis: pa.Table) -> pa.Array:
     """Row order of a review list: every row whose annotation is contradicted (``reason``
-    ``annotation`` or ``annotation+views``) first, each tier by ``priority`` descending; stable, so
-    ties keep their order. The list is for reviewing the annotation: a row where only the views
-    split, the annotation backed by the final label, never outranks one where it is contradicted."""
-    if "reason" not in dis.column_names:
-        return pc.sort_indices(dis, [("priority", "descending")])
-    key = pa.table({"contradicted": pc.match_substring(dis.column("reason"), "annotation"),
-                    "priority": dis.column("priority")})
-    return pc.sort_indices(key, [("contradicted", "descending"), ("priority", "descending")])
+    ``annotation`` or ``annotation+views``) first, each tier by ``priority`` descending, then by
+    ``id`` ascending. The list is for reviewing the annotation: a row where only the views split,
+    the annotation backed by the final label, never outranks one where it is contradicted.
+
+    Equal priorities are common (exact duplicate embeddings): the id breaks those ties (a string
+    by its UTF-8 bytes, an integer by value), so the order is a function of the rows alone, not of
+    the order the partitions' rows were merged in (a stable sort kept that order).
+    """
+    cols: dict[str, pa.Array] = {}
+    keys = []
+    if "reason" in dis.column_names:
+        cols["contradicted"] = pc.match_substring(dis.column("reason"), "annotation")
+        keys.append(("contradicted", "descending"))
+    cols["priority"] = dis.column("priority")
+    keys.append(("priority", "descending"))
+    if "id" in dis.column_names:
+        cols["id"] = dis.column("id")
+        keys.append(("id", "ascending"))
+    return pc.sort_indices(pa.table(cols), keys)
 
 
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:

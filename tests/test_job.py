@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pairwise_dask import job, steps
 from pairwise_dask import model as model_io
 from pairwise_dask.config import load_settings
+from pairwise_dask.passes import review_order
 
 from catalogs import DEMO_JOB, REPO, make_catalog
 from fixtures import fsl, matrix
@@ -155,6 +157,41 @@ def test_items_of_extreme_magnitude_are_labelled_as_at_unit_scale(client, tmp_pa
                                            rtol=1e-4, atol=1e-5, err_msg=f"{c} at ×{factor:g}")
             else:
                 assert outs[factor].column(c).equals(ref.column(c)), f"{c} at ×{factor:g}"
+
+
+def test_review_order_breaks_ties_by_id_whatever_the_rows_order():
+    """Rows of equal tier and priority (exact duplicate embeddings give them) are ordered by id, so
+    the review list does not keep the order in which the partitions happened to be merged."""
+    for ids in (pa.array(["c", "a", "d", "b", "e"]), pa.array([30, 10, 40, 20, 50], pa.int64())):
+        dis = pa.table({"id": ids, "reason": ["views", "annotation", "annotation", "views", "annotation"],
+                        "priority": [0.5, 0.25, 0.25, 0.5, 0.75]})
+        want = [ids[i].as_py() for i in (4, 1, 2, 3, 0)]  # contradicted first, by priority, then id
+        for perm in ([0, 1, 2, 3, 4], [3, 2, 1, 0, 4], [4, 0, 2, 1, 3]):
+            t = dis.take(perm)
+            assert t.column("id").take(review_order(t)).to_pylist() == want
+
+
+def test_review_list_is_the_same_bytes_whatever_the_files(client, tmp_path):
+    """The demo catalog holds 22 groups of exact duplicate embeddings, so rows of equal priority.
+    Written as one file, and as one file per annotated class (ids descending in each), it must give
+    the same disagreements/: ties kept the partitions' order (bzr-builddeb and bzr-fastimport
+    swapped places between the two)."""
+    t = pq.read_table(REPO / "jobs" / "demo-data" / "items.parquet")
+    (tmp_path / "one").mkdir()
+    pq.write_table(t, tmp_path / "one" / "items.parquet")
+    (tmp_path / "byclass").mkdir()
+    by = t.sort_by([("label", "ascending"), ("id", "descending")])
+    for i, name in enumerate(pc.unique(by.column("label")).to_pylist()):
+        pq.write_table(by.filter(pc.equal(by.column("label"), name)), tmp_path / "byclass" / f"f{i:02d}.parquet")
+    outs = []
+    for name in ("one", "byclass"):
+        s = load_settings(None, {"items": str(tmp_path / name), "classes": str(REPO / "jobs" / "demo-data" / "classes.parquet"),
+                                 "views": (("a", "emb_a"), ("b", "emb_b")), "label": "label",
+                                 "out": str(tmp_path / f"out-{name}"), **ARTICLE})
+        job.run(s, client=client)
+        outs.append(sorted((tmp_path / f"out-{name}" / "disagreements").iterdir()))
+    assert [p.name for p in outs[0]] == [p.name for p in outs[1]]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*outs))
 
 
 def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
