@@ -169,35 +169,90 @@ def _packed_matrix(arr: pa.Array, *, name: str, ids: np.ndarray | None, dim: int
     return out
 
 
+#: float32's smallest normal: a float32 Σx² below it has lost precision (subnormal) or underflowed
+_TINY32 = float(np.finfo(np.float32).tiny)
+_MAX32 = float(np.finfo(np.float32).max)
+
+
+def row_squares(x: np.ndarray, *, name: str, ids: np.ndarray | None = None, low: float = _TINY32,
+                high: float = _MAX32) -> tuple[np.ndarray, np.ndarray]:
+    """``Σ_j x_ij²`` per row (float64), checked, and the mask of the rows measured again in float64.
+
+    One float32 pass measures every row (the common case ends there). A row whose float32 sum
+    falls outside ``[low, high]`` (by default: overflowed to inf, or below float32's smallest normal,
+    so subnormal with its precision lost, or 0) or is NaN (a NaN or an infinity in the row) is
+    measured again in float64, which holds the squares of any float32 exactly. The decision is
+    each row's own, so a row's value never depends on which other rows share its block. NaN/inf
+    and all-zero rows are bad input, named by their row id.
+    """
+    sq32 = np.einsum("ij,ij->i", x, x)
+    odd = ~((sq32 >= low) & (sq32 <= high))  # NaN fails both comparisons, so it is caught here too
+    sq = sq32.astype(np.float64)
+    if not odd.any():
+        return sq, odd
+    rows = np.flatnonzero(odd)
+    sq[rows] = np.einsum("ij,ij->i", x[rows], x[rows], dtype=np.float64)
+    bad = ~np.isfinite(sq[rows])
+    if bad.any():
+        i = int(rows[np.flatnonzero(bad)[0]])
+        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
+                            hint="Recompute or drop that embedding")
+    zero = sq[rows] == 0
+    if zero.any():
+        i = int(rows[np.flatnonzero(zero)[0]])
+        raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
+                            row=_row_id(ids, i), hint="Recompute or drop that embedding")
+    return sq, odd
+
+
 def inverse_norms(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
     """``1 / ‖x_i‖`` per row (float32); NaN/inf and all-zero rows are bad input, never patched.
 
     The passes keep the rows as read and carry these factors: cosines scale by them, the pair
     decisions and masked margins do not need them at all (both sides share the row's norm), and
     the moments apply them while quantising, so no normalised copy of a block is ever made.
+    Each row's factor is a function of that row alone (:func:`row_squares`).
     """
-    # one float32 pass checks and measures: a NaN or an infinity makes the sum of squares
-    # non-finite. So can a huge finite value (squares above 3e38) or underflow make it 0 for a
-    # tiny one: those rare blocks are measured again in float64, which holds both exactly.
-    sq = np.einsum("ij,ij->i", x, x)
-    if not (np.isfinite(sq).all() and (sq > 0).all()):
-        sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-    finite = np.isfinite(sq)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise BadInputError("holds NaN or infinite values", column=name, row=_row_id(ids, i),
-                            hint="Recompute or drop that embedding")
-    zero = sq == 0
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        raise BadInputError("holds an all-zero embedding, which has no direction", column=name,
-                            row=_row_id(ids, i), hint="Recompute or drop that embedding")
-    return (1.0 / np.sqrt(sq.astype(np.float64))).astype(np.float32)
+    sq, _ = row_squares(x, name=name, ids=ids)
+    return (1.0 / np.sqrt(sq)).astype(np.float32)
+
+
+#: The rows :func:`checked_rows` brings back to unit scale: float32 Σx² outside this band (norms
+#: outside about [2.3e-10, 4.3e9]). Inside it float32 squares, masked sums of squares and products
+#: with the pair weights keep far from overflow and from subnormals; the band is wider than any
+#: embedding model's norms, so the common path never copies.
+SAFE_SQUARES = (2.0 ** -64, 2.0 ** 64)
+
+
+def checked_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, 1 / ‖rows_i‖)``: ``x`` checked (as :func:`inverse_norms`), each row of extreme
+    magnitude multiplied by a power of two that brings its norm into ``[0.5, 1)``.
+
+    The passes compute on the rows as read and count on scale-invariance (cosine decisions and
+    masked margins carry no norm; the moments and the Gram apply the factors). That holds in
+    float32 only while the squares neither overflow nor go subnormal: an item ×1e-25 had every
+    cosine margin 0 (its masked norms underflowed), one ×1e20 its raw decisions as margins (they
+    overflowed, to NaN after the mask product), and both other labels. A power of two changes
+    no bit of a row's direction (it is exact), nor of anything computed from it that stays in
+    range, so only rows that need it are touched (float32 Σx² outside :data:`SAFE_SQUARES`: a
+    decision of the row alone, so partition-invariant), and their factors are measured as the
+    common path measures, in float32. ``x`` itself is returned unless a row is rescaled; then a
+    copy (``x`` may be a read-only view of Arrow memory).
+    """
+    sq, odd = row_squares(x, name=name, ids=ids, low=SAFE_SQUARES[0], high=SAFE_SQUARES[1])
+    if odd.any():
+        rows = np.flatnonzero(odd)
+        _, e = np.frexp(np.sqrt(sq[rows]))  # ‖x‖ = f·2**e, f in [0.5, 1)
+        x = x.copy()
+        x[rows] = np.ldexp(x[rows], -e[:, None].astype(np.int32))
+        sq[rows] = np.einsum("ij,ij->i", x[rows], x[rows])
+    return x, (1.0 / np.sqrt(sq)).astype(np.float32)
 
 
 def normalize_rows(x: np.ndarray, *, name: str, ids: np.ndarray | None = None) -> np.ndarray:
-    """L2-normalised float32 rows (checked as in :func:`inverse_norms`)."""
-    return np.multiply(x, inverse_norms(x, name=name, ids=ids)[:, None], dtype=np.float32)
+    """L2-normalised float32 rows (checked and brought into range as in :func:`checked_rows`)."""
+    x, scale = checked_rows(x, name=name, ids=ids)
+    return np.multiply(x, scale[:, None], dtype=np.float32)
 
 
 # --- stable 64-bit hashes of ids (the bracket's randomness must not depend on row position) -----

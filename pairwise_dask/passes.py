@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import embedding_matrix, hash_ids, inverse_norms, packed_float_of, to_arrow
+from .arrays import checked_rows, embedding_matrix, hash_ids, packed_float_of, to_arrow
 from .base import base_labels, chunked_matmul
 from .errors import BadInputError
 from .masks import PairMasks, in_form
@@ -110,8 +110,9 @@ def played_form(spec: Spec) -> Spec:
 class Block:
     """One partition as NumPy: ids (Arrow), id hashes, views, annotation indices.
 
-    ``views`` hold the rows as read (float32, often a zero-copy view of the Arrow buffer) and
-    ``scale`` their checked inverse norms: every use either scales its result (cosines), applies
+    ``views`` hold the rows as read (float32, often a zero-copy view of the Arrow buffer; a row of
+    extreme magnitude multiplied by a power of two, see :func:`~pairwise_dask.arrays.checked_rows`)
+    and ``scale`` their checked inverse norms: every use either scales its result (cosines), applies
     the scale while quantising (moments) or does not need it (pair decisions and margins).
 
     When the job keeps blocks in worker memory between passes (``cache``), each view's base labels
@@ -223,8 +224,10 @@ def read_block(df: Any, spec: Spec, *, rotate: bool = True) -> Block:
     for v, col in spec.views:
         d = spec.rotation[v].shape[0] if v in spec.rotation else spec.classes[v].shape[1]
         marked = packed_float_of(df.schema.field(col)) if isinstance(df, pa.Table) else None
-        views[v] = embedding_matrix(df[col], name=col, ids=id_np, dim=d, packed_float=marked)
-        scale[v] = inverse_norms(views[v], name=col, ids=id_np)
+        x = embedding_matrix(df[col], name=col, ids=id_np, dim=d, packed_float=marked)
+        # rows of extreme magnitude come back rescaled by a power of two (exact), so that the
+        # float32 products downstream, which assume scale-invariance, neither overflow nor underflow
+        views[v], scale[v] = checked_rows(x, name=col, ids=id_np)
     bases = _raw_bases(views, scale, spec)
     for v in spec.rotation if rotate else ():  # fixed row blocks: a row's rotated bits do not depend
         views[v] = chunked_matmul(views[v], spec.rotation[v])  # on its partition; scale stays as read
@@ -624,14 +627,25 @@ def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.n
 
 def review_order(dis: pa.Table) -> pa.Array:
     """Row order of a review list: every row whose annotation is contradicted (``reason``
-    ``annotation`` or ``annotation+views``) first, each tier by ``priority`` descending; stable, so
-    ties keep their order. The list is for reviewing the annotation: a row where only the views
-    split, the annotation backed by the final label, never outranks one where it is contradicted."""
-    if "reason" not in dis.column_names:
-        return pc.sort_indices(dis, [("priority", "descending")])
-    key = pa.table({"contradicted": pc.match_substring(dis.column("reason"), "annotation"),
-                    "priority": dis.column("priority")})
-    return pc.sort_indices(key, [("contradicted", "descending"), ("priority", "descending")])
+    ``annotation`` or ``annotation+views``) first, each tier by ``priority`` descending, then by
+    ``id`` ascending. The list is for reviewing the annotation: a row where only the views split,
+    the annotation backed by the final label, never outranks one where it is contradicted.
+
+    Equal priorities are common (exact duplicate embeddings): the id breaks those ties (a string
+    by its UTF-8 bytes, an integer by value), so the order is a function of the rows alone, not of
+    the order the partitions' rows were merged in (a stable sort kept that order).
+    """
+    cols: dict[str, pa.Array] = {}
+    keys = []
+    if "reason" in dis.column_names:
+        cols["contradicted"] = pc.match_substring(dis.column("reason"), "annotation")
+        keys.append(("contradicted", "descending"))
+    cols["priority"] = dis.column("priority")
+    keys.append(("priority", "descending"))
+    if "id" in dis.column_names:
+        cols["id"] = dis.column("id")
+        keys.append(("id", "ascending"))
+    return pc.sort_indices(pa.table(cols), keys)
 
 
 def label_partition(df: Any, spec: Spec) -> tuple[pa.Table, Tally]:

@@ -189,7 +189,7 @@ def _top_rows(folder: Location, top: int) -> pa.Table:
         t = pa.Table.from_batches([batch])
         best = t if best is None else pa.concat_tables([best, t.cast(best.schema)])
         if "priority" in best.column_names:
-            best = best.take(review_order(best))  # the job's own order; stable: file order on ties
+            best = best.take(review_order(best))  # the job's own order (ties by id)
         best = best.slice(0, top)
         if "priority" not in best.column_names and best.num_rows >= top:
             break

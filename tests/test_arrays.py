@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pairwise_dask.arrays import embedding_matrix, hash_ids, normalize_rows
+from pairwise_dask.arrays import checked_rows, embedding_matrix, hash_ids, inverse_norms, normalize_rows
 from pairwise_dask.errors import BadInputError
 
 
@@ -57,3 +57,42 @@ def test_an_integer_row_id_of_zero_is_still_named() -> None:
         normalize_rows(np.array([[np.nan, 1], [1, 0]], np.float32), name="e", ids=np.array([0, 1]))
     assert info.value.row == 0
     assert str(info.value).startswith("column 'e', row id 0: holds NaN")
+
+
+def test_a_rows_inverse_norm_is_its_own_whatever_shares_its_block() -> None:
+    """A row whose float32 Σx² overflows (×1e20), underflows (×1e-25) or goes subnormal (×3e-21)
+    is measured in float64; that decision is the row's own. It was the block's: one such row sent
+    every row of its partition to float64, so the other rows' factors (and cosines, moments and
+    labels) depended on which rows shared their partition, and a subnormal sum was kept as is."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 64)).astype(np.float32)
+    odd = x[:3] * np.array([[1e20], [1e-25], [3e-21]], np.float32)
+    assert np.isinf(np.einsum("ij,ij->i", odd, odd)[0]) and np.einsum("ij,ij->i", odd, odd)[1] == 0
+    assert 0 < np.einsum("ij,ij->i", odd, odd)[2] < np.finfo(np.float32).tiny
+    plain = inverse_norms(x, name="e")
+    mixed = inverse_norms(np.concatenate([x[:100], odd, x[100:]]), name="e")
+    assert np.array_equal(np.concatenate([mixed[:100], mixed[103:]]), plain)
+    alone = np.concatenate([inverse_norms(odd[i:i + 1], name="e") for i in range(3)])
+    assert np.array_equal(mixed[100:103], alone)
+    exact = 1 / np.linalg.norm(odd.astype(np.float64), axis=1)
+    assert np.allclose(alone, exact, rtol=1e-6, atol=0)
+
+
+def test_checked_rows_bring_only_extreme_rows_to_unit_scale_by_a_power_of_two() -> None:
+    """Rows in range are returned as they are (no copy, the factors of inverse_norms); a row whose
+    squares overflow or underflow in float32 is multiplied by a power of two (its direction kept bit
+    for bit) to a norm in [0.5, 1), and its factor is that row's."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 32)).astype(np.float32)
+    same, scale = checked_rows(x, name="e")
+    assert same is x and np.array_equal(scale, inverse_norms(x, name="e"))
+    y = x.copy()
+    y[[4, 9]] *= np.array([[1e20], [1e-25]], np.float32)
+    got, scale = checked_rows(y, name="e")
+    assert got is not y and np.array_equal(np.delete(got, [4, 9], axis=0), np.delete(y, [4, 9], axis=0))
+    for i in (4, 9):
+        k = np.round(np.log2(np.abs(got[i]).max() / np.abs(y[i]).max()))
+        assert np.array_equal(got[i], np.ldexp(y[i], int(k)))
+        assert 0.5 <= np.linalg.norm(got[i].astype(np.float64)) < 1
+        assert np.isclose(scale[i], 1 / np.linalg.norm(got[i].astype(np.float64)), rtol=1e-6)
+    assert np.allclose(normalize_rows(y, name="e"), normalize_rows(x, name="e"), rtol=0, atol=1e-6)

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from pairwise_dask import job, steps
 from pairwise_dask import model as model_io
 from pairwise_dask.config import load_settings
+from pairwise_dask.passes import review_order
 
 from catalogs import DEMO_JOB, REPO, make_catalog
+from fixtures import fsl, matrix
 
 DEBIAN = REPO.parent / "shared" / "data" / "debian"
 #: METHOD.md as written (the reference figures' method); the defaults add fusion, mix and refine
@@ -102,6 +105,93 @@ def test_labels_identical_for_any_partitioning(client, tmp_path):
     assert len(list((tmp_path / "o2" / "labels").iterdir())) > 20
     for t in tables[1:]:
         assert t.equals(tables[0])
+
+
+def test_outputs_identical_for_any_partitioning_with_extreme_rows(client, tmp_path):
+    """A few valid rows far out of float32's square range (Σx² overflows at ×1e20, underflows at
+    ×1e-25, goes subnormal at ×3e-21) must not make any output depend on the partitioning: one
+    such row once sent its whole partition's norms to float64, changing its neighbours' scales."""
+    cat = make_catalog(tmp_path / "data", n=900, row_group=128)
+    t = pq.read_table(cat["items"])
+    for col in ("emb_a", "emb_b"):
+        x = np.asarray(t.column(col).combine_chunks().flatten(), np.float32).reshape(t.num_rows, -1).copy()
+        for row, factor in ((5, 1e20), (300, 1e-25), (700, 3e-21), (701, 1e20)):
+            x[row] *= np.float32(factor)
+        t = t.set_column(t.column_names.index(col), col, pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+    pq.write_table(t, cat["items"], row_group_size=128)
+    for i, rows in enumerate([0, 1000, 37]):
+        job.run(_settings(cat, tmp_path / f"o{i}", partition_rows=rows), client=client)
+    for i in (1, 2):
+        assert _labels(tmp_path / f"o{i}").sort_by("id").equals(_labels(tmp_path / "o0").sort_by("id"))
+        assert pq.read_table(tmp_path / f"o{i}" / "disagreements").sort_by("id").equals(
+            pq.read_table(tmp_path / "o0" / "disagreements").sort_by("id"))
+        for f in ("moments.parquet", "masks.parquet"):
+            assert (tmp_path / f"o{i}" / "model" / f).read_bytes() == (tmp_path / "o0" / "model" / f).read_bytes()
+
+
+@pytest.mark.parametrize("method", [{}, {"decision": "cosine"}], ids=["defaults", "cosine"])
+def test_items_of_extreme_magnitude_are_labelled_as_at_unit_scale(client, tmp_path, method):
+    """Scaling an item's embeddings changes no cosine, so it must change no output beyond float
+    rounding. ×1e20 (float32 squares overflow) and ×1e-25 (they underflow) once made every masked
+    norm of the item inf or 0 under cosine decisions: every margin 0, and in mode score the first
+    class as its label."""
+    cat = make_catalog(tmp_path / "data", n=600)
+    t = pq.read_table(cat["items"])
+    rows = [3, 250, 501]
+    outs = {}
+    for factor in (1.0, 1e20, 1e-25):
+        scaled = t
+        for col in ("emb_a", "emb_b"):
+            x = matrix(t, col)
+            x[rows] *= np.float32(factor)
+            scaled = scaled.set_column(scaled.column_names.index(col), col, fsl(x))
+        items = tmp_path / f"items-{factor:g}.parquet"
+        pq.write_table(scaled, items, row_group_size=100)
+        job.run(_settings({**cat, "items": str(items)}, tmp_path / f"out-{factor:g}", **method), client=client)
+        outs[factor] = _labels(tmp_path / f"out-{factor:g}").sort_by("id")
+    ref = outs[1.0]
+    for factor in (1e20, 1e-25):
+        for c in ref.column_names:
+            if c.startswith("margin_"):
+                np.testing.assert_allclose(outs[factor].column(c).to_numpy(), ref.column(c).to_numpy(),
+                                           rtol=1e-4, atol=1e-5, err_msg=f"{c} at ×{factor:g}")
+            else:
+                assert outs[factor].column(c).equals(ref.column(c)), f"{c} at ×{factor:g}"
+
+
+def test_review_order_breaks_ties_by_id_whatever_the_rows_order():
+    """Rows of equal tier and priority (exact duplicate embeddings give them) are ordered by id, so
+    the review list does not keep the order in which the partitions happened to be merged."""
+    for ids in (pa.array(["c", "a", "d", "b", "e"]), pa.array([30, 10, 40, 20, 50], pa.int64())):
+        dis = pa.table({"id": ids, "reason": ["views", "annotation", "annotation", "views", "annotation"],
+                        "priority": [0.5, 0.25, 0.25, 0.5, 0.75]})
+        want = [ids[i].as_py() for i in (4, 1, 2, 3, 0)]  # contradicted first, by priority, then id
+        for perm in ([0, 1, 2, 3, 4], [3, 2, 1, 0, 4], [4, 0, 2, 1, 3]):
+            t = dis.take(perm)
+            assert t.column("id").take(review_order(t)).to_pylist() == want
+
+
+def test_review_list_is_the_same_bytes_whatever_the_files(client, tmp_path):
+    """The demo catalog holds 22 groups of exact duplicate embeddings, so rows of equal priority.
+    Written as one file, and as one file per annotated class (ids descending in each), it must give
+    the same disagreements/: ties kept the partitions' order (bzr-builddeb and bzr-fastimport
+    swapped places between the two)."""
+    t = pq.read_table(REPO / "jobs" / "demo-data" / "items.parquet")
+    (tmp_path / "one").mkdir()
+    pq.write_table(t, tmp_path / "one" / "items.parquet")
+    (tmp_path / "byclass").mkdir()
+    by = t.sort_by([("label", "ascending"), ("id", "descending")])
+    for i, name in enumerate(pc.unique(by.column("label")).to_pylist()):
+        pq.write_table(by.filter(pc.equal(by.column("label"), name)), tmp_path / "byclass" / f"f{i:02d}.parquet")
+    outs = []
+    for name in ("one", "byclass"):
+        s = load_settings(None, {"items": str(tmp_path / name), "classes": str(REPO / "jobs" / "demo-data" / "classes.parquet"),
+                                 "views": (("a", "emb_a"), ("b", "emb_b")), "label": "label",
+                                 "out": str(tmp_path / f"out-{name}"), **ARTICLE})
+        job.run(s, client=client)
+        outs.append(sorted((tmp_path / f"out-{name}" / "disagreements").iterdir()))
+    assert [p.name for p in outs[0]] == [p.name for p in outs[1]]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*outs))
 
 
 def test_cached_and_streamed_runs_are_identical(client, tmp_path, monkeypatch):
