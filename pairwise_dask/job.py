@@ -121,9 +121,10 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             echo(f"Dask dashboard: {c.dashboard_link}")
             parts = item_parts(s, prep.info)
             workers = len(c.scheduler_info(n_workers=-1).get("workers", {}))
-            echo(f"Read {prep.info.rows:,} items in {len(parts)} partitions from {len(prep.info.files)} file(s); "
-                 f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
-                 f"{workers} workers")
+            n_files = len(prep.info.files)
+            echo(f"Read {prep.info.rows:,} items in {len(parts)} partition{'s' * (len(parts) != 1)} from {n_files} "
+                 f"file{'s' * (n_files != 1)}; {prep.classes.k} classes; views "
+                 f"{', '.join(f'{v}={col}' for v, col in s.views)}; {workers} worker{'s' * (workers != 1)}")
             # a cluster the job did not start can lose every worker mid-run: say so, and with
             # worker_wait > 0 give up after that long rather than wait for ever (the bad-input
             # rescan below included)

@@ -444,8 +444,9 @@ def _headline(s: dict) -> str:
     items = int(s["items"]["rows"])
     names = s["classes"]["names"]
     views = s["views"]
-    cards = [_card("items", "items", f"{items:,}", f"{s['items'].get('files', '?')} file(s), "
-                   f"{s['items'].get('partitions', '?')} partitions", items),
+    files, parts = s["items"].get("files", "?"), s["items"].get("partitions", "?")
+    cards = [_card("items", "items", f"{items:,}", f"{files} file{'' if files == 1 else 's'}, "
+                   f"{parts} partition{'' if parts == 1 else 's'}", items),
              _card("classes", "classes", f"{len(names):,}", "", len(names)),
              _card("views", "views", f"{len(views)}", _e(", ".join(f"{v} = {c}" for v, c in views.items())),
                    len(views))]
