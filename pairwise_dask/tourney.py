@@ -251,7 +251,7 @@ def pair_margins(x: np.ndarray, masks: PairMasks, d: np.ndarray, *, out: np.ndar
     norms = np.sqrt(np.maximum(chunked_matmul(x, np.ascontiguousarray(mask.T), square=True), 0))
     out = np.empty_like(d) if out is None else out
     np.divide(d, norms, out=out, where=norms > 0)
-    out[norms <= 0] = 0.0
+    out[~(norms > 0)] = 0.0  # a NaN norm too (rows as read: arrays.checked_rows keeps them in range)
     return out
 
 
