@@ -203,7 +203,7 @@ def format_summary(s: dict) -> str:
     if "model_items" in s:
         lines.append(f"  model      statistics of {s['model_items']:,} items")
     total_pairs = sum(pv["pairs"] for pv in s["per_view"].values())
-    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs:,} pair masks ({_views(len(s['per_view']))}) "
+    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs:,} pair masks ({_count(len(s['per_view']), 'view')}) "
                  "had too few items")
     steps = " · ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
     lines.append(f"  steps      {steps}")
@@ -212,10 +212,6 @@ def format_summary(s: dict) -> str:
     lines.append(f"  outputs    {s['out']}: {outs}, summary.json"
                  + (", report.html" if s.get("report") == "report.html" else f"  (report {s.get('report')})"))
     return "\n".join(lines)
-
-
-def _views(n: int) -> str:
-    return f"{n} view" + ("" if n == 1 else "s")
 
 
 class Terminated(KeyboardInterrupt):
