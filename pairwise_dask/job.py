@@ -32,13 +32,14 @@ import pyarrow.pandas_compat  # noqa: F401
 from . import steps
 from .config import Settings, check_model_method, with_model_method
 from .errors import BadInputError
-from .io import ClassSet, Commit, ItemsInfo, inspect_items, locate_row, read_classes, item_parts, write_json
+from .io import (ClassSet, Commit, ItemsInfo, duplicate_places, inspect_items, locate_id, locate_row, read_classes,
+                 item_parts, write_json)
 from .masks import PairMasks, pair_ids
 from .model import FittedModel, load, save, thresholds_of
 from .report import write_report
 from .storage import Location
 from .rotation import kept_axes
-from .passes import played_form, Spec, partition_error
+from .passes import DUPLICATE, played_form, Spec, partition_error
 from .summary import frame, label_summary, mask_summary, method_of, params
 from .cluster import connect
 from .threads import one_thread
@@ -200,6 +201,11 @@ def _first_bad_partition(c: Any, s: Settings, spec: Spec, parts: list, e: BadInp
 def _with_items_file(e: BadInputError, s: Settings, info: ItemsInfo) -> BadInputError:
     """Name the items file behind a per-partition error (workers see blocks, not files)."""
     item_cols = {s.id, s.label, *(c for _, c in s.views)} - {""}
+    if e.column == s.id and e.what == DUPLICATE and e.row is not None:  # found within one partition
+        places = locate_id(info.files, s.id, e.row, s.storage_options)  # every copy, by file and row
+        if places:
+            return BadInputError(f"{e.what} {duplicate_places(places)}".strip(), file=places[0][0], column=e.column,
+                                 row=e.row, hint=e.hint)
     if e.column not in item_cols or (e.file and e.file in info.files):
         return e
     file = locate_row(info.files, s.id, e.row) or s.items

@@ -335,7 +335,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
     hashes = np.sort(b.id_hash)
     dup = _first_duplicate(hashes)
     if dup is not None:  # within one partition the offending id is at hand
-        raise BadInputError("appears more than once", column=spec.id_col,
+        raise BadInputError(DUPLICATE, column=spec.id_col,
                             row=b.ids[int(np.flatnonzero(b.id_hash == np.uint64(dup))[0])].as_py(),
                             hint="Ids must be unique; drop or rename the duplicates")
     return Statistics(len(b.ids), mom, hashes, None, pairs)
@@ -623,6 +623,10 @@ def review_priority(fused: np.ndarray, pairs: np.ndarray, k: int, proposed: np.n
     r = np.arange(len(current))
     pr = PROPOSED_WEIGHT * sc[r, proposed] - sc[r, current]
     return np.where(proposed != current, pr, 0.0).astype(np.float64)
+
+
+#: What a duplicated id's error says (the job adds where each copy is).
+DUPLICATE = "appears more than once"
 
 
 def review_order(dis: pa.Table) -> pa.Array:

@@ -25,7 +25,7 @@ from .model import FittedModel, model_fit_options, write_masks
 from .moments import Moments, quantile_thresholds
 from .storage import Location
 from .rotation import axes_of, rotate_classes, sample_below
-from .passes import (Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally,
+from .passes import (DUPLICATE, Histograms, PairSet, RemoteMasks, pairs_partition, review_order, Spec, Statistics, Tally,
                      gram_partition, histogram_partition, ids_with_hash, label_partition, margin_bins,
                      margin_histogram_partition, margin_quantile, merge, read_block, release_arrow_memory,
                      rotate_block, statistics_partition, with_remote)
@@ -101,7 +101,7 @@ def _check_duplicates(c: Any, s: Settings, parts: list, spec_f: SpecRef, h: int 
         row = next(i for i in ids if ids.count(i) > 1)
         # both copies, by file and row: the copy in another file is the one easily missed
         places = locate_id(parquet_files(s.items, s.storage_options), s.id, row, s.storage_options)
-        raise BadInputError(" ".join(filter(None, ["appears more than once", duplicate_places(places)])),
+        raise BadInputError(" ".join(filter(None, [DUPLICATE, duplicate_places(places)])),
                             file=places[0][0] if places else s.items, column=s.id, row=row,
                             hint="Ids must be unique; drop or rename the duplicates")
 

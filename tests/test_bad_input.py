@@ -921,3 +921,8 @@ def test_a_duplicate_id_across_two_files_names_both(tmp_path: Path, client: Any)
     with pytest.raises(BadInputError, match=r"appears more than once \(rows 3 and 50, counted from 0\)") as info:
         job.run(cat.settings(tmp_path / "out"), client=client)
     assert info.value.file == str(cat.items_path)
+    # one partition holding both copies: the rows too (it named the file only)
+    cat.write_items(table, row_group_size=100)
+    with pytest.raises(BadInputError, match=r"appears more than once \(rows 3 and 50, counted from 0\)") as info:
+        job.run(cat.settings(tmp_path / "out"), client=client)
+    assert info.value.file == str(cat.items_path)
