@@ -288,6 +288,13 @@ def min_pair_margin(fused: np.ndarray, pidx: np.ndarray, pairs: np.ndarray, labe
     return mm.min(axis=1)
 
 
+def rank_share(x: np.ndarray) -> np.ndarray:
+    """Session 15: each value's rank as a share of the items (0 lowest, 1 highest)."""
+    r = np.empty(len(x), np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r / max(len(x) - 1, 1)
+
+
 def keep_per_class(margin: np.ndarray, label: np.ndarray, k: int, keep: float) -> np.ndarray:
     """Class-balanced selection: within each label, its ``keep`` most confident items."""
     out = np.zeros(len(margin), bool)
@@ -450,7 +457,7 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         qda_shrink="own", shrink_total=False, fuse="mean", mom_acc=False,
         score_w="", keep_on="score", pool_all=0.0, cal0="", sat=0.0, var_all="", xfit=0, xfit0=False, dmix=0.0,
         cca=0.0, cca_reg=0.1, typ=0.0, typ_fixed=True, lds=False, lds_bw=0.3, lds_nmin=40, bias1d="",
-        stable="", rivalx=False, tau=1.0) -> dict:
+        stable="", rivalx=False, tau=1.0, keep0="") -> dict:
     SAT[0] = sat
     SOFTMIN_TAU[0] = tau
     xs, cs, k, h = ds["x"], ds["c"], ds["k"], ds["hash"]
@@ -483,6 +490,10 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
         lab = s.argmax(1).astype(np.int32)
         part = np.partition(s, k - 2, axis=1)
         marg = (part[:, -1] - part[:, -2]) / len(views)
+        if keep0 == "top1":  # session 15: the winner's own fused cosine, not its lead over the runner-up
+            marg = part[:, -1] / len(views)
+        elif keep0 == "mix":  # session 15: both, as rank shares
+            marg = rank_share(marg) + rank_share(part[:, -1])
         kp = keep_mask(marg, keep[0] if isinstance(keep, list) else keep)
         moms = {v: class_moments(xs[v], lab, kp, k) for v in views}
         mlab, mkp = lab, kp  # session 11: the labels and keep mask behind `moms` (for cross-fitting)
@@ -617,6 +628,9 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             kr = keep[min(r, len(keep) - 1)] if isinstance(keep, list) else keep  # a curriculum: one keep per round
             if keep_on == "minpair":  # session 4: confidence = the label's smallest fused pair margin
                 fmargin = min_pair_margin(fused, pidx, pairs, final)
+            elif keep_on in ("win", "winmix"):  # session 15: the winner's own class score (absolute)
+                win = class_scores(fused, pairs, k)[np.arange(len(final)), final]
+                fmargin = win if keep_on == "win" else rank_share(fmargin) + rank_share(win)
             if keep_by in ("agree", "agree_q"):  # session 3: only items whose every view agrees with final
                 agr = np.all([labels[v] == final for v in views], axis=0)
                 if keep_by == "agree":
