@@ -23,6 +23,7 @@ MODES = ("bracket", "round-robin", "top-t", "score")
 FINALS = ("fused", "confident-view")
 FUSIONS = ("llr", "mean")
 FIT_ON = ("fused", "view", "annotation")
+BASE_KEEP = ("cosine", "margin")
 CACHE = ("auto", "on", "off")
 DECISIONS = ("cosine", "discriminant")
 ROTATIONS = ("none", "pca")
@@ -143,6 +144,10 @@ OPTIONS: tuple[Option, ...] = (
            "the `keep` most confident items), view (each view's own base labels, all items: the "
            "article), annotation (the --label column where present; for reviewing an annotation)",
            _one_of(FIT_ON)),
+    Option("base_keep", "method", str, "cosine", "fit_on = fused: how the `keep` most confident items are "
+           "ranked for the first statistics: cosine (the fused base label's own mean cosine: the items nearest "
+           "their prompt first) or margin (its lead over the runner-up, the default before session 15; a class "
+           "that wins another section's items by a clear lead keeps them)", _one_of(BASE_KEEP)),
     Option("decision", "method", str, "discriminant", "pair decisions: cosine (the prompts, or prompt + mix × "
            "class mean, on the pair's mask: the article) or discriminant (a diagonal Gaussian discriminant "
            "of the pair's two item sets on its mask, from the moments, in standard-deviation units; with "
@@ -189,7 +194,7 @@ _SECTIONS = {o.section for o in OPTIONS if o.section} | {"views", "class_columns
 #: Options added after the first release, at the value that means the method as it was before
 #: them: the fingerprint leaves them out there, and an older summary.json without them had it.
 BEFORE_OPTION = {"decision": "cosine", "prior": 0.0, "rotate": "none", "keep_sample": 0, "rotate_dims": 0.0,
-                 "fuse": "mean"}
+                 "fuse": "mean", "base_keep": "margin"}
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ class Settings:
     keep: float = 0.5
     keep_sample: int = 131072
     fit_on: str = "fused"
+    base_keep: str = "cosine"
     decision: str = "discriminant"
     prior: float = 0.0
     rotate: str = "pca"

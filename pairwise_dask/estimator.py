@@ -56,7 +56,7 @@ class PairwiseLabeler:
     views : ``{view name: items embedding column}``.
     id : the items' id column. label : optional annotation column (adds it to the output).
     dims, seed, cos_min, diff_min, min_items, mode, top_t, final, fuse, mix, refine, keep, keep_sample, fit_on,
-    decision, prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
+    base_keep, decision, prior, rotate, rotate_sample, rotate_dims : as in the job file's ``[method]`` (same defaults, same meaning).
     worker_malloc : as in ``[cluster]``: with ``"tuned"`` and an active distributed ``Client``, its workers
         get :class:`~pairwise_dask.allocator.TunedMalloc` when ``fit``, ``partial_fit`` or ``predict`` is called.
     """
@@ -68,7 +68,7 @@ class PairwiseLabeler:
                  refine: int = _D.refine, keep: float = _D.keep, fit_on: str = _D.fit_on, decision: str = _D.decision,
                  prior: float = _D.prior, rotate: str = _D.rotate, rotate_sample: int = _D.rotate_sample,
                  rotate_dims: float = _D.rotate_dims, keep_sample: int = _D.keep_sample,
-                 worker_malloc: str = _D.worker_malloc) -> None:
+                 base_keep: str = _D.base_keep, worker_malloc: str = _D.worker_malloc) -> None:
         if fuse not in FUSIONS:
             raise ValueError(f"fuse = {fuse!r} is not one of {', '.join(FUSIONS)}")
         if worker_malloc not in WORKER_MALLOC:
@@ -79,7 +79,7 @@ class PairwiseLabeler:
         self.dims, self.seed, self.cos_min, self.diff_min = dims, seed, cos_min, diff_min
         self.min_items, self.mode, self.top_t = min_items, mode, top_t
         self.final, self.mix, self.refine, self.keep, self.fit_on = final, mix, refine, keep, fit_on
-        self.fuse = fuse
+        self.fuse, self.base_keep = fuse, base_keep
         self.decision, self.prior, self.rotate, self.rotate_sample = decision, prior, rotate, rotate_sample
         self.rotate_dims, self.keep_sample, self.worker_malloc = rotate_dims, keep_sample, worker_malloc
         for opt in OPTIONS:  # the job's own checks of every [method] option: a bad value must not label silently
@@ -128,7 +128,8 @@ class PairwiseLabeler:
                     classes={v: classes.embeddings[v] for v in self.views}, cos_min=self.cos_min,
                     diff_min=self.diff_min, per_pair=bool(params.get("per_pair", self.diff_min > 0)), seed=self.seed,
                     mode=self.mode, top_t=self.top_t, masks=dict(masks or {}), final=self.final, fuse=self.fuse,
-                    fit_on=self.fit_on, keep_margin=self.keep_margin_, thresholds=thresholds_of(params)),
+                    fit_on=self.fit_on, base_keep=self.base_keep, keep_margin=self.keep_margin_,
+                    thresholds=thresholds_of(params)),
                              self.rotation_)
 
     def _keep_threshold(self, ddf: Any, spec: Spec, rows: int) -> float:
@@ -191,7 +192,8 @@ class PairwiseLabeler:
                   "diff_min": self.diff_min, "per_pair": spec.per_pair, "seed": self.seed, "mode": self.mode,
                   "top_t": self.top_t, "items": int(items), "m": {v: int(m.dims.shape[1]) for v, m in masks.items()},
                   "final": self.final, "fuse": self.fuse, "mix": self.mix, "refine": self.refine, "keep": self.keep,
-                  "fit_on": self.fit_on, "decision": self.decision, "prior": self.prior, "rotate": self.rotate,
+                  "fit_on": self.fit_on, "base_keep": self.base_keep, "decision": self.decision, "prior": self.prior,
+                  "rotate": self.rotate,
                   "rotate_sample": self.rotate_sample, "rotate_dims": self.rotate_dims,
                   "keep_sample": self.keep_sample, "base_keep_margin": self.keep_margin_}
         if spec.thresholds:  # a loaded job model's quantile filter, kept for the next partial_fit or update
@@ -314,6 +316,7 @@ class PairwiseLabeler:
                 # models written before these options existed were the article's method
                 "final": p.get("final", "confident-view"), "fuse": p.get("fuse", "mean"), "mix": p.get("mix", 0.0),
                 "refine": p.get("refine", 0), "keep": p.get("keep", 0.5), "fit_on": p.get("fit_on", "view"),
+                "base_keep": p.get("base_keep", "margin"),
                 "decision": p.get("decision", "cosine"), "prior": p.get("prior", 0.0),
                 "rotate": "pca" if model.rotation else "none",
                 "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0),

@@ -98,7 +98,7 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
     spec = Spec(id_col=s.id, label_col=s.label, views=s.views, names=classes.names,
                 classes={v: classes.embeddings[v] for v in s.view_names}, cos_min=s.cos_min,
                 diff_min=s.diff_min, per_pair=s.per_pair_sets, seed=s.seed, mode=s.mode, top_t=s.top_t,
-                final=s.final, fuse=s.fuse, fit_on=s.fit_on)
+                final=s.final, fuse=s.fuse, fit_on=s.fit_on, base_keep=s.base_keep)
     return Prepared(info, classes, spec)
 
 

@@ -74,6 +74,7 @@ class Spec:
     final: str = "fused"  # final label: "fused" (the mode played on the views' fused margins) | "confident-view"
     fuse: str = "mean"  # how views' pair margins fuse: "mean" | "llr" (weighted by each pair's separation Δ)
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
+    base_keep: str = "cosine"  # fit_on = fused: the base confidence kept (:func:`fused_base`)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this
     round: str = ""  # a refine round's name: its passes share one tourney per cached block
     rotation: dict[str, np.ndarray] = field(default_factory=dict)  # view -> (d, r): items are read
@@ -321,7 +322,7 @@ def statistics_partition(df: Any, spec: Spec) -> Statistics:
         bases = {v: base_of(b, spec, v) for v in b.views}
         keep = None
         if spec.fit_on == "fused":
-            fused, margin = fused_base(bases)
+            fused, margin = fused_base(bases, spec.base_keep)
             keep = margin >= spec.keep_margin
         for v, x in b.views.items():
             labels = fused if spec.fit_on == "fused" else bases[v].label
@@ -390,13 +391,19 @@ def gram_partition(df: Any, spec: Spec, below: int | None = None) -> "Gram":
                 {v: p[2] for v, p in parts.items()})
 
 
-def fused_base(bases: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The views' fused base label (argmax of the mean cosine) and its top-1 minus top-2 margin."""
+def fused_base(bases: dict[str, Any], by: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """The views' fused base label (argmax of the mean cosine) and its confidence, in [0, 2] (the
+    keep threshold's histogram bins): ``by = "margin"`` its lead over the runner-up (top-1 minus
+    top-2); ``"cosine"`` 1 + its own mean cosine. A class that wins another section's items at
+    round 0 wins them by a clear lead while they lie far from its prompt: by their own cosine they
+    are kept after its prototypical members (``base_keep``; session 15 of issue 4)."""
     s = sum(b.scores for b in bases.values()) / len(bases)
     label = np.argmax(s, axis=1).astype(np.int32)
     if s.shape[1] < 2 or not len(s):
         return label, np.zeros(len(s), np.float32)
     part = np.partition(s, s.shape[1] - 2, axis=1)
+    if by == "cosine":
+        return label, (1.0 + part[:, -1]).astype(np.float32)
     return label, (part[:, -1] - part[:, -2]).astype(np.float32)
 
 
@@ -444,7 +451,7 @@ def margin_histogram_partition(df: Any, spec: Spec, below: int | None = None) ->
     if spec.masks:
         margin = final_of(b, spec)[1]
     else:
-        margin = fused_base({v: base_of(b, spec, v) for v in b.views})[1]
+        margin = fused_base({v: base_of(b, spec, v) for v in b.views}, spec.base_keep)[1]
     bins = margin_bins(spec)
     return np.histogram(np.clip(margin, 0.0, bins[-1]), bins=bins)[0].astype(np.int64)
 

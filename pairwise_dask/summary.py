@@ -33,7 +33,8 @@ def params(s: Settings, masks: dict[str, PairMasks] | dict[str, PairMasks | Mask
             "cos_min": s.cos_min, "diff_min": s.diff_min, "cos_quantile": s.cos_quantile,
             "diff_quantile": s.diff_quantile, "per_pair": s.per_pair_sets, "seed": s.seed,
             "mode": s.mode, "top_t": s.top_t, "items": int(items), "final": s.final, "fuse": s.fuse, "mix": s.mix,
-            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision, "prior": s.prior,
+            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "base_keep": s.base_keep,
+            "decision": s.decision, "prior": s.prior,
             "rotate": s.rotate, "rotate_sample": s.rotate_sample, "rotate_dims": s.rotate_dims,
             "keep_sample": s.keep_sample,
             "base_keep_margin": base_keep_margin,
@@ -96,8 +97,8 @@ def method_of(s: Settings) -> dict:
     return {"dims": s.dims, "min_items": s.min_items, "cos_min": s.cos_min, "diff_min": s.diff_min,
             "cos_quantile": s.cos_quantile, "diff_quantile": s.diff_quantile,
             "seed": s.seed, "mode": s.mode, "top_t": s.top_t, "final": s.final, "fuse": s.fuse, "mix": s.mix,
-            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "decision": s.decision,
-            "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
+            "refine": s.refine, "keep": s.keep, "fit_on": s.fit_on, "base_keep": s.base_keep,
+            "decision": s.decision, "prior": s.prior, "rotate": s.rotate, "rotate_sample": s.rotate_sample,
             "rotate_dims": s.rotate_dims, "keep_sample": s.keep_sample}
 
 

@@ -410,7 +410,7 @@ def test_keep_sample_histogram_counts_the_sampled_rows_of_a_whole_block(tmp_path
     below = sample_below(300, 100)
     inside = whole.id_hash < np.uint64(below)
     assert 50 < inside.sum() < 150
-    margin = passes.fused_base({v: whole.bases[v] for v in "ab"})[1][inside]
+    margin = passes.fused_base({v: whole.bases[v] for v in "ab"}, spec.base_keep)[1][inside]
     bins = passes.margin_bins(spec)
     want = np.histogram(np.clip(margin, 0.0, bins[-1]), bins=bins)[0]
     assert np.array_equal(passes.margin_histogram_partition(table, spec, below), want)
@@ -451,3 +451,42 @@ def test_llr_fusion_in_the_job_is_the_views_separation_weighted_margins(client, 
         assert (names[want] == np.array(finals[fuse])).all()
     # the two fusions label some items differently here (else the test above could not tell them apart)
     assert finals["llr"] != finals["mean"]
+
+
+def test_base_keep_ranks_round_0_by_the_labels_own_cosine_or_its_lead():
+    """``base_keep``: the confidence round 0 keeps by. ``cosine`` (the default since session 15):
+    1 + the fused base label's own mean cosine; ``margin`` (before): its lead over the runner-up.
+    Both lie in [0, 2], the keep threshold's histogram range."""
+    from types import SimpleNamespace
+
+    from pairwise_dask.passes import MARGIN_BINS, fused_base
+
+    a = np.array([[0.9, 0.8, 0.1], [0.3, -0.2, 0.1], [-0.5, -0.4, -0.9]], np.float32)
+    b = np.array([[0.7, 0.6, 0.1], [0.5, 0.0, 0.1], [-0.3, -0.6, -0.7]], np.float32)
+    bases = {"a": SimpleNamespace(scores=a), "b": SimpleNamespace(scores=b)}
+    label, lead = fused_base(bases, "margin")
+    label_c, own = fused_base(bases, "cosine")
+    assert label.tolist() == label_c.tolist() == [0, 0, 0]  # the label does not depend on it
+    np.testing.assert_allclose(lead, [0.1, 0.3, 0.1], atol=1e-6)
+    np.testing.assert_allclose(own, [1.8, 1.4, 0.6], atol=1e-6)
+    assert fused_base(bases)[1].tolist() == own.tolist()  # the default, as the job's
+    assert (own >= MARGIN_BINS[0]).all() and (own <= MARGIN_BINS[-1]).all()
+
+
+def test_base_keep_is_recorded_and_a_model_without_it_is_read_as_margin(client, tmp_path):
+    """The job records ``base_keep`` with the method (summary, params.json); the two rules keep
+    different items (a different threshold); a model saved before the option existed was fitted
+    by the lead (its ``base_keep_margin`` is a threshold on it), so apply and update read it so."""
+    from pairwise_dask.config import model_method
+
+    cat = make_catalog(tmp_path / "data", n=600, d=16)
+    params = {}
+    for rule in ("cosine", "margin"):
+        summary = job.run(load_settings(None, {**cat, "out": str(tmp_path / rule), "base_keep": rule}), client=client)
+        assert summary["method"]["base_keep"] == rule
+        params[rule] = json.loads((tmp_path / rule / "model" / "params.json").read_text())
+        assert params[rule]["base_keep"] == rule
+    assert params["cosine"]["base_keep_margin"] > 1.0 > params["margin"]["base_keep_margin"]
+    assert load_settings(None, {**cat, "out": "x"}).base_keep == "cosine"
+    old = {k: v for k, v in params["margin"].items() if k != "base_keep"}
+    assert model_method(old)["method.base_keep"] == "margin"
