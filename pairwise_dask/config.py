@@ -146,8 +146,8 @@ OPTIONS: tuple[Option, ...] = (
            _one_of(FIT_ON)),
     Option("base_keep", "method", str, "cosine", "fit_on = fused: how the `keep` most confident items are "
            "ranked for the first statistics: cosine (the fused base label's own mean cosine: the items nearest "
-           "their prompt first) or margin (its lead over the runner-up, the default before session 15; a class "
-           "that wins another section's items by a clear lead keeps them)", _one_of(BASE_KEEP)),
+           "their prompt first) or margin (its lead over the runner-up, the earlier default; a class that wins "
+           "another section's items by a clear lead keeps them)", _one_of(BASE_KEEP)),
     Option("decision", "method", str, "discriminant", "pair decisions: cosine (the prompts, or prompt + mix × "
            "class mean, on the pair's mask: the article) or discriminant (a diagonal Gaussian discriminant "
            "of the pair's two item sets on its mask, from the moments, in standard-deviation units; with "

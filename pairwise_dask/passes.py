@@ -396,7 +396,7 @@ def fused_base(bases: dict[str, Any], by: str = "cosine") -> tuple[np.ndarray, n
     keep threshold's histogram bins): ``by = "margin"`` its lead over the runner-up (top-1 minus
     top-2); ``"cosine"`` 1 + its own mean cosine. A class that wins another section's items at
     round 0 wins them by a clear lead while they lie far from its prompt: by their own cosine they
-    are kept after its prototypical members (``base_keep``; session 15 of issue 4)."""
+    are kept after its prototypical members (``base_keep``; benchmarks/ACCURACY-notes.md)."""
     s = sum(b.scores for b in bases.values()) / len(bases)
     label = np.argmax(s, axis=1).astype(np.int32)
     if s.shape[1] < 2 or not len(s):
