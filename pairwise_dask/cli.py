@@ -18,6 +18,7 @@ if "--multiprocessing-fork" in sys.orig_argv:
 
 from .config import OPTIONS, Settings, check_model_method, load_settings, model_method, parse_views, read_job_file
 from .errors import COMMAND_LINE, BadInputError, NoWorkersError, Notice
+from .words import count
 
 EXAMPLES = """\
 examples:
@@ -168,19 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
-    """``1 partition``, ``4 partitions``, ``3,107 items``."""
-    return f"{n:,} {one if n == 1 else many or one + 's'}"
-
-
 def format_summary(s: dict) -> str:
     """The one-screen summary printed at the end of a command."""
     views = list(s.get("per_view", {}))
     lines = [f"pairwise-dask {s.get('command', 'run')}: done in {s['timings_s']['total']:.1f} s (run {s['run_id']})"]
     it = s["items"]
-    lines.append(f"  read       {_count(it['rows'], 'item')} in {_count(it['partitions'], 'partition')}, "
-                 f"{_count(len(s['classes']['names']), 'class', 'classes')}, views "
-                 f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {_count(s['cluster']['workers'], 'worker')}")
+    lines.append(f"  read       {count(it['rows'], 'item')} in {count(it['partitions'], 'partition')}, "
+                 f"{count(len(s['classes']['names']), 'class', 'classes')}, views "
+                 f"{', '.join(f'{v}={c}' for v, c in s['views'].items())}; {count(s['cluster']['workers'], 'worker')}")
     if "labelled_items" in s:
         ch = "  ".join(f"{v}: {s['per_view'][v]['changed']:,} ({s['per_view'][v]['changed'] / max(it['rows'], 1):.1%})"
                        for v in views)
@@ -203,7 +199,7 @@ def format_summary(s: dict) -> str:
     if "model_items" in s:
         lines.append(f"  model      statistics of {s['model_items']:,} items")
     total_pairs = sum(pv["pairs"] for pv in s["per_view"].values())
-    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs:,} pair masks ({_count(len(s['per_view']), 'view')}) "
+    lines.append(f"  fallback   {s['fallback_pairs']} of {total_pairs:,} pair masks ({count(len(s['per_view']), 'view')}) "
                  "had too few items")
     steps = " · ".join(f"{k} {v:.1f} s" for k, v in s["timings_s"].items() if k != "total")
     lines.append(f"  steps      {steps}")

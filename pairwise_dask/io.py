@@ -464,7 +464,8 @@ def classes_from_table(table: pa.Table, views: tuple[tuple[str, str], ...],
     return ClassSet(tuple(names[i] for i in order), {v: e[order] for v, e in emb.items()}, cols)
 
 
-def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> str | None:
+def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object,
+               storage_options: dict | None = None) -> str | None:
     """The first file holding the id ``row`` (or, for ``row=None``, a null id). Error path only.
 
     Workers see partitions, not files; when a per-partition check fails, this one read of the id
@@ -472,39 +473,31 @@ def locate_row(files: tuple[str, ...] | list[str], id_col: str, row: object) -> 
     """
     if len(files) == 1:
         return files[0]
-    import pyarrow.compute as pc
-
-    for f in files:
-        ids = pq.read_table(f, columns=[id_col]).column(id_col)
-        if row is None:
-            hit = ids.null_count > 0
-        else:
-            try:
-                hit = pc.any(pc.is_in(ids, value_set=pa.array([row], ids.type))).as_py()
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                hit = False
-        if hit:
-            return f
-    return None
+    places = locate_id(files, id_col, row, storage_options, first=True)
+    return places[0][0] if places else None
 
 
 def locate_id(files: tuple[str, ...] | list[str], id_col: str, value: object,
-              storage_options: dict | None = None) -> list[tuple[str, int]]:
-    """Every (file, row number from 0) whose id is ``value``, in file order. Error path only: it
-    reads the id column of every file, to name both copies of a duplicated id."""
+              storage_options: dict | None = None, *, first: bool = False) -> list[tuple[str, int]]:
+    """Every (file, row number from 0) whose id is ``value`` (``None``: a null id), in file order;
+    with ``first``, only the first file's. Error path only: it reads the id column of the files,
+    to name every copy of a duplicated id."""
     import pyarrow.compute as pc
 
-    found = []
+    found: list[tuple[str, int]] = []
     for f in files:
         try:
             pf = _parquet_file(f, storage_options)
             if not pf.metadata.num_rows or id_col not in pf.schema_arrow.names:
                 continue
             ids = pf.read(columns=[id_col]).column(id_col)
-            hits = pc.indices_nonzero(pc.fill_null(pc.equal(ids, pa.scalar(value, ids.type)), False))
-        except (OSError, pa.ArrowException):
+            hit = pc.is_null(ids) if value is None else pc.fill_null(pc.equal(ids, pa.scalar(value, ids.type)), False)
+            hits = pc.indices_nonzero(hit)
+        except (OSError, pa.ArrowException):  # unreadable, or an id of another type: not here
             continue
         found += [(f, int(i)) for i in hits.to_pylist()]
+        if first and found:
+            break
     return found
 
 

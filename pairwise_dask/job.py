@@ -44,6 +44,7 @@ from .summary import frame, label_summary, mask_summary, method_of, params
 from .cluster import connect
 from .threads import one_thread
 from .watch import WorkerWatch
+from .words import count
 
 #: Largest per-view moments of per-pair sets (diff_min > 0) the job accepts: k² × d × 16 bytes.
 PER_PAIR_BYTES = 1 << 30
@@ -123,9 +124,9 @@ def _execute(s: Settings, prep: Prepared, body: Body, *, command: str, client: A
             parts = item_parts(s, prep.info)
             workers = len(c.scheduler_info(n_workers=-1).get("workers", {}))
             n_files = len(prep.info.files)
-            echo(f"Read {prep.info.rows:,} items in {len(parts)} partition{'s' * (len(parts) != 1)} from {n_files} "
-                 f"file{'s' * (n_files != 1)}; {prep.classes.k} classes; views "
-                 f"{', '.join(f'{v}={col}' for v, col in s.views)}; {workers} worker{'s' * (workers != 1)}")
+            echo(f"Read {prep.info.rows:,} items in {count(len(parts), 'partition')} from {count(n_files, 'file')}; "
+                 f"{prep.classes.k} classes; views {', '.join(f'{v}={col}' for v, col in s.views)}; "
+                 f"{count(workers, 'worker')}")
             # a cluster the job did not start can lose every worker mid-run: say so, and with
             # worker_wait > 0 give up after that long rather than wait for ever (the bad-input
             # rescan below included)
@@ -208,7 +209,7 @@ def _with_items_file(e: BadInputError, s: Settings, info: ItemsInfo) -> BadInput
                                  row=e.row, hint=e.hint)
     if e.column not in item_cols or (e.file and e.file in info.files):
         return e
-    file = locate_row(info.files, s.id, e.row) or s.items
+    file = locate_row(info.files, s.id, e.row, s.storage_options) or s.items
     return BadInputError(e.what, file=file, column=e.column, row=e.row, hint=e.hint)
 
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 
 from .arrays import PACKED_FLOAT_KEY, embedding_matrix, is_float_list
 from .errors import BadInputError
+from .words import count
 from .io import STREAM_BATCH_BYTES, open_parquet, parquet_files, read_lists_streamed, readable
 
 __all__ = ["PackResult", "configure_parser", "is_float_list", "pack_catalog", "pack_column", "run_command"]
@@ -240,9 +241,6 @@ def run_command(ns: argparse.Namespace) -> int:
     except BadInputError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 2
-    def count(n: int, what: str) -> str:
-        return f"{n:,} {what}{'' if n == 1 else 's'}"
-
     echo(f"pairwise-dask pack: {count(r.rows, 'row')} in {count(r.files, 'file')} "
          f"({count(r.row_groups, 'row group')}) written to "
          f"{r.out} in {r.seconds:.1f} s; packed {', '.join(r.columns)}; "

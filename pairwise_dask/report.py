@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from .passes import review_order
 from .storage import Location
 from .metrics import weighted_f1
+from .words import count
 
 __all__ = ["ReportData", "collect", "render", "write_report"]
 
@@ -445,8 +446,7 @@ def _headline(s: dict) -> str:
     names = s["classes"]["names"]
     views = s["views"]
     files, parts = s["items"].get("files", "?"), s["items"].get("partitions", "?")
-    cards = [_card("items", "items", f"{items:,}", f"{files} file{'' if files == 1 else 's'}, "
-                   f"{parts} partition{'' if parts == 1 else 's'}", items),
+    cards = [_card("items", "items", f"{items:,}", f"{count(files, 'file')}, {count(parts, 'partition')}", items),
              _card("classes", "classes", f"{len(names):,}", "", len(names)),
              _card("views", "views", f"{len(views)}", _e(", ".join(f"{v} = {c}" for v, c in views.items())),
                    len(views))]
