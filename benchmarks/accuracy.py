@@ -66,19 +66,20 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("cosine + fit_on = fused", COSINE | {"fit_on": "fused", "base_keep": "margin"}),
     ("cosine + mix = 3, refine = 3, keep = 0.3", COSINE | {"mix": 3.0, "refine": 3, "keep": 0.3}),
     ("cosine + rotate = pca", COSINE | {"rotate": "pca"}),
-    ("discriminant (cosine row with decision = discriminant)", COSINE | {"decision": "discriminant"}),
-    ("discriminant, dims = 0.5, fit_on = fused (no rotation)", {"rotate": "none", "base_keep": "margin"}),
-    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, prior = 1", {"prior": 1.0, "base_keep": "margin"}),
-    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, refine = 3", {"refine": 3, "base_keep": "margin"}),
-    ("the session-2 defaults: mode = round-robin (most wins)", {"mode": "round-robin", "base_keep": "margin"}),
-    ("the session-14 defaults: base_keep = margin (round 0 keeps by the lead over the runner-up)", {"base_keep": "margin"}),
-    ("the defaults + fuse = llr (views weighted by each pair's separation)", {"fuse": "llr"}),
+    ("discriminant (cosine row with decision = discriminant)", COSINE | {"decision": "discriminant", "fuse": "mean"}),
+    ("discriminant, dims = 0.5, fit_on = fused (no rotation)", {"rotate": "none", "base_keep": "margin", "fuse": "mean"}),
+    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, prior = 1", {"prior": 1.0, "base_keep": "margin", "fuse": "mean"}),
+    ("discriminant, dims = 0.5, fit_on = fused, rotate = pca, refine = 3", {"refine": 3, "base_keep": "margin", "fuse": "mean"}),
+    ("the session-2 defaults: mode = round-robin (most wins)", {"mode": "round-robin", "base_keep": "margin", "fuse": "mean"}),
+    ("the session-14 defaults: base_keep = margin (round 0 keeps by the lead over the runner-up)",
+     {"base_keep": "margin", "fuse": "mean"}),
+    ("the session-15 defaults: fuse = mean (the views' pair margins averaged)", {"fuse": "mean"}),
 ]
 #: The annotation-QA recipe: statistics from the annotation itself (mostly right), prototypes
 #: pulled hard towards its class means (cosine decisions); refine is skipped with fit_on = annotation.
 QA_RECIPE: dict[str, Any] = {"fit_on": "annotation", "mix": 10.0, "decision": "cosine", "rotate": "none"}
 DEFAULT_ROW = ("job defaults (decision = discriminant, rotate = pca, m = d/2, fit_on = fused, base_keep = cosine, "
-               "mode = score, final = fused, refine = 2, keep = 0.5)")
+               "mode = score, final = fused, fuse = llr, refine = 2, keep = 0.5)")
 FLIP_SHARE, FLIP_SEED = 0.10, 0
 
 

@@ -125,7 +125,7 @@ OPTIONS: tuple[Option, ...] = (
            "bracket", _range(2, None)),
     Option("final", "method", str, "fused", "final label: fused (the mode played on the views' fused "
            "pair margins, see fuse) or confident-view (the view with the larger margin)", _one_of(FINALS)),
-    Option("fuse", "method", str, "mean", "how final = fused adds up the views' pair margins: llr (each "
+    Option("fuse", "method", str, "llr", "how final = fused adds up the views' pair margins: llr (each "
            "view weighted, pair by pair, by how far apart the discriminant puts the pair's two classes "
            "in that view: the views' log-likelihood ratios summed) or mean (every view the same; "
            "always so for cosine decisions)", _one_of(FUSIONS)),
@@ -219,7 +219,7 @@ class Settings:
     mode: str = "score"
     top_t: int = 16
     final: str = "fused"
-    fuse: str = "mean"
+    fuse: str = "llr"
     mix: float = 1.0
     refine: int = 2
     keep: float = 0.5

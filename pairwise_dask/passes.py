@@ -72,7 +72,7 @@ class Spec:
     thresholds: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # per view,
     # per class (cos_min, diff_min) from the quantile filters; empty: the scalars above
     final: str = "fused"  # final label: "fused" (the mode played on the views' fused margins) | "confident-view"
-    fuse: str = "mean"  # how views' pair margins fuse: "mean" | "llr" (weighted by each pair's separation Δ)
+    fuse: str = "llr"  # how views' pair margins fuse: "llr" (weighted by each pair's separation Δ) | "mean"
     fit_on: str = "view"  # pass 1's sets: "fused" | "view" (base labels) | "annotation" (where present)
     base_keep: str = "cosine"  # fit_on = fused: the base confidence kept (:func:`fused_base`)
     keep_margin: float = 0.0  # fused / refine: statistics keep items whose margin is at least this

@@ -130,7 +130,7 @@ def test_fingerprint_leaves_out_the_new_options_at_their_old_values(tmp_path):
 
     cat = make_catalog(tmp_path / "data", n=50)
     s = load_settings(None, {**cat, "out": str(tmp_path / "o")})
-    old = s.replace(decision="cosine", prior=0.0, rotate="none", keep_sample=0)
+    old = s.replace(decision="cosine", prior=0.0, rotate="none", keep_sample=0, fuse="mean")
     # the fingerprint as computed before the options existed (same fields minus the new ones)
     fields = {k: v for k, v in dataclasses.asdict(old).items()
               if k not in {"out", "overwrite", "scheduler", "workers", "threads_per_worker", "memory_limit",

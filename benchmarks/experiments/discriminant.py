@@ -311,6 +311,10 @@ def calibrate0(s: np.ndarray, how: str) -> np.ndarray:
     no longer wins by default); ``z``: also divided by its standard deviation."""
     if not how:
         return s
+    if how == "view":  # session 16: one scale per view (its cosines' spread over all items and classes)
+        return (s - s.mean()) / s.std()
+    if how == "rowz":  # session 16: each item's cosines standardised over the classes
+        return (s - s.mean(axis=1, keepdims=True)) / s.std(axis=1, keepdims=True)
     out = s - s.mean(axis=0, keepdims=True)
     if how == "z":
         out = out / s.std(axis=0, keepdims=True)
@@ -494,6 +498,11 @@ def run(ds: dict, *, decision="cosine", dims=None, mix=1.0, refine=2, keep=0.5, 
             marg = part[:, -1] / len(views)
         elif keep0 == "mix":  # session 15: both, as rank shares
             marg = rank_share(marg) + rank_share(part[:, -1])
+        elif keep0 in ("top1c", "top1z"):  # session 16: the winner's own cosine against its class's catalog mean
+            top = part[:, -1]
+            marg = (top - s.mean(axis=0)[lab]) / len(views)
+            if keep0 == "top1z":
+                marg = marg / s.std(axis=0)[lab]
         kp = keep_mask(marg, keep[0] if isinstance(keep, list) else keep)
         moms = {v: class_moments(xs[v], lab, kp, k) for v in views}
         mlab, mkp = lab, kp  # session 11: the labels and keep mask behind `moms` (for cross-fitting)
