@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import combinations
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +24,9 @@ from .metrics import confusion
 from .moments import Moments, class_moments, filtered_moments, score_histograms
 from .tourney import (class_scores, decide, fuse_margins, gather_decisions, gathers, masked_margin, pair_decisions,
                       pair_margins, play_bracket, play_bracket_gather, play_pairs, top_classes)
+
+if TYPE_CHECKING:  # the rotation pass imports it when it runs
+    from .rotation import Gram
 
 
 @dataclass(frozen=True)
@@ -533,7 +536,7 @@ class Played:
     label: dict[str, np.ndarray]      # view -> tourney label (n,)
     margin: dict[str, np.ndarray]     # view -> |margin| of the deciding match (n,)
     margin_of: dict[str, Any]         # view -> f(rows, pair rows): masked cosine margins
-    fused_of: Callable[[np.ndarray], np.ndarray] | None  # rows -> (rows, P) mean over views of the pair
+    fused_of: Callable[[np.ndarray], np.ndarray] | None  # rows -> (rows, P) the views' fused pair
     #                                   margins (None: not fusable); computed only for the rows asked for
     final: np.ndarray                 # (n,) final label
     final_margin: np.ndarray          # (n,) |margin| that decided the final label
@@ -547,7 +550,7 @@ def play_block(b: Block, spec: Spec) -> Played:
     every pair's margin for every row (for cosine decisions one more product, the masked norms);
     a bracket plays on the decisions' signs and takes one masked norm per row, its final match's,
     and the views' fused margins are then computed only for the rows asked for (the review list).
-    With ``final = "fused"`` the mode is played again on the views' mean margins. Sparse masks
+    With ``final = "fused"`` the mode is played again on the views' fused margins (``spec.fuse``). Sparse masks
     (many classes, top-t) gather each match's decision instead and, like views fitted on
     different pair sets, cannot be fused: the final label is then the most confident view's.
     """
@@ -586,16 +589,17 @@ def play_block(b: Block, spec: Spec) -> Played:
                 x[r], masks, p, gather_decisions(x[r], masks, p[:, None], sc[r])[:, 0])
         label[v] = res.label  # a bracket's margin: its final match's, one masked norm per row
         margin[v] = np.abs(masked_margin(x, masks, res.final_pair, res.final_raw)) if n else np.zeros(0, np.float32)
-    fused_of = None
+    fused_of: Callable[[np.ndarray], np.ndarray] | None = None
     if fusable:
         # llr needs every view's Δ: only discriminant masks have one (a cosine round fuses by the mean)
         seps = [spec.masks[v].separation for v in views]
         seps = seps if spec.fuse == "llr" and all(x is not None for x in seps) else None
 
-        def fused_of(rows: np.ndarray) -> np.ndarray:
+        def fused_rows(rows: np.ndarray) -> np.ndarray:
             return fuse_margins([pm[v][rows] if v in pm else
                                  pair_margins(b.views[v][rows], spec.masks[v], decisions[v][rows])
                                  for v in views], seps)
+        fused_of = fused_rows
     stack = np.stack([label[v] for v in views])        # (V, n)
     agree = (stack == stack[0]).all(axis=0)
     if fuse_final:  # (never top-t: its views are fitted on different pair sets, see fusable)
