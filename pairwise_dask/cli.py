@@ -298,7 +298,12 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             return
         # a message from another thread (the worker watch) can come while a bar is drawn: own line
         side = bars and threading.current_thread() is not threading.main_thread()
-        print(("\n" if side else "") + m, file=sys.stderr if notice else sys.stdout, flush=True)
+        try:
+            print(("\n" if side else "") + m, file=sys.stderr if notice else sys.stdout, flush=True)
+        except BrokenPipeError:
+            _close_stdout()
+            if threading.current_thread() is threading.main_thread():
+                raise  # stops the run (main's handler says so); another thread's message is just lost
     try:
         with held():  # Dask, pandas, pyarrow first: a Ctrl-C inside a compiled module's import breaks it
             from . import job
@@ -343,6 +348,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     except NoWorkersError as e:
         print(f"pairwise-dask: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # stdout's reader ended mid-run (`| head`): stop, as a writer does on SIGPIPE
+        return _stdout_closed(None)
     except Exception as e:
         from distributed.scheduler import KilledWorker  # imported by then: the job runs on distributed
 
@@ -360,23 +367,75 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     if exiting and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if ns.json:
-        from .io import json_text
+    try:
+        if ns.json:
+            from .io import json_text
 
-        print(json_text(summary))
-    elif not quiet:
-        print(format_summary(summary))
+            print(json_text(summary), flush=True)
+        elif not quiet:
+            print(format_summary(summary), flush=True)
+    except BrokenPipeError:
+        return _stdout_closed(settings.out)
     return 0
+
+
+def _close_stdout() -> None:
+    """Point stdout at /dev/null once its reader is gone: what is left to print (and the flush at
+    exit) would fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout (an embedding program's)
+        pass
+
+
+def _stdout_closed(out: str | None) -> int:
+    """A run whose standard output was closed by its reader (``pairwise-dask run … | head``) ends
+    as a writer killed by SIGPIPE does (status 141), with one line on stderr instead of a
+    ``BrokenPipeError`` traceback; ``out``: the run had finished and published there."""
+    _close_stdout()
+    print("pairwise-dask: standard output was closed by its reader" +
+          (f"; the run had finished: {out} holds its complete output" if out
+           else "; stopped: the output folder was left as it was"), file=sys.stderr)
+    return 128 + signal.SIGPIPE
 
 
 def entry() -> None:
     """The ``pairwise-dask`` console script."""
     try:
-        code = main(exiting=True)
+        code: int = main(exiting=True)
     except KeyboardInterrupt:  # before a command started (main's own handler names the folder)
         print("pairwise-dask: interrupted", file=sys.stderr)
         code = 130
-    sys.exit(code)
+    except SystemExit as e:  # argparse: --help (0), a bad flag (2)
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException:  # a defect: its traceback, as the interpreter would print it
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    leave(code)
+
+
+def leave(code: int) -> None:
+    """End the process without the interpreter's teardown. pyarrow's native thread pools can be
+    destroyed there while one of their threads is still joinable: ``terminate called without an
+    active exception`` and SIGABRT after the command had finished (apache/arrow#34314). Under load
+    that was 32 of 240 runs of a command that read a damaged model file, its error line printed,
+    and once in CI. What a normal exit does that matters is done first: the ``atexit`` handlers
+    (logging, distributed, multiprocessing), then the flush of stdout and stderr."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (`| head`) or stream: nothing more to say
+                pass
+        os._exit(code)
 
 
 if __name__ == "__main__":
