@@ -39,23 +39,29 @@ def _fsl(m: np.ndarray) -> pa.Array:
 
 def make(n: int = 12000, k: int = 18, d: int = 256, seed: int = 7, *, group: int = 3,
          gap: float = 0.8, offset: float = 1.5, noise: float = 0.3, shared: float = 0.5,
-         strong: int = 6, strong_scale: float = 0.3) -> tuple[pa.Table, pa.Table]:
-    """The items and classes tables (see the module docstring for the planted structure)."""
+         strong: int = 6, strong_scale: float = 0.3, strong_lo: float | None = None,
+         prefix: str = "syn") -> tuple[pa.Table, pa.Table]:
+    """The items and classes tables (see the module docstring for the planted structure).
+
+    ``strong_lo``: views that are not alike (``benchmarks/experiments/hetero_views.py``): view a
+    sees the class-specific dimensions at ``strong_scale`` for the even taxonomy groups and at
+    ``strong_lo`` for the odd ones, view b the reverse. ``None``: both views alike."""
     rng = np.random.default_rng(seed)
     groups = np.arange(k) // group
     gdir = _unit(rng.normal(size=(groups.max() + 1, d)))
     prompts = _unit(gdir[groups] + 0.8 * _unit(rng.normal(size=(k, d))))
     sizes = 1.0 / np.arange(1, k + 1) ** 0.9
     y = rng.choice(k, size=n, p=rng.permutation(sizes / sizes.sum()))
-    items: dict[str, pa.Array] = {"id": pa.array([f"syn-{i:06d}" for i in range(n)])}
+    items: dict[str, pa.Array] = {"id": pa.array([f"{prefix}-{i:06d}" for i in range(n)])}
     common = rng.normal(size=(n, d))  # the item's own quirks, seen by both views
-    for v in ("a", "b"):
+    for i, v in enumerate(("a", "b")):
         gap_v = _unit(rng.normal(size=d))
         centre = _unit(prompts + gap * gap_v + offset * _unit(rng.normal(size=(k, d))) / np.sqrt(2))
         own = np.stack([rng.choice(d, strong, replace=False) for _ in range(k)])  # (k, strong)
         signs = rng.choice([-1.0, 1.0], size=(k, strong))
         x = centre[y] + noise * (np.sqrt(shared) * common + np.sqrt(1 - shared) * rng.normal(size=(n, d)))
-        x[np.arange(n)[:, None], own[y]] += strong_scale * signs[y]
+        scale = np.full(k, strong_scale) if strong_lo is None else np.where(groups % 2 == i, strong_scale, strong_lo)
+        x[np.arange(n)[:, None], own[y]] += (scale[:, None] * signs)[y]
         items[f"emb_{v}"] = _fsl(_unit(x))
     names = [f"class{c:02d}" for c in range(k)]
     items["label"] = pa.array([names[c] for c in y])

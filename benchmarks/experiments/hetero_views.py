@@ -16,7 +16,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -25,35 +24,13 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
 from accuracy import job_row, load_dataset, run_job  # noqa: E402
-from synthetic_small import _fsl, _unit  # noqa: E402
+import synthetic_small  # noqa: E402
 
 
-def make(n: int = 12000, k: int = 18, d: int = 256, seed: int = 7, *, group: int = 3, gap: float = 0.8,
-         offset: float = 1.5, noise: float = 0.3, shared: float = 0.5, strong: int = 6,
-         strong_hi: float = 0.3, strong_lo: float = 0.3) -> tuple[pa.Table, pa.Table]:
-    """``synthetic_small.make`` with the class-specific signal per view: ``strong_hi`` for the
-    groups the view sees well, ``strong_lo`` for the others (view a: even groups, b: odd).
-    ``strong_hi == strong_lo`` is the homogeneous control."""
-    rng = np.random.default_rng(seed)
-    groups = np.arange(k) // group
-    gdir = _unit(rng.normal(size=(groups.max() + 1, d)))
-    prompts = _unit(gdir[groups] + 0.8 * _unit(rng.normal(size=(k, d))))
-    sizes = 1.0 / np.arange(1, k + 1) ** 0.9
-    y = rng.choice(k, size=n, p=rng.permutation(sizes / sizes.sum()))
-    items: dict[str, pa.Array] = {"id": pa.array([f"het-{i:06d}" for i in range(n)])}
-    common = rng.normal(size=(n, d))
-    for i, v in enumerate(("a", "b")):
-        gap_v = _unit(rng.normal(size=d))
-        centre = _unit(prompts + gap * gap_v + offset * _unit(rng.normal(size=(k, d))) / np.sqrt(2))
-        own = np.stack([rng.choice(d, strong, replace=False) for _ in range(k)])
-        signs = rng.choice([-1.0, 1.0], size=(k, strong))
-        scale = np.where(groups % 2 == i, strong_hi, strong_lo)
-        x = centre[y] + noise * (np.sqrt(shared) * common + np.sqrt(1 - shared) * rng.normal(size=(n, d)))
-        x[np.arange(n)[:, None], own[y]] += (scale[:, None] * signs)[y]
-        items[f"emb_{v}"] = _fsl(_unit(x))
-    names = [f"class{c:02d}" for c in range(k)]
-    items["label"] = pa.array([names[c] for c in y])
-    return pa.table(items), pa.table({"name": pa.array(names), "embedding": _fsl(prompts)})
+def make(seed: int, hi: float, lo: float, noise: float) -> tuple[pa.Table, pa.Table]:
+    """``synthetic_small.make`` with the class-specific signal at ``hi`` for the groups a view sees
+    well and ``lo`` for the others (``hi == lo``: the views alike), at a raised ``noise``."""
+    return synthetic_small.make(seed=seed, noise=noise, strong_scale=hi, strong_lo=lo, prefix="het")
 
 
 def main() -> None:
@@ -76,7 +53,7 @@ def main() -> None:
             for seed in (int(s) for s in a.seeds.split(",")):
                 folder = work / f"h{hi}-l{lo}-n{noise}-s{seed}"
                 folder.mkdir(parents=True, exist_ok=True)
-                items, classes = make(seed=seed, strong_hi=hi, strong_lo=lo, noise=noise)
+                items, classes = make(seed, hi, lo, noise)
                 pq.write_table(items, folder / "items.parquet", row_group_size=4000)
                 pq.write_table(classes, folder / "classes.parquet")
                 ds = load_dataset(folder.name, str(folder / "items.parquet"), str(folder / "classes.parquet"))
