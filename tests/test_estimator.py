@@ -241,3 +241,29 @@ def test_estimator_fit_in_this_process_rounds_as_the_job(client, tmp_path):
     lab.save(tmp_path / "est")
     for name in ("rotation.parquet", "moments.parquet", "masks.parquet"):
         assert pq.read_table(tmp_path / "est" / name).equals(pq.read_table(tmp_path / "out" / "model" / name)), name
+
+
+def test_save_over_an_older_model_leaves_none_of_its_parts(tmp_path: Path) -> None:
+    """``save`` into a folder that already held a model (a scheduled refit saved to the same path)
+    overwrote the four main files but left the old ``rotation.parquet`` and ``anchors.parquet``:
+    ``load`` then read a rotate = none model as rotated (or with the old anchors) and labelled
+    almost every item otherwise, silently."""
+    import dask
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    with dask.config.set(scheduler="synchronous"):
+        PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, rotate="pca", decision="cosine",
+                        mix=1.0).fit(items).save(tmp_path / "m")
+        assert (tmp_path / "m" / "rotation.parquet").exists() and (tmp_path / "m" / "anchors.parquet").exists()
+        plain = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, rotate="none", fit_on="view",
+                                decision="cosine", mix=0.0).fit(items)
+        want = plain.predict(items).compute()
+        plain.save(tmp_path / "m")
+        assert not (tmp_path / "m" / "rotation.parquet").exists()
+        assert not (tmp_path / "m" / "anchors.parquet").exists()
+        loaded = PairwiseLabeler.load(tmp_path / "m")
+        assert loaded.rotate == "none"
+        got = loaded.predict(items).compute()
+    for col in want.columns:
+        assert got[col].astype(str).tolist() == want[col].astype(str).tolist(), col
