@@ -419,6 +419,28 @@ def _model_views(classes: str, storage_options: dict | None) -> str:
         return ""
 
 
+def check_views(views: "tuple[tuple[str, str], ...] | list", *, label: str, fit_on: str, where: str | None,
+                label_hint: str = "Pass --label COLUMN (or set `label = ...`)") -> None:
+    """The views (names that make output columns, each reading its own column) and that
+    ``fit_on = annotation`` has an annotation column: the job's settings and ``PairwiseLabeler``
+    (which checks ``fit_on`` when it fits: a loaded model is used without its annotation)."""
+    names = [v for v, _ in views]
+    for v in names:
+        if names.count(v) > 1:
+            raise BadInputError(f"view {v!r} is named twice", file=where, hint="Give each view its own name")
+        if not isinstance(v, str) or not v or not v.replace("_", "").isalnum():
+            raise BadInputError(f"view name {v!r} is not a plain identifier", file=where,
+                                hint="Use letters, digits and _ (it names output columns)")
+    cols = [c for _, c in views]
+    for c in cols:
+        if cols.count(c) > 1:
+            raise BadInputError(f"column {c!r} is used by two views", file=where,
+                                hint="Each view reads its own embedding column")
+    if fit_on == "annotation" and not label:
+        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
+                            hint=f"{label_hint}, or use fit_on = fused (the default) or view")
+
+
 def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settings:
     """Validate merged values (job file, then flags) into :class:`Settings`."""
     kw: dict[str, Any] = {}
@@ -439,21 +461,8 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         raise BadInputError("no views given", file=where, hint=f"Pass the model's views: --views {model} (or a [views] "
                             "table in the job file)" if model else "Add a [views] table (name = \"column\") or pass "
                             "--views a=emb_a,b=emb_b")
+    check_views(views, label=kw["label"], fit_on=kw["fit_on"], where=where)
     names = [v for v, _ in views]
-    for v in names:
-        if names.count(v) > 1:
-            raise BadInputError(f"view {v!r} is named twice", file=where, hint="Give each view its own name")
-        if not v or not v.replace("_", "").isalnum():
-            raise BadInputError(f"view name {v!r} is not a plain identifier", file=where,
-                                hint="Use letters, digits and _ (it names output columns)")
-    cols = [c for _, c in views]
-    for c in cols:
-        if cols.count(c) > 1:
-            raise BadInputError(f"column {c!r} is used by two views", file=where,
-                                hint="Each view reads its own embedding column")
-    if kw["fit_on"] == "annotation" and not kw["label"]:
-        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
-                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = fused (the default) or view")
     class_columns = tuple(values.get("class_columns") or ())
     for v, _ in class_columns:
         if v not in names:

@@ -36,7 +36,8 @@ from .model import FittedModel, load, model_fit_options, save, thresholds_json, 
 from .moments import Moments
 from .storage import Location
 from .threads import one_thread, pin_workers
-from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, model_method
+from .config import (FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, check_views,
+                     model_method)
 from .passes import (played_form, Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -89,6 +90,12 @@ class PairwiseLabeler:
                     _coerce(opt, value, "PairwiseLabeler")
                 except BadInputError as e:
                     raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
+        try:  # the job's checks of the views (none at all divided by zero in fit)
+            if not self.views:
+                raise BadInputError("no views given", hint='Name at least one: views={"a": "emb_a"}')
+            check_views(tuple(self.views.items()), label=label, fit_on="", where=None)
+        except BadInputError as e:
+            raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
@@ -206,7 +213,10 @@ class PairwiseLabeler:
 
     def _check_frame(self, ddf: Any, *, label: bool) -> None:
         """The columns the labeler reads are in ``ddf`` and it has partitions: a clear error now,
-        instead of a KeyError from inside a task."""
+        instead of a KeyError from inside a task. Fitting with ``fit_on = "annotation"`` needs the
+        annotation column (without one, the sets were the base labels', silently)."""
+        if label and self.fit_on == "annotation" and not self.label:  # the job's check (config.check_views)
+            check_views((), label="", fit_on="annotation", where=None, label_hint="Pass label=COLUMN")
         try:
             n = ddf.npartitions
         except Exception:  # noqa: BLE001 - dask 2026.8 fails to count an empty selection (partitions[:0])

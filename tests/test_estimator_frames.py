@@ -60,3 +60,26 @@ def test_embeddings_turned_into_strings_get_a_hint(setup) -> None:
             pytest.raises(BadInputError, match=r"column 'emb_a': has type .*string, not a list of floats\. "
                                                r"If the frame came from pandas through Dask"):
         _labeler(cat).fit(as_text)
+
+
+def test_view_names_and_fit_on_annotation_are_checked_as_the_job_checks_them(setup) -> None:
+    """The job refuses views={} , a view name that cannot name a column, two views of one column
+    and fit_on = annotation without an annotation column; the estimator took them: no views
+    divided by zero in fit, and fit_on = "annotation" without ``label`` fitted the base labels'
+    sets silently (and skipped the refine rounds), saving a model that says it was fitted on the
+    annotation."""
+    cat, items = setup
+    for views, phrase in (({}, "no views given"), ({"a b": "emb_a"}, "view name 'a b' is not a plain identifier"),
+                          ({"a": "emb_a", "b": "emb_a"}, "column 'emb_a' is used by two views")):
+        with pytest.raises(ValueError, match=phrase):
+            PairwiseLabeler(cat["classes"], views=views)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), fit_on="annotation")
+    with pytest.raises(BadInputError, match=r"^fit_on = annotation needs the annotation column\. Pass label=COLUMN"):
+        lab.fit(items)
+    assert lab.model_ is None
+    with dask.config.set(scheduler="synchronous"):  # with the annotation: fitted, and a saved model loads without it
+        _labeler(cat, fit_on="annotation").fit(items).save(Path(cat["items"]).parent / "m")
+        loaded = PairwiseLabeler.load(Path(cat["items"]).parent / "m", label="")
+        assert len(loaded.predict(items.drop(columns=["label"])).compute()) == 200
+        with pytest.raises(BadInputError, match="fit_on = annotation needs the annotation column"):
+            loaded.partial_fit(items)  # its sets were the annotation's: base labels' moments would not add
