@@ -217,6 +217,12 @@ class PairwiseLabeler:
         annotation column (without one, the sets were the base labels', silently)."""
         if label and self.fit_on == "annotation" and not self.label:  # the job's check (config.check_views)
             check_views((), label="", fit_on="annotation", where=None, label_hint="Pass label=COLUMN")
+        import dask.dataframe as dd
+
+        if not isinstance(ddf, dd.DataFrame):
+            # a path or a pandas frame was told "the Dask DataFrame has no partitions"
+            raise TypeError(f"PairwiseLabeler takes a Dask DataFrame of items, not {type(ddf).__name__}: read them "
+                            "with dask.dataframe.read_parquet(path, dtype_backend=\"pyarrow\")")
         try:
             n = ddf.npartitions
         except Exception:  # noqa: BLE001 - dask 2026.8 fails to count an empty selection (partitions[:0])

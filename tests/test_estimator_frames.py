@@ -62,6 +62,22 @@ def test_embeddings_turned_into_strings_get_a_hint(setup) -> None:
         _labeler(cat).fit(as_text)
 
 
+def test_a_path_or_a_pandas_frame_is_named_as_such(setup) -> None:
+    """``fit("items.parquet")`` or a pandas DataFrame was told "the Dask DataFrame has no
+    partitions. Give it at least one partition of items", which sends the user looking for an
+    empty frame: the message now says what the labeler takes and how to read it."""
+    cat, items = setup
+    for wrong in (cat["items"], Path(cat["items"]), items.compute()):
+        for method in ("fit", "partial_fit"):
+            with pytest.raises(TypeError, match=r"takes a Dask DataFrame of items, not \w+: read them with "
+                                                r"dask\.dataframe\.read_parquet\(path, dtype_backend=\"pyarrow\"\)"):
+                getattr(_labeler(cat), method)(wrong)
+    with dask.config.set(scheduler="synchronous"):
+        lab = _labeler(cat).fit(items)
+    with pytest.raises(TypeError, match="not str"):
+        lab.predict(cat["items"])
+
+
 def test_view_names_and_fit_on_annotation_are_checked_as_the_job_checks_them(setup) -> None:
     """The job refuses views={} , a view name that cannot name a column, two views of one column
     and fit_on = annotation without an annotation column; the estimator took them: no views
