@@ -275,14 +275,16 @@ class PairwiseLabeler:
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
         return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
 
-    def _check_update(self) -> None:
+    def _check_update(self, command: str = "update", caller: str = "partial_fit") -> None:
         """What ``update`` refuses, refused here too: adding to a refined model's moments, or with
         views or method options other than the model's (every difference named at once; options
-        this class lacks, such as the quantile filters, are the model's by construction)."""
+        this class lacks, such as the quantile filters, are the model's by construction). With
+        ``command = "apply"``: what ``apply`` refuses (``predict`` plays the model's masks, so an
+        option built into them, as ``load(…, dims=3)``, would be ignored silently)."""
         params = {**self.model_.params, "views": list(self.model_.classes)}
         fixed = {key.split(".", 1)[1]: v for key, v in model_method(params).items()}
         asked = SimpleNamespace(view_names=list(self.views), **{n: getattr(self, n, v) for n, v in fixed.items()})
-        check_model_method(asked, params, "update", caller="partial_fit")
+        check_model_method(asked, params, command, caller=caller)
 
     # --- applying --------------------------------------------------------------------------
     def predict(self, ddf: Any) -> Any:
@@ -291,6 +293,7 @@ class PairwiseLabeler:
         if self.model_ is None:
             raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
         self._check_frame(ddf, label=False)
+        self._check_update("apply", "predict")
         self._tune_workers()
         spec = played_form(self._spec(self._class_set(), self.model_.masks))
         if self.label and self.label not in ddf.columns:  # new items need no annotation: none in the output

@@ -99,3 +99,23 @@ def test_view_names_and_fit_on_annotation_are_checked_as_the_job_checks_them(set
         assert len(loaded.predict(items.drop(columns=["label"])).compute()) == 200
         with pytest.raises(BadInputError, match="fit_on = annotation needs the annotation column"):
             loaded.partial_fit(items)  # its sets were the annotation's: base labels' moments would not add
+
+
+def test_predict_refuses_options_the_model_fixes_as_apply_does(setup, tmp_path: Path) -> None:
+    """``apply`` refuses options built into the model's masks (dims, decision, …) and views it
+    lacks; ``PairwiseLabeler.load(model, dims=3).predict(items)`` played the model's masks as they
+    were, silently ignoring dims = 3 (a missing view was a KeyError from inside a task). The
+    tourney's own options (seed, mode, top_t, final, fuse) stay free, as for ``apply``."""
+    cat, items = setup
+    with dask.config.set(scheduler="synchronous"):
+        _labeler(cat).fit(items).save(tmp_path / "m")
+        with pytest.raises(BadInputError) as info:
+            PairwiseLabeler.load(tmp_path / "m", dims=3, decision="cosine").predict(items)
+        assert info.value.what.startswith("predict cannot use the model as asked: ")
+        assert "dims = 3 (the model: 0.5)" in info.value.what and "decision = 'cosine'" in info.value.what
+        with pytest.raises(BadInputError, match=r"the model has no view\(s\) c \(it has a, b\)"):
+            PairwiseLabeler.load(tmp_path / "m", views={"c": "emb_a"}).predict(items)
+        free = PairwiseLabeler.load(tmp_path / "m", seed=3, mode="round-robin", final="confident-view", fuse="mean")
+        assert len(free.predict(items).compute()) == 200
+        lab = _labeler(cat).fit(items)
+        lab.predict(items)  # a fitted labeler's own options are the model's
