@@ -361,7 +361,11 @@ def _run_columns(summary: Location) -> dict:
 
 
 def _labels_meta(spec: Spec, id_dtype: Any) -> pd.DataFrame:
-    cols: dict[str, Any] = {"id": pd.Series([], dtype=id_dtype)}
+    from .arrays import to_arrow
+
+    # the ids as the partitions give them (read through Arrow: a pandas string column is large_string)
+    as_read = to_arrow(pd.Series([], dtype=id_dtype)).type
+    cols: dict[str, Any] = {"id": pd.Series([], dtype=id_dtype if pa.types.is_null(as_read) else pd.ArrowDtype(as_read))}
     string, f32 = pd.ArrowDtype(pa.string()), pd.ArrowDtype(pa.float32())
     for v, _ in spec.views:
         cols[f"base_{v}"] = pd.Series([], dtype=string)

@@ -119,3 +119,16 @@ def test_predict_refuses_options_the_model_fixes_as_apply_does(setup, tmp_path: 
         assert len(free.predict(items).compute()) == 200
         lab = _labeler(cat).fit(items)
         lab.predict(items)  # a fitted labeler's own options are the model's
+
+
+def test_predict_meta_has_the_dtypes_of_the_computed_frame(setup, tmp_path: Path) -> None:
+    """The lazy frame's ``dtypes`` said the id was the items' ``string`` while every computed
+    partition held ``large_string[pyarrow]`` (as ``labels/`` does): Dask's meta must match the
+    partitions (integer ids already did)."""
+    cat, items = setup
+    with dask.config.set(scheduler="synchronous"):
+        lab = _labeler(cat).fit(items)
+        for frame in (items, items.assign(id=items["id"].str.slice(5).astype("int64"))):
+            pred = lab.predict(frame)
+            got = pred.compute()
+            assert pred.dtypes.to_dict() == got.dtypes.to_dict()
