@@ -323,7 +323,11 @@ class PairwiseLabeler:
 
     @classmethod
     def load(cls, folder: str | Path, *, views: Mapping[str, str] | None = None, **kw: Any) -> "PairwiseLabeler":
-        """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s)."""
+        """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s). ``views``
+        and ``kw`` (the constructor's options) override the saved ones; the classes are the model's."""
+        if "classes" in kw:  # was: "__init__() got multiple values for argument 'classes'"
+            raise TypeError("PairwiseLabeler.load takes the classes from the model (its classes.parquet): drop "
+                            "classes=, or fit a new PairwiseLabeler(classes, …) on all items")
         model = load(folder)
         p = dict(model.params)
         if "views_columns" not in p:  # a run's model/: its columns are in the run's summary.json

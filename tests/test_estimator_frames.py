@@ -132,3 +132,13 @@ def test_predict_meta_has_the_dtypes_of_the_computed_frame(setup, tmp_path: Path
             pred = lab.predict(frame)
             got = pred.compute()
             assert pred.dtypes.to_dict() == got.dtypes.to_dict()
+
+
+def test_load_with_other_classes_says_the_classes_are_the_models(setup, tmp_path: Path) -> None:
+    """``PairwiseLabeler.load(model, classes=other)`` failed with Python's "__init__() got multiple
+    values for argument 'classes'"; as ``apply --classes``, it now says the model's are used."""
+    cat, items = setup
+    with dask.config.set(scheduler="synchronous"):
+        _labeler(cat).fit(items).save(tmp_path / "m")
+    with pytest.raises(TypeError, match=r"takes the classes from the model \(its classes.parquet\): drop classes="):
+        PairwiseLabeler.load(tmp_path / "m", classes=cat["classes"])
