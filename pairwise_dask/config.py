@@ -402,7 +402,8 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
 def _model_views(classes: str, storage_options: dict | None) -> str:
     """``--views`` for the saved model whose ``classes.parquet`` ``classes`` is (apply and update
     take their classes from the model), as ``a=emb_a,b=emb_b``: the model's view names, with the
-    columns its run read when the run's ``summary.json`` is beside the model; "" for a classes
+    columns its run read when the run's ``summary.json`` is beside the model (or
+    ``PairwiseLabeler.save`` recorded them in ``params.json``); "" for a classes
     file that is no model's. Error path only."""
     from .storage import Location
 
@@ -410,10 +411,11 @@ def _model_views(classes: str, storage_options: dict | None) -> str:
         model = Location.of(classes, storage_options).parent
         if not (model / "params.json").exists():
             return ""
-        names = [str(v) for v in json.loads((model / "params.json").read_text()).get("views") or []]
-        columns: dict = {}
+        params = json.loads((model / "params.json").read_text())
+        names = [str(v) for v in params.get("views") or []]
+        columns: dict = params.get("views_columns") or {}  # PairwiseLabeler.save records them
         with contextlib.suppress(Exception):  # the run's summary names the columns it read
-            columns = json.loads((model.parent / "summary.json").read_text()).get("views") or {}
+            columns = columns or json.loads((model.parent / "summary.json").read_text()).get("views") or {}
         return ",".join(f"{v}={columns.get(v, 'COLUMN')}" for v in names)
     except Exception:  # noqa: BLE001 - only a hint: a model that cannot be read is refused elsewhere
         return ""
