@@ -260,18 +260,24 @@ class PairwiseLabeler:
         return self
 
     def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
-        """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
+        """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks. ``ddf`` holds
+        items the model has not seen (the model keeps no ids: items fitted before are counted
+        twice); it needs the annotation column only when the model was fitted on the annotation."""
         if self.model_ is None:
             return self.fit(ddf)
         with one_thread():
             return self._partial_fit(ddf)
 
     def _partial_fit(self, ddf: Any) -> "PairwiseLabeler":
-        self._check_frame(ddf, label=True)
+        # new items need no annotation (as for update) unless the model's sets are the annotation's
+        self._check_frame(ddf, label=self.fit_on == "annotation")
         self._check_update()
         self._tune_workers()
         classes = self._class_set()
-        stats = self._statistics(ddf, self._spec(classes))
+        spec = self._spec(classes)
+        if self.label and self.label not in ddf.columns:
+            spec = replace(spec, label_col="")
+        stats = self._statistics(ddf, spec)
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
         return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
 

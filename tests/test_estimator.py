@@ -267,3 +267,30 @@ def test_save_over_an_older_model_leaves_none_of_its_parts(tmp_path: Path) -> No
         got = loaded.predict(items).compute()
     for col in want.columns:
         assert got[col].astype(str).tolist() == want[col].astype(str).tolist(), col
+
+
+def test_partial_fit_of_a_run_model_on_new_items_without_the_annotation(client, tmp_path):
+    """A model fitted with ``--label`` (fit_on = view) is loaded with ``label`` from its summary.json;
+    ``partial_fit`` on new, unannotated items refused them ("column 'label': is missing") where
+    ``update`` takes them: the new items' annotation is needed only with fit_on = annotation."""
+    import numpy as np
+
+    from pairwise_dask.model import load
+
+    cat = make_catalog(tmp_path / "data", n=500)
+    t = pq.read_table(cat["items"])
+    pq.write_table(t.slice(0, 300), tmp_path / "A.parquet", row_group_size=100)
+    pq.write_table(t.slice(300).drop_columns(["label"]), tmp_path / "B.parquet", row_group_size=100)
+    opts = {**cat, "refine": 0, "fit_on": "view", "rotate": "none"}
+    job.fit(load_settings(None, {**opts, "items": str(tmp_path / "A.parquet"), "out": str(tmp_path / "fit")}),
+            client=client)
+    job.fit(load_settings(None, {**opts, "items": str(tmp_path / "B.parquet"), "label": "",
+                                 "out": str(tmp_path / "update")}),
+            client=client, base_model=str(tmp_path / "fit" / "model"))
+    lab = PairwiseLabeler.load(tmp_path / "fit" / "model")
+    assert lab.label == "label"
+    lab.partial_fit(dd.read_parquet(str(tmp_path / "B.parquet"), dtype_backend="pyarrow", split_row_groups=True))
+    want = load(tmp_path / "update" / "model")
+    for v in ("a", "b"):
+        np.testing.assert_array_equal(lab.model_.moments[v].s1, want.moments[v].s1)
+    assert lab.masks_table().equals(pq.read_table(tmp_path / "update" / "model" / "masks.parquet"))
