@@ -121,6 +121,9 @@ class PairwiseLabeler:
         if self.model_ is not None:
             return ClassSet(self.model_.names, dict(self.model_.classes), {})
         c = self.classes
+        loaded = getattr(self, "_loaded_classes", None)
+        if loaded is not None and c == loaded[0]:  # a loaded model's prompts, as update takes them (read
+            return loaded[1]                       # and normalised again, their last bits could change)
         table = (pq.read_table(c) if isinstance(c, (str, Path)) else
                  pa.Table.from_pandas(c, preserve_index=False) if isinstance(c, pd.DataFrame) else c)
         return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
@@ -350,10 +353,12 @@ class PairwiseLabeler:
                 "rotate": "pca" if model.rotation else "none",
                 "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0),
                 "keep_sample": p.get("keep_sample", 0)} | kw
-        self = cls(str(folder), views=views, **args)
+        # the model's classes file (the prompts, unrotated): a later fit() reads it (it read the folder)
+        self = cls(str(Location.of(folder) / "classes.parquet"), views=views, **args)
         self.rotation_ = dict(model.rotation)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model
+        self._loaded_classes = (self.classes, ClassSet(model.names, dict(model.classes), {}))
         return self
 
 

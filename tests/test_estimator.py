@@ -294,3 +294,23 @@ def test_partial_fit_of_a_run_model_on_new_items_without_the_annotation(client, 
     for v in ("a", "b"):
         np.testing.assert_array_equal(lab.model_.moments[v].s1, want.moments[v].s1)
     assert lab.masks_table().equals(pq.read_table(tmp_path / "update" / "model" / "masks.parquet"))
+
+
+def test_a_loaded_labeler_fits_again(tmp_path: Path) -> None:
+    """``PairwiseLabeler.load(model).fit(items)`` (a weekly refit with the model's options) read
+    the model *folder* as the classes file: ArrowInvalid on params.json. The loaded labeler's
+    classes are now the model's classes.parquet, taken as the model holds them (as ``update``
+    does: read and normalised again, their last bits change), and its fit is a fresh labeler's."""
+    import dask
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    opts = {"refine": 0, "rotate": "pca", "decision": "discriminant"}
+    with dask.config.set(scheduler="synchronous"):
+        fresh = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), **opts).fit(items)
+        fresh.save(tmp_path / "m")
+        again = PairwiseLabeler.load(tmp_path / "m").fit(items)
+    assert again.masks_table().equals(fresh.masks_table())
+    again.save(tmp_path / "m2")
+    for name in ("moments.parquet", "rotation.parquet", "classes.parquet"):
+        assert pq.read_table(tmp_path / "m2" / name).equals(pq.read_table(tmp_path / "m" / name)), name
