@@ -245,10 +245,17 @@ class PairwiseLabeler:
             return self._fit(ddf)
 
     def _fit(self, ddf: Any) -> "PairwiseLabeler":
+        from .job import dims_problem
+
         self._check_frame(ddf, label=True)
         self._tune_workers()
-        self.model_ = None
+        kept, self.model_ = self.model_, None
         classes = self._class_set()
+        for v in self.views:  # the job's check, before any pass (dims was refused only after them)
+            problem = dims_problem(self, v, classes.embeddings[v].shape[1])
+            if problem:
+                self.model_ = kept
+                raise ValueError(f"{problem[1]}. {problem[2]}")
         # the samples' bounds depend on the row count: counted once (a pass unless Dask knows it)
         rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or self.keep_sample else 0
         self.rotation_ = self._rotation(ddf, classes, rows) if self.rotate == "pca" else {}

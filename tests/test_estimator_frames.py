@@ -142,3 +142,27 @@ def test_load_with_other_classes_says_the_classes_are_the_models(setup, tmp_path
         _labeler(cat).fit(items).save(tmp_path / "m")
     with pytest.raises(TypeError, match=r"takes the classes from the model \(its classes.parquet\): drop classes="):
         PairwiseLabeler.load(tmp_path / "m", classes=cat["classes"])
+
+
+def test_dims_and_rotate_dims_above_d_are_refused_before_any_pass(setup) -> None:
+    """The job refuses ``rotate_dims`` above d and ``dims`` above the statistics' dimension before
+    reading any data; the estimator took rotate_dims = 500 of d = 16 silently (all the axes), and
+    refused dims only after the rotation and statistics passes, in other words ("outside 1..16 (d)")."""
+    cat, items = setup
+    with dask.config.set(scheduler="synchronous"):
+        fitted = _labeler(cat).fit(items)
+        before = fitted.masks_table()
+        for kw, phrase in ((dict(rotate="pca", rotate_dims=500), r"rotate_dims = 500 is larger than d = 16, the "
+                            r"dimension of view 'a'\. Set rotate_dims to at most 16"),
+                           (dict(rotate="pca", rotate_dims=8, dims=12), r"dims = 12 is larger than the 8 principal "
+                            r"axes rotate_dims keeps, the dimension of view 'a'\. Set dims to at most 8"),
+                           (dict(rotate="none", dims=20), r"dims = 20 is larger than d = 16")):
+            for name, value in kw.items():
+                setattr(fitted, name, value)
+            with pytest.raises(ValueError, match=phrase):
+                fitted.fit(items.map_partitions(_no_pass, meta=items._meta))
+            assert fitted.masks_table().equals(before)  # the fitted model is left as it was
+
+
+def _no_pass(df):
+    raise AssertionError("a pass ran before the settings were checked")
