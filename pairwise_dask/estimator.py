@@ -257,7 +257,8 @@ class PairwiseLabeler:
                 self.model_ = kept
                 raise ValueError(f"{problem[1]}. {problem[2]}")
         # the samples' bounds depend on the row count: counted once (a pass unless Dask knows it)
-        rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or self.keep_sample else 0
+        keeps = self.fit_on == "fused" or (self.refine > 0 and self.fit_on != "annotation")  # a keep threshold
+        rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or (keeps and self.keep_sample) else 0
         self.rotation_ = self._rotation(ddf, classes, rows) if self.rotate == "pca" else {}
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes), rows) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))

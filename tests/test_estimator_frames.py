@@ -166,3 +166,20 @@ def test_dims_and_rotate_dims_above_d_are_refused_before_any_pass(setup) -> None
 
 def _no_pass(df):
     raise AssertionError("a pass ran before the settings were checked")
+
+
+def test_a_plain_fit_reads_the_items_once(setup) -> None:
+    """With fit_on = view, refine = 0 and rotate = none (jobs/nightly.toml's method) no sample is
+    drawn, yet fit counted the rows first (``len(ddf)``: a whole pass over a frame whose length
+    Dask does not know) because keep_sample is set by default."""
+    cat, items = setup
+    calls = []
+
+    def seen(df):
+        calls.append(len(df))
+        return df
+
+    frame = items.map_partitions(seen, meta=items._meta)
+    with dask.config.set(scheduler="synchronous"):
+        _labeler(cat, fit_on="view", rotate="none").fit(frame)
+    assert sum(calls) == 200
