@@ -8,9 +8,10 @@
     >>> labels.to_parquet("labels/")                     # or .compute() for a small one
     >>> labeler.save("model/"); PairwiseLabeler.load("model/").predict(new_items)
 
-``fit`` makes one statistics pass (per-partition moments, tree reduction) and computes it once;
-``partial_fit`` adds further items' moments exactly; ``predict`` is ``map_partitions`` with an
-explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
+``fit`` makes the job's statistics passes (per-partition moments, tree reductions, each computed
+once: one with ``fit_on = "view", refine = 0, rotate = "none"``, seven with the defaults);
+``partial_fit`` adds further items' moments exactly, in one pass; ``predict`` is
+``map_partitions`` with an explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
 ``fit`` and ``partial_fit`` run under one BLAS thread, so a model is a run's bit for bit; the
 frame ``predict`` returns is computed wherever Dask runs it (a distributed ``Client``'s worker
 processes are set to one BLAS thread; in this process, compute it under
@@ -240,7 +241,10 @@ class PairwiseLabeler:
                 raise BadInputError(f"is missing{index}", column=c, hint=f"The frame has: {', '.join(map(str, have))}")
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
-        """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        """The pair masks of ``ddf``, from the job's passes over it, each computed once: the PCA
+        Grams (``rotate = "pca"``), the fused keep threshold (``fit_on = "fused"``), the statistics,
+        and two per refine round (7 with the defaults; 1 with ``fit_on = "view", refine = 0,
+        rotate = "none"``); plus a row count when a sample needs it."""
         with one_thread():  # the basis, moments and masks round as a job's (see threads.py)
             return self._fit(ddf)
 
