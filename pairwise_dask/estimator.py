@@ -5,7 +5,7 @@
     >>> items = dd.read_parquet("items.parquet", dtype_backend="pyarrow")
     >>> labeler = PairwiseLabeler("classes.parquet", views={"a": "emb_a", "b": "emb_b"})
     >>> labels = labeler.fit(items).predict(items)        # lazy: a Dask DataFrame
-    >>> labels.to_parquet("labels/")                     # or .compute() for a small one
+    >>> labels.to_parquet("labels/", write_index=False)  # a run's labels/ columns; or .compute()
     >>> labeler.save("model/"); PairwiseLabeler.load("model/").predict(new_items)
 
 ``fit`` makes the job's statistics passes (per-partition moments, tree reductions, each computed
