@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .errors import BadInputError
 from .io import ClassSet, classes_from_table
-from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
+from .masks import PairMasks, pair_ids, with_pairs
 from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of
 from .moments import Moments
 from .storage import Location
@@ -183,19 +183,20 @@ class PairwiseLabeler:
                                 hint="Ids must be unique; run `pairwise-dask run` on the data to name it")
         return stats
 
-    def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int) -> "PairwiseLabeler":
+    def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int,
+               pair_ids: dict[str, np.ndarray] | None = None) -> "PairwiseLabeler":
         spec = self._spec(classes)
-        masks = self._masks(spec, moments, spec.per_pair)
+        masks = self._masks(spec, moments, spec.per_pair, pair_ids=pair_ids)
         return self._store(classes, spec, moments, masks, items)
 
     def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool,
-               refined: bool = False) -> dict[str, PairMasks]:
-        # as steps.fit_pair_masks: the first round of a refined fit stays cosine
-        decision = (self.decision if (refined or self.refine == 0 or self.fit_on == "annotation")
-                    else "cosine")
-        return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
-                             min_items=self.min_items, per_pair=per_pair, mix=self.mix, decision=decision,
-                             prior=self.prior) for v in self.views}
+               refined: bool = False, pair_ids: dict[str, np.ndarray] | None = None) -> dict[str, PairMasks]:
+        """The job's mask fit (this labeler has its options): the first round of a refined fit stays
+        cosine, and with the top-t bracket only the pairs some item can play (``pair_ids``, from
+        the statistics pass) are fitted, sparse when the tourney gathers (it fitted all k(k−1)/2)."""
+        from .steps import fit_pair_masks
+
+        return fit_pair_masks(self, spec, moments, pair_ids, per_pair=per_pair, refined=refined)
 
     def _store(self, classes: ClassSet, spec: Spec, moments: Mapping[str, Moments], masks: dict[str, PairMasks],
                items: int) -> "PairwiseLabeler":
@@ -266,12 +267,13 @@ class PairwiseLabeler:
         self.rotation_ = self._rotation(ddf, classes, rows) if self.rotate == "pca" else {}
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes), rows) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
-        self._refit(classes, stats.moments, stats.rows)
+        self._refit(classes, stats.moments, stats.rows, stats.pairs)
         for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as steps.refine_rounds
             spec = replace(self._spec(classes), masks=self.model_.masks)
             spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec, rows))
-            moments = self._statistics(ddf, spec).moments
-            self._store(classes, spec, moments, self._masks(spec, moments, False, refined=True), stats.rows)
+            round_ = self._statistics(ddf, spec)
+            masks = self._masks(spec, round_.moments, False, refined=True, pair_ids=round_.pairs)
+            self._store(classes, spec, round_.moments, masks, stats.rows)
         return self
 
     def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
@@ -294,7 +296,10 @@ class PairwiseLabeler:
             spec = replace(spec, label_col="")
         stats = self._statistics(ddf, spec)
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
-        return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
+        pairs = stats.pairs
+        if spec.top_t_active:  # as update: the pairs that could play in either batch
+            pairs = {v: np.union1d(pairs[v], pair_ids(self.model_.masks[v].pairs, spec.k)) for v in pairs}
+        return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows, pairs)
 
     def _check_update(self, command: str = "update", caller: str = "partial_fit") -> None:
         """What ``update`` refuses, refused here too: adding to a refined model's moments, or with

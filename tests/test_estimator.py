@@ -314,3 +314,31 @@ def test_a_loaded_labeler_fits_again(tmp_path: Path) -> None:
     again.save(tmp_path / "m2")
     for name in ("moments.parquet", "rotation.parquet", "classes.parquet"):
         assert pq.read_table(tmp_path / "m2" / name).equals(pq.read_table(tmp_path / "m" / name)), name
+
+
+def test_top_t_fits_only_the_pairs_that_can_play_as_the_job(client, tmp_path):
+    """With the top-t bracket over many classes the job fits only the pairs some item can meet
+    (the pairs of pass 1; for update, of either batch); the estimator fitted all k(k−1)/2 pairs,
+    dense: its model was not the run's (780 pairs per view here against the job's ~120) and, at
+    k = 1,000, half a million dense pair weights per view in the driver."""
+    cat = make_catalog(tmp_path / "data", n=150, k=40)
+    opts = {"mode": "top-t", "top_t": 2, "refine": 0, "rotate": "none", "fit_on": "view"}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", **opts).fit(items)
+    want = pq.read_table(tmp_path / "out" / "model" / "masks.parquet")
+    assert want.num_rows < 2 * 780
+    assert lab.masks_table().equals(want)
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    assert lab.predict(items).compute()["final_label"].astype(str).tolist() == ref["final_label"].astype(str).tolist()
+    # partial_fit as update: the pairs either batch can play
+    t = pq.read_table(cat["items"])
+    pq.write_table(t.slice(0, 90), tmp_path / "A.parquet", row_group_size=30)
+    pq.write_table(t.slice(90), tmp_path / "B.parquet", row_group_size=30)
+    job.fit(load_settings(None, {**cat, **opts, "items": str(tmp_path / "A.parquet"), "out": str(tmp_path / "fit")}),
+            client=client)
+    job.fit(load_settings(None, {**cat, **opts, "items": str(tmp_path / "B.parquet"), "out": str(tmp_path / "upd")}),
+            client=client, base_model=str(tmp_path / "fit" / "model"))
+    inc = PairwiseLabeler.load(tmp_path / "fit" / "model").partial_fit(
+        dd.read_parquet(str(tmp_path / "B.parquet"), dtype_backend="pyarrow", split_row_groups=True))
+    assert inc.masks_table().equals(pq.read_table(tmp_path / "upd" / "model" / "masks.parquet"))
