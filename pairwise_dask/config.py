@@ -402,7 +402,8 @@ def read_job_file(path: str | os.PathLike) -> dict[str, Any]:
 def _model_views(classes: str, storage_options: dict | None) -> str:
     """``--views`` for the saved model whose ``classes.parquet`` ``classes`` is (apply and update
     take their classes from the model), as ``a=emb_a,b=emb_b``: the model's view names, with the
-    columns its run read when the run's ``summary.json`` is beside the model; "" for a classes
+    columns its run read when the run's ``summary.json`` is beside the model (or
+    ``PairwiseLabeler.save`` recorded them in ``params.json``); "" for a classes
     file that is no model's. Error path only."""
     from .storage import Location
 
@@ -410,13 +411,36 @@ def _model_views(classes: str, storage_options: dict | None) -> str:
         model = Location.of(classes, storage_options).parent
         if not (model / "params.json").exists():
             return ""
-        names = [str(v) for v in json.loads((model / "params.json").read_text()).get("views") or []]
-        columns: dict = {}
+        params = json.loads((model / "params.json").read_text())
+        names = [str(v) for v in params.get("views") or []]
+        columns: dict = params.get("views_columns") or {}  # PairwiseLabeler.save records them
         with contextlib.suppress(Exception):  # the run's summary names the columns it read
-            columns = json.loads((model.parent / "summary.json").read_text()).get("views") or {}
+            columns = columns or json.loads((model.parent / "summary.json").read_text()).get("views") or {}
         return ",".join(f"{v}={columns.get(v, 'COLUMN')}" for v in names)
     except Exception:  # noqa: BLE001 - only a hint: a model that cannot be read is refused elsewhere
         return ""
+
+
+def check_views(views: "tuple[tuple[str, str], ...] | list", *, label: str, fit_on: str, where: str | None,
+                label_hint: str = "Pass --label COLUMN (or set `label = ...`)") -> None:
+    """The views (names that make output columns, each reading its own column) and that
+    ``fit_on = annotation`` has an annotation column: the job's settings and ``PairwiseLabeler``
+    (which checks ``fit_on`` when it fits: a loaded model is used without its annotation)."""
+    names = [v for v, _ in views]
+    for v in names:
+        if names.count(v) > 1:
+            raise BadInputError(f"view {v!r} is named twice", file=where, hint="Give each view its own name")
+        if not isinstance(v, str) or not v or not v.replace("_", "").isalnum():
+            raise BadInputError(f"view name {v!r} is not a plain identifier", file=where,
+                                hint="Use letters, digits and _ (it names output columns)")
+    cols = [c for _, c in views]
+    for c in cols:
+        if cols.count(c) > 1:
+            raise BadInputError(f"column {c!r} is used by two views", file=where,
+                                hint="Each view reads its own embedding column")
+    if fit_on == "annotation" and not label:
+        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
+                            hint=f"{label_hint}, or use fit_on = fused (the default) or view")
 
 
 def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settings:
@@ -439,21 +463,8 @@ def build_settings(values: dict[str, Any], *, where: str = "settings") -> Settin
         raise BadInputError("no views given", file=where, hint=f"Pass the model's views: --views {model} (or a [views] "
                             "table in the job file)" if model else "Add a [views] table (name = \"column\") or pass "
                             "--views a=emb_a,b=emb_b")
+    check_views(views, label=kw["label"], fit_on=kw["fit_on"], where=where)
     names = [v for v, _ in views]
-    for v in names:
-        if names.count(v) > 1:
-            raise BadInputError(f"view {v!r} is named twice", file=where, hint="Give each view its own name")
-        if not v or not v.replace("_", "").isalnum():
-            raise BadInputError(f"view name {v!r} is not a plain identifier", file=where,
-                                hint="Use letters, digits and _ (it names output columns)")
-    cols = [c for _, c in views]
-    for c in cols:
-        if cols.count(c) > 1:
-            raise BadInputError(f"column {c!r} is used by two views", file=where,
-                                hint="Each view reads its own embedding column")
-    if kw["fit_on"] == "annotation" and not kw["label"]:
-        raise BadInputError("fit_on = annotation needs the annotation column", file=where,
-                            hint="Pass --label COLUMN (or set `label = ...`), or use fit_on = fused (the default) or view")
     class_columns = tuple(values.get("class_columns") or ())
     for v, _ in class_columns:
         if v not in names:

@@ -5,12 +5,13 @@
     >>> items = dd.read_parquet("items.parquet", dtype_backend="pyarrow")
     >>> labeler = PairwiseLabeler("classes.parquet", views={"a": "emb_a", "b": "emb_b"})
     >>> labels = labeler.fit(items).predict(items)        # lazy: a Dask DataFrame
-    >>> labels.to_parquet("labels/")                     # or .compute() for a small one
+    >>> labels.to_parquet("labels/", write_index=False)  # a run's labels/ columns; or .compute()
     >>> labeler.save("model/"); PairwiseLabeler.load("model/").predict(new_items)
 
-``fit`` makes one statistics pass (per-partition moments, tree reduction) and computes it once;
-``partial_fit`` adds further items' moments exactly; ``predict`` is ``map_partitions`` with an
-explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
+``fit`` makes the job's statistics passes (per-partition moments, tree reductions, each computed
+once: one with ``fit_on = "view", refine = 0, rotate = "none"``, seven with the defaults);
+``partial_fit`` adds further items' moments exactly, in one pass; ``predict`` is
+``map_partitions`` with an explicit ``meta``. Whatever Dask scheduler is active is used (an existing ``Client`` included).
 ``fit`` and ``partial_fit`` run under one BLAS thread, so a model is a run's bit for bit; the
 frame ``predict`` returns is computed wherever Dask runs it (a distributed ``Client``'s worker
 processes are set to one BLAS thread; in this process, compute it under
@@ -31,12 +32,13 @@ import pyarrow.parquet as pq
 
 from .errors import BadInputError
 from .io import ClassSet, classes_from_table
-from .masks import PairMasks, fit_masks, resolve_dims, with_pairs
+from .masks import PairMasks, pair_ids, with_pairs
 from .model import FittedModel, load, model_fit_options, save, thresholds_json, thresholds_of
 from .moments import Moments
 from .storage import Location
 from .threads import one_thread, pin_workers
-from .config import FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, model_method
+from .config import (FUSIONS, OPTIONS, WORKER_MALLOC, Settings, _coerce, check_model_method, check_views,
+                     model_method)
 from .passes import (played_form, Spec, Statistics, gram_partition, label_partition, pairs_partition, margin_bins, margin_histogram_partition,
                      margin_quantile, merge, statistics_partition)
 
@@ -89,6 +91,12 @@ class PairwiseLabeler:
                     _coerce(opt, value, "PairwiseLabeler")
                 except BadInputError as e:
                     raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
+        try:  # the job's checks of the views (none at all divided by zero in fit)
+            if not self.views:
+                raise BadInputError("no views given", hint='Name at least one: views={"a": "emb_a"}')
+            check_views(tuple(self.views.items()), label=label, fit_on="", where=None)
+        except BadInputError as e:
+            raise ValueError(f"{e.what}. {e.hint}" if e.hint else e.what) from None
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
@@ -114,6 +122,9 @@ class PairwiseLabeler:
         if self.model_ is not None:
             return ClassSet(self.model_.names, dict(self.model_.classes), {})
         c = self.classes
+        loaded = getattr(self, "_loaded_classes", None)
+        if loaded is not None and c == loaded[0]:  # a loaded model's prompts, as update takes them (read
+            return loaded[1]                       # and normalised again, their last bits could change)
         table = (pq.read_table(c) if isinstance(c, (str, Path)) else
                  pa.Table.from_pandas(c, preserve_index=False) if isinstance(c, pd.DataFrame) else c)
         return classes_from_table(table, tuple(self.views.items()), where=str(c) if isinstance(c, (str, Path)) else "classes")
@@ -172,19 +183,20 @@ class PairwiseLabeler:
                                 hint="Ids must be unique; run `pairwise-dask run` on the data to name it")
         return stats
 
-    def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int) -> "PairwiseLabeler":
+    def _refit(self, classes: ClassSet, moments: dict[str, Moments], items: int,
+               pair_ids: dict[str, np.ndarray] | None = None) -> "PairwiseLabeler":
         spec = self._spec(classes)
-        masks = self._masks(spec, moments, spec.per_pair)
+        masks = self._masks(spec, moments, spec.per_pair, pair_ids=pair_ids)
         return self._store(classes, spec, moments, masks, items)
 
     def _masks(self, spec: Spec, moments: Mapping[str, Moments], per_pair: bool,
-               refined: bool = False) -> dict[str, PairMasks]:
-        # as steps.fit_pair_masks: the first round of a refined fit stays cosine
-        decision = (self.decision if (refined or self.refine == 0 or self.fit_on == "annotation")
-                    else "cosine")
-        return {v: fit_masks(moments[v], spec.classes[v], m=resolve_dims(self.dims, spec.classes[v].shape[1]),
-                             min_items=self.min_items, per_pair=per_pair, mix=self.mix, decision=decision,
-                             prior=self.prior) for v in self.views}
+               refined: bool = False, pair_ids: dict[str, np.ndarray] | None = None) -> dict[str, PairMasks]:
+        """The job's mask fit (this labeler has its options): the first round of a refined fit stays
+        cosine, and with the top-t bracket only the pairs some item can play (``pair_ids``, from
+        the statistics pass) are fitted, sparse when the tourney gathers (it fitted all k(k−1)/2)."""
+        from .steps import fit_pair_masks
+
+        return fit_pair_masks(self, spec, moments, pair_ids, per_pair=per_pair, refined=refined)
 
     def _store(self, classes: ClassSet, spec: Spec, moments: Mapping[str, Moments], masks: dict[str, PairMasks],
                items: int) -> "PairwiseLabeler":
@@ -206,7 +218,16 @@ class PairwiseLabeler:
 
     def _check_frame(self, ddf: Any, *, label: bool) -> None:
         """The columns the labeler reads are in ``ddf`` and it has partitions: a clear error now,
-        instead of a KeyError from inside a task."""
+        instead of a KeyError from inside a task. Fitting with ``fit_on = "annotation"`` needs the
+        annotation column (without one, the sets were the base labels', silently)."""
+        if label and self.fit_on == "annotation" and not self.label:  # the job's check (config.check_views)
+            check_views((), label="", fit_on="annotation", where=None, label_hint="Pass label=COLUMN")
+        import dask.dataframe as dd
+
+        if not isinstance(ddf, dd.DataFrame):
+            # a path or a pandas frame was told "the Dask DataFrame has no partitions"
+            raise TypeError(f"PairwiseLabeler takes a Dask DataFrame of items, not {type(ddf).__name__}: read them "
+                            "with dask.dataframe.read_parquet(path, dtype_backend=\"pyarrow\")")
         try:
             n = ddf.npartitions
         except Exception:  # noqa: BLE001 - dask 2026.8 fails to count an empty selection (partitions[:0])
@@ -221,52 +242,75 @@ class PairwiseLabeler:
                 raise BadInputError(f"is missing{index}", column=c, hint=f"The frame has: {', '.join(map(str, have))}")
 
     def fit(self, ddf: Any) -> "PairwiseLabeler":
-        """One statistics pass over ``ddf`` (computed once), then the pair masks."""
+        """The pair masks of ``ddf``, from the job's passes over it, each computed once: the PCA
+        Grams (``rotate = "pca"``), the fused keep threshold (``fit_on = "fused"``), the statistics,
+        and two per refine round (7 with the defaults; 1 with ``fit_on = "view", refine = 0,
+        rotate = "none"``); plus a row count when a sample needs it."""
         with one_thread():  # the basis, moments and masks round as a job's (see threads.py)
             return self._fit(ddf)
 
     def _fit(self, ddf: Any) -> "PairwiseLabeler":
+        from .job import dims_problem
+
         self._check_frame(ddf, label=True)
         self._tune_workers()
-        self.model_ = None
+        kept, self.model_ = self.model_, None
         classes = self._class_set()
+        for v in self.views:  # the job's check, before any pass (dims was refused only after them)
+            problem = dims_problem(self, v, classes.embeddings[v].shape[1])
+            if problem:
+                self.model_ = kept
+                raise ValueError(f"{problem[1]}. {problem[2]}")
         # the samples' bounds depend on the row count: counted once (a pass unless Dask knows it)
-        rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or self.keep_sample else 0
+        keeps = self.fit_on == "fused" or (self.refine > 0 and self.fit_on != "annotation")  # a keep threshold
+        rows = len(ddf) if (self.rotate == "pca" and self.rotate_sample) or (keeps and self.keep_sample) else 0
         self.rotation_ = self._rotation(ddf, classes, rows) if self.rotate == "pca" else {}
         self.keep_margin_ = self._keep_threshold(ddf, self._spec(classes), rows) if self.fit_on == "fused" else 0.0
         stats = self._statistics(ddf, self._spec(classes))
-        self._refit(classes, stats.moments, stats.rows)
+        self._refit(classes, stats.moments, stats.rows, stats.pairs)
         for _ in range(0 if self.fit_on == "annotation" else self.refine):  # as steps.refine_rounds
             spec = replace(self._spec(classes), masks=self.model_.masks)
             spec = replace(spec, keep_margin=self._keep_threshold(ddf, spec, rows))
-            moments = self._statistics(ddf, spec).moments
-            self._store(classes, spec, moments, self._masks(spec, moments, False, refined=True), stats.rows)
+            round_ = self._statistics(ddf, spec)
+            masks = self._masks(spec, round_.moments, False, refined=True, pair_ids=round_.pairs)
+            self._store(classes, spec, round_.moments, masks, stats.rows)
         return self
 
     def partial_fit(self, ddf: Any) -> "PairwiseLabeler":
-        """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks."""
+        """Add ``ddf``'s moments to the fitted ones (exact) and recompute the masks. ``ddf`` holds
+        items the model has not seen (the model keeps no ids: items fitted before are counted
+        twice); it needs the annotation column only when the model was fitted on the annotation."""
         if self.model_ is None:
             return self.fit(ddf)
         with one_thread():
             return self._partial_fit(ddf)
 
     def _partial_fit(self, ddf: Any) -> "PairwiseLabeler":
-        self._check_frame(ddf, label=True)
+        # new items need no annotation (as for update) unless the model's sets are the annotation's
+        self._check_frame(ddf, label=self.fit_on == "annotation")
         self._check_update()
         self._tune_workers()
         classes = self._class_set()
-        stats = self._statistics(ddf, self._spec(classes))
+        spec = self._spec(classes)
+        if self.label and self.label not in ddf.columns:
+            spec = replace(spec, label_col="")
+        stats = self._statistics(ddf, spec)
         moments = {v: self.model_.moments[v] + stats.moments[v] for v in self.views}
-        return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows)
+        pairs = stats.pairs
+        if spec.top_t_active:  # as update: the pairs that could play in either batch
+            pairs = {v: np.union1d(pairs[v], pair_ids(self.model_.masks[v].pairs, spec.k)) for v in pairs}
+        return self._refit(classes, moments, int(self.model_.params.get("items", 0)) + stats.rows, pairs)
 
-    def _check_update(self) -> None:
+    def _check_update(self, command: str = "update", caller: str = "partial_fit") -> None:
         """What ``update`` refuses, refused here too: adding to a refined model's moments, or with
         views or method options other than the model's (every difference named at once; options
-        this class lacks, such as the quantile filters, are the model's by construction)."""
+        this class lacks, such as the quantile filters, are the model's by construction). With
+        ``command = "apply"``: what ``apply`` refuses (``predict`` plays the model's masks, so an
+        option built into them, as ``load(…, dims=3)``, would be ignored silently)."""
         params = {**self.model_.params, "views": list(self.model_.classes)}
         fixed = {key.split(".", 1)[1]: v for key, v in model_method(params).items()}
         asked = SimpleNamespace(view_names=list(self.views), **{n: getattr(self, n, v) for n, v in fixed.items()})
-        check_model_method(asked, params, "update", caller="partial_fit")
+        check_model_method(asked, params, command, caller=caller)
 
     # --- applying --------------------------------------------------------------------------
     def predict(self, ddf: Any) -> Any:
@@ -275,6 +319,7 @@ class PairwiseLabeler:
         if self.model_ is None:
             raise RuntimeError("PairwiseLabeler is not fitted: call fit() or load() first")
         self._check_frame(ddf, label=False)
+        self._check_update("apply", "predict")
         self._tune_workers()
         spec = played_form(self._spec(self._class_set(), self.model_.masks))
         if self.label and self.label not in ddf.columns:  # new items need no annotation: none in the output
@@ -304,7 +349,11 @@ class PairwiseLabeler:
 
     @classmethod
     def load(cls, folder: str | Path, *, views: Mapping[str, str] | None = None, **kw: Any) -> "PairwiseLabeler":
-        """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s)."""
+        """A fitted labeler from a model folder (a run's ``model/`` or :meth:`save`'s). ``views``
+        and ``kw`` (the constructor's options) override the saved ones; the classes are the model's."""
+        if "classes" in kw:  # was: "__init__() got multiple values for argument 'classes'"
+            raise TypeError("PairwiseLabeler.load takes the classes from the model (its classes.parquet): drop "
+                            "classes=, or fit a new PairwiseLabeler(classes, …) on all items")
         model = load(folder)
         p = dict(model.params)
         if "views_columns" not in p:  # a run's model/: its columns are in the run's summary.json
@@ -321,10 +370,12 @@ class PairwiseLabeler:
                 "rotate": "pca" if model.rotation else "none",
                 "rotate_sample": p.get("rotate_sample", 0), "rotate_dims": p.get("rotate_dims", 0.0),
                 "keep_sample": p.get("keep_sample", 0)} | kw
-        self = cls(str(folder), views=views, **args)
+        # the model's classes file (the prompts, unrotated): a later fit() reads it (it read the folder)
+        self = cls(str(Location.of(folder) / "classes.parquet"), views=views, **args)
         self.rotation_ = dict(model.rotation)
         self.keep_margin_ = float(p.get("base_keep_margin", 0.0))
         self.model_ = model
+        self._loaded_classes = (self.classes, ClassSet(model.names, dict(model.classes), {}))
         return self
 
 
@@ -342,7 +393,11 @@ def _run_columns(summary: Location) -> dict:
 
 
 def _labels_meta(spec: Spec, id_dtype: Any) -> pd.DataFrame:
-    cols: dict[str, Any] = {"id": pd.Series([], dtype=id_dtype)}
+    from .arrays import to_arrow
+
+    # the ids as the partitions give them (read through Arrow: a pandas string column is large_string)
+    as_read = to_arrow(pd.Series([], dtype=id_dtype)).type
+    cols: dict[str, Any] = {"id": pd.Series([], dtype=id_dtype if pa.types.is_null(as_read) else pd.ArrowDtype(as_read))}
     string, f32 = pd.ArrowDtype(pa.string()), pd.ArrowDtype(pa.float32())
     for v, _ in spec.views:
         cols[f"base_{v}"] = pd.Series([], dtype=string)

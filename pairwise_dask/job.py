@@ -78,19 +78,10 @@ def prepare(s: Settings, classes: ClassSet | None = None) -> Prepared:
             raise BadInputError(f"has dimension {d_items} but the classes' {classes.columns[v]!r} has {d_cls}",
                                 file=info.files[0], column=col,
                                 hint="Items and class prompts of a view must come from the same model")
-        if s.rotate == "pca" and s.rotate_dims >= 1 and s.rotate_dims > d_cls:
-            raise BadInputError(f"rotate_dims = {s.rotate_dims:g} is larger than d = {d_cls}, the dimension of "
-                                f"view {v!r}", file=s.where("rotate_dims"),
-                                hint=f"Set rotate_dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.5)")
-        # the statistics' dimension: the kept principal axes with rotate_dims, else d
-        d_stats = kept_axes(d_cls, s.rotate_dims) if s.rotate == "pca" else d_cls
-        if s.dims is not None and s.dims >= 1 and s.dims > d_stats:
-            # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
-            # use every dimension: refuse it before any data is read
-            what = f"d = {d_cls}" if d_stats == d_cls else f"the {d_stats} principal axes rotate_dims keeps"
-            raise BadInputError(f"dims = {s.dims:g} is larger than {what}, the dimension of view {v!r}",
-                                file=s.where("dims"),
-                                hint=f"Set dims to at most {d_stats}, or to a fraction of d below 1 (e.g. 0.25)")
+        problem = dims_problem(s, v, d_cls)
+        if problem:
+            option, what, hint = problem
+            raise BadInputError(what, file=s.where(option), hint=hint)
         if s.per_pair_sets and classes.k ** 2 * d_cls * 16 > PER_PAIR_BYTES:
             # per-pair sets hold k² rows of float64 moments (two sums) in every task and reduction
             raise BadInputError(f"diff_min > 0 needs moments per ordered class pair: {classes.k}² × {d_cls} "
@@ -358,6 +349,23 @@ def _passes(s: Settings, label: bool) -> int:
     refine = 0 if s.fit_on == "annotation" else s.refine
     return (int(s.cos_quantile > 0 or s.diff_quantile > 0) + int(s.fit_on == "fused") + 1 + 2 * refine
             + int(label))
+
+
+def dims_problem(s: Any, view: str, d_cls: int) -> tuple[str, str, str] | None:
+    """``(option, what, hint)`` when ``s``'s ``rotate_dims`` or ``dims`` (a count) exceeds what
+    view ``view`` of dimension ``d_cls`` has, else None (the job's settings and PairwiseLabeler)."""
+    if s.rotate == "pca" and s.rotate_dims >= 1 and s.rotate_dims > d_cls:
+        return ("rotate_dims", f"rotate_dims = {s.rotate_dims:g} is larger than d = {d_cls}, the dimension of "
+                f"view {view!r}", f"Set rotate_dims to at most {d_cls}, or to a fraction of d below 1 (e.g. 0.5)")
+    # the statistics' dimension: the kept principal axes with rotate_dims, else d
+    d_stats = kept_axes(d_cls, s.rotate_dims) if s.rotate == "pca" else d_cls
+    if s.dims is not None and s.dims >= 1 and s.dims > d_stats:
+        # an explicit m above d is a mistake (a wrong view or a copied job file), not a wish to
+        # use every dimension: refuse it before any data is read
+        what = f"d = {d_cls}" if d_stats == d_cls else f"the {d_stats} principal axes rotate_dims keeps"
+        return ("dims", f"dims = {s.dims:g} is larger than {what}, the dimension of view {view!r}",
+                f"Set dims to at most {d_stats}, or to a fraction of d below 1 (e.g. 0.25)")
+    return None
 
 
 def _model_classes(model: FittedModel) -> ClassSet:

@@ -820,6 +820,17 @@ def test_apply_without_views_names_the_models_views(tmp_path: Path, capsys) -> N
     assert "Pass the model's views: --views image=img_emb,text=txt_emb" in _cli_error(capsys, "update", str(model), *args)
 
 
+def test_apply_without_views_names_the_columns_an_estimators_model_recorded(tmp_path: Path, capsys) -> None:
+    """``PairwiseLabeler.save`` records the items' columns in ``params.json`` (``views_columns``;
+    it writes no summary.json), but the hint still said ``--views image=COLUMN,text=COLUMN``."""
+    cat = make_catalog(tmp_path / "data")
+    model = _fake_model(tmp_path / "saved", ["image", "text"])
+    (model / "params.json").write_text(json.dumps({"views": ["image", "text"],
+                                                   "views_columns": {"image": "img_emb", "text": "txt_emb"}}))
+    args = ["--items", str(cat.items_path), "--out", str(tmp_path / "x")]
+    assert "Pass the model's views: --views image=img_emb,text=txt_emb" in _cli_error(capsys, "apply", str(model), *args)
+
+
 def test_a_dimension_mismatch_is_found_before_the_cluster_starts(tmp_path: Path) -> None:
     """List and packed columns of another model's dimension were found only on the workers, after
     the cluster had started, and blamed on the first row of every partition ("the first of 8

@@ -241,3 +241,104 @@ def test_estimator_fit_in_this_process_rounds_as_the_job(client, tmp_path):
     lab.save(tmp_path / "est")
     for name in ("rotation.parquet", "moments.parquet", "masks.parquet"):
         assert pq.read_table(tmp_path / "est" / name).equals(pq.read_table(tmp_path / "out" / "model" / name)), name
+
+
+def test_save_over_an_older_model_leaves_none_of_its_parts(tmp_path: Path) -> None:
+    """``save`` into a folder that already held a model (a scheduled refit saved to the same path)
+    overwrote the four main files but left the old ``rotation.parquet`` and ``anchors.parquet``:
+    ``load`` then read a rotate = none model as rotated (or with the old anchors) and labelled
+    almost every item otherwise, silently."""
+    import dask
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    with dask.config.set(scheduler="synchronous"):
+        PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, rotate="pca", decision="cosine",
+                        mix=1.0).fit(items).save(tmp_path / "m")
+        assert (tmp_path / "m" / "rotation.parquet").exists() and (tmp_path / "m" / "anchors.parquet").exists()
+        plain = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, rotate="none", fit_on="view",
+                                decision="cosine", mix=0.0).fit(items)
+        want = plain.predict(items).compute()
+        plain.save(tmp_path / "m")
+        assert not (tmp_path / "m" / "rotation.parquet").exists()
+        assert not (tmp_path / "m" / "anchors.parquet").exists()
+        loaded = PairwiseLabeler.load(tmp_path / "m")
+        assert loaded.rotate == "none"
+        got = loaded.predict(items).compute()
+    for col in want.columns:
+        assert got[col].astype(str).tolist() == want[col].astype(str).tolist(), col
+
+
+def test_partial_fit_of_a_run_model_on_new_items_without_the_annotation(client, tmp_path):
+    """A model fitted with ``--label`` (fit_on = view) is loaded with ``label`` from its summary.json;
+    ``partial_fit`` on new, unannotated items refused them ("column 'label': is missing") where
+    ``update`` takes them: the new items' annotation is needed only with fit_on = annotation."""
+    import numpy as np
+
+    from pairwise_dask.model import load
+
+    cat = make_catalog(tmp_path / "data", n=500)
+    t = pq.read_table(cat["items"])
+    pq.write_table(t.slice(0, 300), tmp_path / "A.parquet", row_group_size=100)
+    pq.write_table(t.slice(300).drop_columns(["label"]), tmp_path / "B.parquet", row_group_size=100)
+    opts = {**cat, "refine": 0, "fit_on": "view", "rotate": "none"}
+    job.fit(load_settings(None, {**opts, "items": str(tmp_path / "A.parquet"), "out": str(tmp_path / "fit")}),
+            client=client)
+    job.fit(load_settings(None, {**opts, "items": str(tmp_path / "B.parquet"), "label": "",
+                                 "out": str(tmp_path / "update")}),
+            client=client, base_model=str(tmp_path / "fit" / "model"))
+    lab = PairwiseLabeler.load(tmp_path / "fit" / "model")
+    assert lab.label == "label"
+    lab.partial_fit(dd.read_parquet(str(tmp_path / "B.parquet"), dtype_backend="pyarrow", split_row_groups=True))
+    want = load(tmp_path / "update" / "model")
+    for v in ("a", "b"):
+        np.testing.assert_array_equal(lab.model_.moments[v].s1, want.moments[v].s1)
+    assert lab.masks_table().equals(pq.read_table(tmp_path / "update" / "model" / "masks.parquet"))
+
+
+def test_a_loaded_labeler_fits_again(tmp_path: Path) -> None:
+    """``PairwiseLabeler.load(model).fit(items)`` (a weekly refit with the model's options) read
+    the model *folder* as the classes file: ArrowInvalid on params.json. The loaded labeler's
+    classes are now the model's classes.parquet, taken as the model holds them (as ``update``
+    does: read and normalised again, their last bits change), and its fit is a fresh labeler's."""
+    import dask
+
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    opts = {"refine": 0, "rotate": "pca", "decision": "discriminant"}
+    with dask.config.set(scheduler="synchronous"):
+        fresh = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), **opts).fit(items)
+        fresh.save(tmp_path / "m")
+        again = PairwiseLabeler.load(tmp_path / "m").fit(items)
+    assert again.masks_table().equals(fresh.masks_table())
+    again.save(tmp_path / "m2")
+    for name in ("moments.parquet", "rotation.parquet", "classes.parquet"):
+        assert pq.read_table(tmp_path / "m2" / name).equals(pq.read_table(tmp_path / "m" / name)), name
+
+
+def test_top_t_fits_only_the_pairs_that_can_play_as_the_job(client, tmp_path):
+    """With the top-t bracket over many classes the job fits only the pairs some item can meet
+    (the pairs of pass 1; for update, of either batch); the estimator fitted all k(k−1)/2 pairs,
+    dense: its model was not the run's (780 pairs per view here against the job's ~120) and, at
+    k = 1,000, half a million dense pair weights per view in the driver."""
+    cat = make_catalog(tmp_path / "data", n=150, k=40)
+    opts = {"mode": "top-t", "top_t": 2, "refine": 0, "rotate": "none", "fit_on": "view"}
+    job.run(load_settings(None, {**cat, "out": str(tmp_path / "out"), **opts}), client=client)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    lab = PairwiseLabeler(cat["classes"], views=dict(cat["views"]), label="label", **opts).fit(items)
+    want = pq.read_table(tmp_path / "out" / "model" / "masks.parquet")
+    assert want.num_rows < 2 * 780
+    assert lab.masks_table().equals(want)
+    ref = pq.read_table(tmp_path / "out" / "labels").to_pandas()
+    assert lab.predict(items).compute()["final_label"].astype(str).tolist() == ref["final_label"].astype(str).tolist()
+    # partial_fit as update: the pairs either batch can play
+    t = pq.read_table(cat["items"])
+    pq.write_table(t.slice(0, 90), tmp_path / "A.parquet", row_group_size=30)
+    pq.write_table(t.slice(90), tmp_path / "B.parquet", row_group_size=30)
+    job.fit(load_settings(None, {**cat, **opts, "items": str(tmp_path / "A.parquet"), "out": str(tmp_path / "fit")}),
+            client=client)
+    job.fit(load_settings(None, {**cat, **opts, "items": str(tmp_path / "B.parquet"), "out": str(tmp_path / "upd")}),
+            client=client, base_model=str(tmp_path / "fit" / "model"))
+    inc = PairwiseLabeler.load(tmp_path / "fit" / "model").partial_fit(
+        dd.read_parquet(str(tmp_path / "B.parquet"), dtype_backend="pyarrow", split_row_groups=True))
+    assert inc.masks_table().equals(pq.read_table(tmp_path / "upd" / "model" / "masks.parquet"))
