@@ -304,7 +304,9 @@ def fit(s: Settings, *, client: Any = None, progress: bool = False, echo: Echo =
         save(FittedModel(prep.classes.names, prep.spec.classes, moments, masks if facts_f is None else {},
                          params(s, facts, items, spec, spec0.keep_margin, thresholds), spec.rotation),
              staging / "model", masks_written=facts_f is not None)
-        return {"command": "update" if old is not None else "fit", "model_items": items,
+        return {"command": "update" if old is not None else "fit",
+                **({"model": str(base_model)} if old is not None else {}),  # what it updated, as apply says
+                "model_items": items,
                 "per_view": {v: mask_summary(prep.classes.names, m) for v, m in facts.items()},
                 "fallback_pairs": int(sum(int(m.fallback.sum()) for m in facts.values()))}
 

@@ -274,6 +274,9 @@ def test_fit_then_update_equals_fit_of_the_union(client, tmp_path):
             base_model=str(tmp_path / "fit_a" / "model"))
     for f in ("moments.parquet", "masks.parquet"):
         assert pq.read_table(tmp_path / "upd" / "model" / f).equals(pq.read_table(tmp_path / "fit_all" / "model" / f))
+    # the update's summary names the model it updated, as apply's names the model it applied
+    assert json.loads((tmp_path / "upd" / "summary.json").read_text())["model"] == str(tmp_path / "fit_a" / "model")
+    assert "model" not in json.loads((tmp_path / "fit_a" / "summary.json").read_text())
     # apply with the saved model labels exactly like run
     job.run(_settings(whole, tmp_path / "run"), client=client)
     job.apply(_settings(whole, tmp_path / "applied"), str(tmp_path / "fit_all" / "model"), client=client)
