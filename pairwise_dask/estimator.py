@@ -20,6 +20,7 @@ processes are set to one BLAS thread; in this process, compute it under
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -341,11 +342,39 @@ class PairwiseLabeler:
 
     # --- persistence -----------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """Write the model folder (the same format as a run's ``model/``)."""
+        """Write the model folder (the same format as a run's ``model/``), whole or not at all.
+
+        The model is written beside ``folder`` and renamed into its place, so a reader (a
+        scheduled ``apply``) never finds a half-written model, nor parts of an older one. A folder
+        that exists must hold a model (or nothing): anything else there is refused, not replaced.
+        """
         if self.model_ is None:
             raise RuntimeError("not fitted")
+        from .io import MODEL_FILES
+
+        target = Location.of(folder)
+        if target.exists():
+            if not target.is_dir():
+                raise ValueError(f"{target} is a file, not a model folder: choose another folder")
+            foreign = sorted(p.name for p in target.iterdir() if p.name not in MODEL_FILES)
+            if foreign:
+                raise ValueError(f"{target} holds files that are not a saved model's ({', '.join(foreign[:5])}): "
+                                 "save replaces the whole folder; choose an empty or new one")
+        target.parent.mkdir()
+        tag = uuid.uuid4().hex[:12]
+        staging, old = target.parent / f".{target.name}.saving-{tag}", target.parent / f".{target.name}.old-{tag}"
         params = dict(self.model_.params, views_columns=self.views, id=self.id, label=self.label)
-        save(replace(self.model_, params=params), folder)
+        try:
+            save(replace(self.model_, params=params), staging)
+        except BaseException:
+            staging.rmtree()
+            raise
+        # two renames: a reader between them finds no model (a clear error), never a mix of two
+        if target.exists():
+            target.replace(old)
+        staging.replace(target)
+        target.parent.fsync_dir()
+        old.rmtree()
 
     @classmethod
     def load(cls, folder: str | Path, *, views: Mapping[str, str] | None = None, **kw: Any) -> "PairwiseLabeler":

@@ -342,3 +342,53 @@ def test_top_t_fits_only_the_pairs_that_can_play_as_the_job(client, tmp_path):
     inc = PairwiseLabeler.load(tmp_path / "fit" / "model").partial_fit(
         dd.read_parquet(str(tmp_path / "B.parquet"), dtype_backend="pyarrow", split_row_groups=True))
     assert inc.masks_table().equals(pq.read_table(tmp_path / "upd" / "model" / "masks.parquet"))
+
+
+def _fitted_plain(tmp_path: Path) -> tuple[PairwiseLabeler, dict]:
+    cat = make_catalog(tmp_path / "data", n=300)
+    items = dd.read_parquet(cat["items"], dtype_backend="pyarrow", split_row_groups=True)
+    return PairwiseLabeler(cat["classes"], views=dict(cat["views"]), refine=0, rotate="none", fit_on="view",
+                           decision="cosine").fit(items), cat
+
+
+def test_save_is_whole_or_nothing_and_replaces_only_a_model(tmp_path: Path, monkeypatch) -> None:
+    """``save`` wrote the model's files one by one into the folder: a scheduled ``apply`` reading
+    it meanwhile, or a save that failed half way, found a mix of two models. It now writes beside
+    the folder and renames; a folder that holds anything but a model is refused, not replaced."""
+    import dask
+    import pytest
+
+    from pairwise_dask import estimator
+
+    with dask.config.set(scheduler="synchronous"):
+        labeler, _ = _fitted_plain(tmp_path)
+    labeler.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    assert set(before) >= {"params.json", "classes.parquet", "moments.parquet", "masks.parquet"}
+
+    def half_written(model, folder, *a, **kw):  # the disk fills up after the first file
+        from pairwise_dask.storage import Location
+
+        Location.of(folder).mkdir()
+        (Location.of(folder) / "masks.parquet").write_text("partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(estimator, "save", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        labeler.save(tmp_path / "m")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # the old model, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m"]  # nothing left beside it
+
+    labeler.save(tmp_path / "m")  # over a model: replaced whole, nothing left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "m"]
+    assert PairwiseLabeler.load(tmp_path / "m").model_ is not None
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files that are not a saved model's \\(notes.txt\\)"):
+        labeler.save(tmp_path / "home")
+    assert [p.name for p in (tmp_path / "home").iterdir()] == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a model folder"):
+        labeler.save(tmp_path / "file")
