@@ -78,13 +78,14 @@ def write_masks(masks: dict[str, PairMasks], names: tuple[str, ...], folder: Loc
     anchors = {v: _fsl(m.anchors, pa.float32()) for v, m in masks.items() if m.anchors is not None}
     if anchors:
         write_table(pa.table({"name": pa.array(names, pa.string()), **anchors}), folder / "anchors.parquet")
-    else:  # saved over an older model (PairwiseLabeler.save to the same folder): load() must not read its anchors
-        (folder / "anchors.parquet").rmtree()
 
 
 def save(model: FittedModel, folder: "str | Path | Location", storage_options: dict | None = None, *,
          masks_written: bool = False) -> None:
-    """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json``.
+    """Write ``masks.parquet``, ``moments.parquet``, ``classes.parquet`` and ``params.json`` (and
+    ``anchors.parquet``, ``rotation.parquet`` when the model has them) into a new folder: the job
+    writes into its staging folder and ``PairwiseLabeler.save`` beside its target, so no part of an
+    older model is ever left among them.
     ``masks_written``: :func:`write_masks` already ran for this folder (on the worker holding the
     masks), so ``model.masks`` is not used."""
     folder = Location.of(folder, storage_options)
@@ -102,9 +103,7 @@ def save(model: FittedModel, folder: "str | Path | Location", storage_options: d
     for v, c in model.classes.items():
         cls[v] = _fsl(c, pa.float32())
     write_table(pa.table(cls), folder / "classes.parquet")
-    if not model.rotation:  # saved over an older, rotated model: load() must not turn this one by its axes
-        (folder / "rotation.parquet").rmtree()
-    else:  # one row per basis vector (column of R) and view
+    if model.rotation:  # one row per basis vector (column of R) and view
         write_table(_concat_views([pa.table({"view": pa.array([v] * r.shape[1], pa.string()),
                                              "axis": pa.array(np.arange(r.shape[1], dtype=np.int32)),
                                              "vector": _fsl(np.ascontiguousarray(r.T), pa.float32())})
