@@ -101,6 +101,8 @@ class PairwiseLabeler:
         self.rotation_: dict[str, np.ndarray] = {}  # rotate = pca: each view's basis, from fit()
         self.keep_margin_ = 0.0
         self.model_: FittedModel | None = None
+        # load(): the model's classes file and its prompts as the model holds them
+        self._loaded_classes: tuple[Any, ClassSet] | None = None
 
     def _tune_workers(self) -> None:
         """The workers of the active distributed ``Client``, if any, get one-thread BLAS
@@ -123,7 +125,7 @@ class PairwiseLabeler:
         if self.model_ is not None:
             return ClassSet(self.model_.names, dict(self.model_.classes), {})
         c = self.classes
-        loaded = getattr(self, "_loaded_classes", None)
+        loaded = self._loaded_classes
         if loaded is not None and c == loaded[0]:  # a loaded model's prompts, as update takes them (read
             return loaded[1]                       # and normalised again, their last bits could change)
         table = (pq.read_table(c) if isinstance(c, (str, Path)) else
